@@ -1,0 +1,3 @@
+"""textclf: fine-tune BERT-family encoders for text classification, competition style."""
+
+__version__ = "0.1.0"

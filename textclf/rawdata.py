@@ -1,0 +1,247 @@
+"""Reading raw CSV / TSV / JSONL files as a stream of rows, with errors people can act on.
+
+Rows come out as (line_number, values) in the order of `RawFile.columns`; nothing is held
+in memory beyond one row, so files of any size stream through.
+"""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+               ".ndjson": "jsonl"}
+
+
+def detect_format(path, fmt):
+    if fmt != "auto":
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise UserError(f"cannot tell the format of {path} from its extension; set data.format=csv, tsv or jsonl")
+    return _EXTENSIONS[suffix]
+
+
+def _first_bad_line(path, encoding):
+    """The 1-based line number of the first line that does not decode."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+class RawFile:
+    """One raw data file. `columns` are its column names; `rows()` streams its records."""
+
+    def __init__(self, path, cfg, role):
+        self.path = Path(path)
+        self.cfg = cfg
+        self.role = role  # train | valid | test | input
+        if not self.path.is_file():
+            raise UserError(f"{role} file {self.path} not found; check data.{role}_file")
+        if self.path.stat().st_size == 0:
+            raise UserError(f"{role} file {self.path} is empty; point data.{role}_file at a file with rows")
+        self.format = detect_format(self.path, cfg.format)
+        self.encoding = "utf-8-sig" if cfg.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else cfg.encoding
+        self.columns = self._read_columns()
+
+    # -- csv / tsv
+    def _dialect(self):
+        delimiter = self.cfg.delimiter or ("," if self.format == "csv" else "\t")
+        delimiter = delimiter.encode().decode("unicode_escape") if "\\" in delimiter else delimiter
+        quoting = self.cfg.quoting
+        if quoting == "auto":
+            quoting = "minimal" if self.format == "csv" else "none"
+        if quoting == "none":
+            return dict(delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        return dict(delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, doublequote=True)
+
+    def _open_text(self):
+        return open(self.path, encoding=self.encoding, newline="")
+
+    def _decode_error(self):
+        line = _first_bad_line(self.path, self.encoding.replace("-sig", ""))
+        where = f" at line {line}" if line else ""
+        return UserError(
+            f"{self.role} file {self.path} has bytes that are not {self.cfg.encoding}{where}; "
+            f"re-save it as UTF-8 or set data.encoding (e.g. latin-1)"
+        )
+
+    def _read_columns(self):
+        try:
+            if self.format == "jsonl":
+                return self._jsonl_columns()
+            if not self.cfg.header:
+                if not self.cfg.columns:
+                    raise UserError(
+                        f"{self.role} file {self.path} is read without a header (data.header=false) but "
+                        f"data.columns is not set; name the columns, e.g. data.columns=[text,label]"
+                    )
+                return list(self.cfg.columns)
+            with self._open_text() as fh:
+                header = next(csv.reader(fh, **self._dialect()), None)
+        except UnicodeDecodeError:
+            raise self._decode_error() from None
+        if not header or not any(h.strip() for h in header):
+            raise UserError(f"{self.role} file {self.path} has no header line; add one or set data.header=false")
+        header = [h.strip() for h in header]
+        if len(header) == 1:
+            found = header[0]
+            for name, sep in (("tab", "\t"), ("comma", ","), ("semicolon", ";"), ("pipe", "|")):
+                if sep in found:
+                    hint = "data.format=tsv" if sep == "\t" else (
+                        "data.format=csv" if sep == "," else f"data.delimiter='{sep}'")
+                    raise UserError(
+                        f"{self.role} file {self.path} has one column '{found[:60]}' with this delimiter; "
+                        f"it looks {name}-separated: set {hint}"
+                    )
+        return header
+
+    def _jsonl_columns(self):
+        with self._open_text() as fh:
+            for number, line in enumerate(fh, 1):
+                if line.strip():
+                    record = self._parse_json(line, number)
+                    return list(record)
+        raise UserError(f"{self.role} file {self.path} has no records; it holds only blank lines")
+
+    def _parse_json(self, line, number):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"line {number} of {self.path} is not valid JSON ({err.msg}); fix that line") from None
+        if not isinstance(record, dict):
+            raise UserError(f"line {number} of {self.path} is not a JSON object; each line must be {{\"text\": ...}}")
+        return record
+
+    def rows(self):
+        """Yield (line_number, values) with values ordered like `self.columns`."""
+        try:
+            if self.format == "jsonl":
+                yield from self._jsonl_rows()
+            else:
+                yield from self._csv_rows()
+        except UnicodeDecodeError:
+            raise self._decode_error() from None
+
+    def _csv_rows(self):
+        width = len(self.columns)
+        with self._open_text() as fh:
+            reader = csv.reader(fh, **self._dialect())
+            if self.cfg.header:
+                next(reader, None)
+            for values in reader:
+                if not values:  # blank line
+                    continue
+                if len(values) != width:
+                    if len(values) == 1 and not values[0].strip():
+                        continue
+                    raise UserError(
+                        f"line {reader.line_num} of {self.path} has {len(values)} fields where the "
+                        f"{'header' if self.cfg.header else 'data.columns list'} has {width}; fix the row "
+                        f"(quote fields that contain the delimiter)"
+                    )
+                yield reader.line_num, values
+
+    def _jsonl_rows(self):
+        with self._open_text() as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                record = self._parse_json(line, number)
+                missing = [c for c in self.columns if c not in record]
+                if missing:
+                    raise UserError(
+                        f"line {number} of {self.path} lacks key '{missing[0]}' that the first record has; "
+                        f"give every record the same keys"
+                    )
+                yield number, [record[c] for c in self.columns]
+
+
+class RowReader:
+    """Pulls text, text pair, label(s) and id out of the rows of one RawFile."""
+
+    def __init__(self, raw, cfg, need_labels):
+        self.raw = raw
+        self.cfg = cfg
+        cols = {name: i for i, name in enumerate(raw.columns)}
+        self._cols = cols
+
+        def index(name, key):
+            if name not in cols:
+                raise UserError(
+                    f"{raw.role} file {raw.path} has no column '{name}' ({key}); columns found: "
+                    f"{', '.join(raw.columns)}; set {key} to one of them"
+                )
+            return cols[name]
+
+        self.text_idx = [index(c, "data.text_columns") for c in cfg.text_columns]
+        self.pair_idx = index(cfg.text_pair_column, "data.text_pair_column") if cfg.text_pair_column else None
+        self.id_idx = index(cfg.id_column, "data.id_column") if cfg.id_column else None
+        self.multi_columns = None
+        self.label_idx = None
+        if cfg.label_columns:
+            present = [c for c in cfg.label_columns if c in cols]
+            if present or need_labels:
+                self.multi_columns = [index(c, "data.label_columns") for c in cfg.label_columns]
+        elif cfg.label_column:
+            if cfg.label_column in cols:
+                self.label_idx = cols[cfg.label_column]
+            elif need_labels:
+                index(cfg.label_column, "data.label_column")
+        self.labelled = self.multi_columns is not None or self.label_idx is not None
+
+    def where(self, line):
+        return f"line {line} of {self.raw.path}"
+
+    @staticmethod
+    def _as_text(value):
+        if value is None:
+            return ""
+        return value if isinstance(value, str) else str(value)
+
+    def text(self, values):
+        if len(self.text_idx) == 1:
+            return self._as_text(values[self.text_idx[0]]).strip()
+        parts = (self._as_text(values[i]).strip() for i in self.text_idx)
+        return self.cfg.text_separator.join(p for p in parts if p)
+
+    def pair(self, values):
+        return self._as_text(values[self.pair_idx]).strip()
+
+    def row_id(self, values, row_number):
+        if self.id_idx is None:
+            return str(row_number)
+        value = self._as_text(values[self.id_idx]).strip()
+        return value
+
+    def labels(self, values, line):
+        """The row's label names: one for single-label, a list for multi-label."""
+        if self.multi_columns is not None:
+            out = []
+            for name, i in zip(self.cfg.label_columns, self.multi_columns):
+                flag = self._as_text(values[i]).strip().lower()
+                if flag in ("1", "1.0", "true"):
+                    out.append(name)
+                elif flag not in ("0", "0.0", "false"):
+                    raise UserError(f"{self.where(line)}: column '{name}' is {flag!r}; multi-label columns hold 0 or 1")
+            return out
+        value = values[self.label_idx]
+        if self.cfg.label_delimiter is not None or isinstance(value, list):
+            items = value if isinstance(value, list) else self._as_text(value).split(self.cfg.label_delimiter)
+            return sorted({self._as_text(v).strip() for v in items if self._as_text(v).strip()})
+        name = self._as_text(value).strip()
+        if isinstance(value, float) and value.is_integer():
+            name = str(int(value))
+        if not name:
+            raise UserError(
+                f"{self.where(line)}: the label ('{self.cfg.label_column}') is empty; fill it in or remove the row"
+            )
+        return name
