@@ -386,9 +386,11 @@ def parse_args(argv, prog="stage.py"):
             config_path = arg.partition("=")[2]
         elif arg.startswith("-"):
             name = arg.lstrip("-").partition("=")[0].replace("-", "_")
+            owners = [s for s in SECTIONS if name in _field_types(s)]
+            example = f"{owners[0]}.{name}=<value>" if owners else "train.lr=2e-5"
             raise UserError(
-                f"unknown option '{arg}'; the only option is --config, everything else is key=value, "
-                f"e.g. {name}=... or section.{name}=..."
+                f"unknown option '{arg}'; the only option is --config, everything else is a key=value "
+                f"override, e.g. {example}"
             )
         else:
             overrides.append(arg)

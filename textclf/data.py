@@ -169,7 +169,7 @@ class Encoder:
                 seq_a = pre + ids_a + mid
                 seq = seq_a + ids_b + post
                 input_ids[row, :len(seq)] = seq
-                token_types[row, len(seq_a) - len(mid):len(seq)] = type_b
+                token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
                 lengths[row] = len(seq)
         return input_ids, token_types, lengths, truncated
 

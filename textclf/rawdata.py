@@ -84,7 +84,14 @@ class RawFile:
                         f"{self.role} file {self.path} is read without a header (data.header=false) but "
                         f"data.columns is not set; name the columns, e.g. data.columns=[text,label]"
                     )
-                return list(self.cfg.columns)
+                columns = list(self.cfg.columns)
+                if self.role in ("test", "input"):
+                    # an unlabelled headerless file (NeMo's test `text` files) has the leading columns only
+                    with self._open_text() as fh:
+                        first = next(csv.reader(fh, **self._dialect()), None)
+                    if first and len(first) < len(columns):
+                        columns = columns[:len(first)]
+                return columns
             with self._open_text() as fh:
                 header = next(csv.reader(fh, **self._dialect()), None)
         except UnicodeDecodeError:
