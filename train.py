@@ -1,7 +1,23 @@
-"""Placeholder for the train stage."""
+"""Fine-tune an encoder on the arrays written by data_process.py.
 
-import sys
+    python train.py --config configs/sst2.yaml
+    python train.py --config configs/sst2.yaml train.lr=2e-4 train.epochs=1 train.folds=[0,1]
+    accelerate launch --num_processes 2 train.py --config configs/sst2.yaml
+    python train.py --config configs/sst2.yaml train.resume=auto      # continue a stopped run
+
+Writes checkpoints/<run>/ (see textclf/train.py for the layout).
+"""
+
+from textclf.config import parse_args
+from textclf.errors import run_cli
+
+
+def main(argv):
+    config = parse_args(argv, prog="train.py")
+    from textclf.train import run
+
+    run(config)
+
 
 if __name__ == "__main__":
-    print("train.py: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+    run_cli(main)

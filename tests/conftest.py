@@ -57,6 +57,14 @@ class Result:
         return f"Result(code={self.code}, err={self.err[-2000:]!r})"
 
 
+def _reset_accelerate():
+    """Accelerate keeps process-wide singletons; a real run has one per process, tests run many."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def run_stage(name, *args):
     """Run `<name>.py args...` in this process; return its exit code, stdout and stderr."""
     module = _load_script(name)
@@ -67,6 +75,8 @@ def run_stage(name, *args):
             run_cli(module.main, [str(a) for a in args])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            _reset_accelerate()
     return Result(code, out.getvalue(), err.getvalue())
 
 

@@ -28,6 +28,7 @@ def test_types_are_coerced():
     assert cfg.train.class_weights == "auto"
     assert cfg.train.betas == [0.9, 0.98]
     assert parse_args(["train.folds=all"]).train.folds == "all"
+    assert parse_args(["train.precision=no"]).train.precision == "no"  # not YAML's False
     assert parse_args(["data.text_columns=text"]).data.text_columns == ["text"]
 
 

@@ -63,7 +63,8 @@ class ModelConfig:
     premodels_dir: str = "premodels"
     trust_remote_code: bool = False
     head: Literal["cls", "mean", "pooler", "fusion"] = "cls"
-    dropout: float = 0.1
+    dropout: float = 0.1  # before the head
+    backbone_dropout: float | None = None  # override the encoder's own dropout (null: keep its config)
     multi_sample_dropout: int = 1  # k dropout masks, logits averaged
     problem_type: Literal["auto", "single_label", "binary_bce", "multi_label"] = "auto"
 
@@ -189,6 +190,8 @@ def coerce(value, tp, key):
                 continue
         raise UserError(f"config key {key}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML reads a bare `no` as False
+            value = {False: "no", True: "yes"}[value]
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -260,8 +263,8 @@ def _parse_scalar(text):
 
 def _override_value(raw, tp):
     """Command-line values are text: strings stay verbatim, everything else is YAML-parsed."""
-    if tp is str:
-        return raw
+    if tp is str or typing.get_origin(tp) is Literal:
+        return raw.strip() if tp is not str else raw
     if typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp):
         stripped = raw.strip().lower()
         if stripped in _NULLS:

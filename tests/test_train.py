@@ -1,0 +1,226 @@
+"""train.py on tiny data with tiny random models: numbers that can be wrong."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import write
+from textclf.loader import LengthGroupedBatches
+
+POS = ["great", "fun", "good", "love", "best", "funny"]
+NEG = ["boring", "bad", "hate", "worst", "sad"]
+FILLER = "the movie was a film story plot actor one two three very really".split()
+
+
+def toy_rows(n, seed=0, classes=2):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % classes
+        cue = [POS, NEG, ["cancer", "tumor", "cell"]][label]
+        words = rng.sample(FILLER, rng.randint(2, 8)) + [rng.choice(cue)] * 2
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def make_data(stage, premodels, tmp_path, rows=None, family="bert", name="toy", extra=(), header="text,label",
+              fmt=None):
+    rows = rows if rows is not None else toy_rows(64)
+    lines = fmt(rows) if fmt else [f"{t},{l}" for t, l in rows]
+    train = write(tmp_path / f"{name}.csv", header + "\n" + "\n".join(lines) + "\n")
+    result = stage("data_process", f"model.name={premodels(family)}", f"data.output_dir={tmp_path / 'data'}",
+                   f"data.name={name}", f"data.train_file={train}", "data.max_len=32", *extra)
+    assert result.code == 0, result
+    return [f"model.name={premodels(family)}", f"data.output_dir={tmp_path / 'data'}", f"data.name={name}"]
+
+
+def train(stage, tmp_path, base, *args, out="ck"):
+    result = stage("train", *base, f"train.output_dir={tmp_path / out}", "train.log_every_steps=1", *args)
+    assert result.code == 0, result
+    return result
+
+
+def records(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(l) for l in lines if json.loads(l)["type"] == kind]
+
+
+def strip_time(recs):
+    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in recs]
+
+
+def test_loss_falls_when_overfitting_a_small_batch(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(16))
+    train(stage, tmp_path, base, "train.epochs=30", "train.batch_size=8", "train.lr=3e-3", "train.warmup=0",
+          "train.scheduler=constant", "model.backbone_dropout=0", "model.dropout=0")
+    losses = [r["loss"] for r in records(tmp_path / "ck" / "toy", "train")]
+    assert losses[-1] < 0.1 * losses[0], losses
+    assert losses[-1] < 0.05
+
+
+def test_accumulation_gives_the_gradients_of_the_big_batch(stage, premodels, tmp_path):
+    """Batch 8 in one step vs 4 x 2 accumulated: same loss and same gradient norm at every step."""
+    base = make_data(stage, premodels, tmp_path, toy_rows(40))
+    common = ["train.epochs=1", "train.sampler=random", "model.backbone_dropout=0", "model.dropout=0",
+              "train.max_grad_norm=0", "train.lr=1e-3", "data.name=toy"]
+    train(stage, tmp_path, base, "train.batch_size=8", "train.grad_accum=1", *common, out="big")
+    train(stage, tmp_path, base, "train.batch_size=4", "train.grad_accum=2", *common, out="acc")
+    big = records(tmp_path / "big" / "toy", "train")
+    acc = records(tmp_path / "acc" / "toy", "train")
+    assert len(big) == len(acc) > 2  # same number of optimizer steps
+    for a, b in zip(big, acc):
+        assert a["step"] == b["step"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+
+
+@pytest.mark.parametrize("scheduler, end", [("linear", 0.0), ("cosine", 0.0), ("constant", 1e-3), ("onecycle", None)])
+def test_lr_follows_its_schedule_to_the_end(stage, premodels, tmp_path, scheduler, end):
+    base = make_data(stage, premodels, tmp_path, toy_rows(32))
+    train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=4", "train.lr=1e-3", "train.warmup=4",
+          f"train.scheduler={scheduler}")
+    lrs = [r["lr"] for r in records(tmp_path / "ck" / "toy", "train")]
+    assert len(lrs) == 14  # 28 train rows (4 held out) / 4 per batch = 7 steps an epoch
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-6)
+    assert lrs[0] < lrs[3]  # warming up
+    if end is not None:
+        assert lrs[-1] == pytest.approx(end, abs=1e-12)
+    else:
+        assert lrs[-1] < 1e-3 / 25 / 1e3  # one-cycle ends at max_lr / div_factor / final_div_factor
+
+
+@pytest.mark.parametrize("head", ["cls", "mean", "pooler", "fusion"])
+def test_every_head_trains_and_saves_a_complete_best(stage, premodels, tmp_path, head):
+    base = make_data(stage, premodels, tmp_path)
+    train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=8", f"model.head={head}",
+          "model.multi_sample_dropout=3", "train.lr=1e-3")
+    best = tmp_path / "ck" / "toy" / "fold0" / "best"
+    for name in ("model.safetensors", "config.json", "head.json", "metrics.json", "config.yaml", "tokenizer.json"):
+        assert (best / name).is_file(), name
+    head_cfg = json.loads((best / "head.json").read_text())
+    assert head_cfg["head"] == head and head_cfg["label_names"] == ["0", "1"]
+
+
+@pytest.mark.parametrize("problem, extra", [
+    ("binary_bce", ["train.class_weights=auto", "model.head=fusion"]),
+    ("single_label", ["train.class_weights=[1.0,1.5]", "train.label_smoothing=0.1"]),
+])
+def test_binary_problem_types_learn(stage, premodels, tmp_path, problem, extra):
+    base = make_data(stage, premodels, tmp_path, toy_rows(80))
+    train(stage, tmp_path, base, "train.epochs=6", "train.batch_size=8", "train.lr=2e-3",
+          f"model.problem_type={problem}", *extra)
+    run = tmp_path / "ck" / "toy"
+    oof = np.load(run / "oof" / "probs.npy")
+    assert oof.shape[1] == 2 and np.allclose(oof.sum(1), 1, atol=1e-5)
+    assert json.loads((run / "oof" / "metrics.json").read_text())["accuracy"] >= 0.75
+
+
+def test_class_weights_and_smoothing_in_the_loss():
+    import torch
+
+    from textclf.model import auto_class_weights, make_loss
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    ce = make_loss("single_label", [1.0, 3.0])(logits, labels)
+    per_row = -torch.log_softmax(logits, -1)[torch.arange(3), labels]
+    assert ce.item() == pytest.approx(((per_row * torch.tensor([1.0, 3.0, 3.0])).sum() / 7.0).item(), rel=1e-6)
+    bce = make_loss("binary_bce", [1.0, 3.0])(logits[:, :1], labels)
+    per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="none")
+    assert bce.item() == pytest.approx(((per_row * torch.tensor([1.0, 3.0, 3.0])).sum() / 7.0).item(), rel=1e-6)
+    smooth = make_loss("single_label", None, 0.2)(logits, labels)
+    assert smooth.item() > make_loss("single_label")(logits, labels).item() * 0.9
+    assert auto_class_weights(np.array([0, 0, 0, 1]), "single_label", 2) == pytest.approx([4 / 6, 2.0])
+    assert auto_class_weights(np.array([[1, 0], [1, 1], [0, 0], [1, 0]]), "multi_label", 2) == pytest.approx([1 / 3, 3.0])
+
+
+def test_multi_label_with_auto_weights(stage, premodels, tmp_path):
+    rows = toy_rows(60, classes=3)
+    flags = [[int(l == 0), int(l == 1), int(l == 2 or i % 5 == 0)] for i, (_, l) in enumerate(rows)]
+    base = make_data(stage, premodels, tmp_path, rows, header="text,pos,neg,med",
+                     fmt=lambda rs: [f"{t},{f[0]},{f[1]},{f[2]}" for (t, _), f in zip(rs, flags)],
+                     extra=["data.label_columns=[pos,neg,med]"])
+    train(stage, tmp_path, base, "train.epochs=3", "train.batch_size=8", "train.lr=2e-3", "train.class_weights=auto",
+          "train.metric=f1_micro", "model.head=mean")
+    oof = np.load(tmp_path / "ck" / "toy" / "oof" / "probs.npy")
+    assert oof.shape[1] == 3 and ((oof >= 0) & (oof <= 1)).all()
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta", "deberta-v2", "electra"])
+def test_other_families_train_on_text_pairs(stage, premodels, tmp_path, family):
+    rows = toy_rows(24)
+    base = make_data(stage, premodels, tmp_path, rows, family=family, header="a\tb\tlabel",
+                     fmt=lambda rs: [f"{t}\tquestion {i}\t{l}" for i, (t, l) in enumerate(rs)],
+                     extra=["data.text_columns=a", "data.text_pair_column=b", "data.format=tsv"])
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "model.head=pooler")
+    assert (tmp_path / "ck" / "toy" / "oof" / "probs.npy").is_file()
+
+
+def test_same_seed_same_run(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path)
+    args = ["train.epochs=2", "train.batch_size=8", "train.lr=1e-3", "train.eval_every_steps=5"]
+    train(stage, tmp_path, base, *args, out="one")
+    train(stage, tmp_path, base, *args, out="two")
+    one, two = tmp_path / "one" / "toy", tmp_path / "two" / "toy"
+    assert strip_time(records(one, "eval")) == strip_time(records(two, "eval"))
+    assert strip_time(records(one, "train")) == strip_time(records(two, "train"))
+    assert (one / "fold0/best/model.safetensors").read_bytes() == (two / "fold0/best/model.safetensors").read_bytes()
+
+
+def test_resume_continues_at_the_same_batch(stage, premodels, tmp_path):
+    """Stopped after its first step (mid-epoch) by max_time, then resumed: the finished run is
+    bit-for-bit the uninterrupted one."""
+    base = make_data(stage, premodels, tmp_path, toy_rows(48))
+    args = ["train.epochs=2", "train.batch_size=8", "train.lr=1e-3"]
+    train(stage, tmp_path, base, *args, out="straight")
+    first = train(stage, tmp_path, base, *args, "train.max_time=0.000001", out="stopped")
+    assert "train.resume=" in first.out
+    run = tmp_path / "stopped" / "toy"
+    state = json.loads(next(run.glob("fold0/last-*/state.json")).read_text())
+    assert state["step"] == 1 and state["batch_in_epoch"] == 1  # it stopped mid-epoch
+    assert not (run / "fold0" / "done.json").exists()
+    second = train(stage, tmp_path, base, *args, "train.resume=auto", out="stopped")
+    assert "resuming from last-00000001" in second.out
+    straight = tmp_path / "straight" / "toy"
+    assert strip_time(records(run, "eval")) == strip_time(records(straight, "eval"))
+    assert (run / "fold0/best/model.safetensors").read_bytes() == (straight / "fold0/best/model.safetensors").read_bytes()
+    assert np.array_equal(np.load(run / "oof/probs.npy"), np.load(straight / "oof/probs.npy"))
+
+
+def test_kfold_oof_covers_every_row_once(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(30), extra=["data.n_folds=3", "data.id_column=null"])
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8")
+    run = tmp_path / "ck" / "toy"
+    ids = np.load(run / "oof" / "ids.npy")
+    assert ids.tolist() == [str(i) for i in range(30)]
+    folds = np.load(run / "oof" / "folds.npy")
+    assert sorted(set(folds.tolist())) == [0, 1, 2]
+    assert np.array_equal(folds, np.load(tmp_path / "data" / "toy" / "train" / "folds.npy"))
+    assert all((run / f"fold{k}" / "done.json").is_file() for k in range(3))
+
+
+def test_a_new_run_never_overwrites_an_old_one(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(16))
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8")
+    first = (tmp_path / "ck" / "toy" / "fold0/best/model.safetensors").read_bytes()
+    result = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "train.seed=3")
+    assert "toy-v2" in result.out
+    assert (tmp_path / "ck" / "toy" / "fold0/best/model.safetensors").read_bytes() == first
+    assert (tmp_path / "ck" / "toy-v2" / "fold0/best/model.safetensors").is_file()
+
+
+def test_length_grouped_batches():
+    lengths = np.random.default_rng(0).integers(3, 200, size=1000)
+    sampler = LengthGroupedBatches(lengths, batch_size=16, seed=1, group=8)
+    first = sampler.batches()
+    assert sorted(i for b in first for i in b) == list(range(1000))  # every row exactly once
+    assert first == sampler.batches()  # reproducible for a (seed, epoch)
+    sampler.epoch = 1
+    assert first != sampler.batches()  # a new order every epoch
+    padded = sum(len(b) * lengths[b].max() for b in first)
+    shuffled = np.random.default_rng(2).permutation(1000)
+    padded_random = sum(len(shuffled[i:i + 16]) * lengths[shuffled[i:i + 16]].max() for i in range(0, 1000, 16))
+    assert padded < 0.75 * padded_random  # grouping removes most of the padding

@@ -1,0 +1,141 @@
+"""Batches from the padded arrays written by data_process.
+
+The arrays are memory-mapped, and opened lazily inside each DataLoader worker: pickling an
+`np.memmap` (as workers under spawn do) would copy the whole array into RAM. Each batch is
+cut to its longest row, so padded storage costs nothing at training time.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import UserError
+
+ARRAYS = ("input_ids", "attention_mask", "token_type_ids", "lengths")
+
+
+class SplitArrays(Dataset):
+    """Rows `rows` of one split folder. Indexing by a list of positions returns a whole batch."""
+
+    def __init__(self, split_dir, rows=None, with_labels=True):
+        self.split_dir = Path(split_dir)
+        for name in ARRAYS + (("labels",) if with_labels else ()):
+            if not (self.split_dir / f"{name}.npy").is_file():
+                raise UserError(f"{self.split_dir / (name + '.npy')} is missing; run data_process.py again")
+        self.with_labels = with_labels
+        n = np.load(self.split_dir / "lengths.npy", mmap_mode="r").shape[0]
+        self.rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        self._arrays = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # reopened in the worker, never pickled
+        return state
+
+    @property
+    def arrays(self):
+        if self._arrays is None:
+            names = ARRAYS + (("labels",) if self.with_labels else ())
+            self._arrays = {name: np.load(self.split_dir / f"{name}.npy", mmap_mode="r") for name in names}
+        return self._arrays
+
+    def lengths(self):
+        return np.asarray(self.arrays["lengths"][self.rows])
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, position):
+        return self.__getitems__([position])
+
+    def __getitems__(self, positions):
+        """One batch: arrays cut to the longest row, plus the positions (to restore row order)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = self.rows[positions]
+        order = np.argsort(rows)  # memmap reads in file order are faster
+        sorted_rows = rows[order]
+        arrays = self.arrays
+        width = int(arrays["lengths"][sorted_rows].max())
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        batch = {
+            "input_ids": torch.from_numpy(arrays["input_ids"][sorted_rows, :width][inverse].astype(np.int64)),
+            "attention_mask": torch.from_numpy(arrays["attention_mask"][sorted_rows, :width][inverse].astype(np.int64)),
+            "token_type_ids": torch.from_numpy(arrays["token_type_ids"][sorted_rows, :width][inverse].astype(np.int64)),
+            "index": torch.from_numpy(positions),
+        }
+        if self.with_labels:
+            batch["labels"] = torch.from_numpy(np.asarray(arrays["labels"][sorted_rows][inverse]).astype(np.int64))
+        return batch
+
+
+def collate(batch):
+    return batch  # __getitems__ already built the batch
+
+
+class LengthGroupedBatches:
+    """Seeded training batches of similar length, in shuffled order.
+
+    Each epoch: shuffle the rows, cut them into mega-batches of `group` batches, sort every
+    mega-batch by length and split it into batches, then shuffle the batch order. Padding
+    nearly vanishes while the data order stays random. `epoch` is set before each epoch, and
+    the order depends only on (seed, epoch): a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths, batch_size, seed, group=50, drop_last=False, grouped=True):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group
+        self.drop_last = drop_last
+        self.grouped = grouped
+        self.epoch = 0
+
+    def batches(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        if self.grouped:
+            mega = self.batch_size * self.group
+            chunks = [order[i:i + mega] for i in range(0, len(order), mega)]
+            # stable sort on descending length; ties keep the shuffled order
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.grouped:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self):
+        n = len(self.lengths) // self.batch_size if self.drop_last else math.ceil(len(self.lengths) / self.batch_size)
+        return n
+
+
+class SortedBatches:
+    """Evaluation batches over rows sorted by length (longest first); results are put back
+    in row order by the `index` each batch carries."""
+
+    def __init__(self, lengths, batch_size):
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        self._batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+    def __iter__(self):
+        return iter(self._batches)
+
+    def __len__(self):
+        return len(self._batches)
+
+
+def make_loader(dataset, batch_sampler, num_workers=0):
+    # Each new iterator draws a worker base seed; from the global RNG that draw would shift the
+    # dropout stream whenever a loader is (re)started, and a resumed run would diverge.
+    generator = torch.Generator().manual_seed(0)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
+                                       num_workers=num_workers, persistent_workers=num_workers > 0,
+                                       generator=generator)

@@ -1,0 +1,218 @@
+"""The classifier: a Hugging Face encoder from premodels/ plus a small head.
+
+Heads:
+    cls     the first token's hidden state
+    mean    the mean of the token states, padding masked out
+    pooler  the backbone's pooler output (dense + tanh on the first token); models without
+            one (DistilBERT, ELECTRA, DeBERTa) get the same layer here
+    fusion  mean-pooled tokens through one linear layer plus the pooler output through
+            another, summed (the competition topline's head)
+Multi-sample dropout applies k dropout masks to the pooled features and averages the
+logits; at evaluation dropout is off, so one pass is exact.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label")
+
+
+def uses_token_types(config):
+    """DistilBERT ignores token_type_ids and RoBERTa/DeBERTa have one type: pass them only when used."""
+    return getattr(config, "type_vocab_size", 0) >= 2 and config.model_type != "distilbert"
+
+
+def resolve_problem_type(requested, meta_problem, n_labels):
+    if meta_problem == "multi_label":
+        if requested not in ("auto", "multi_label"):
+            raise UserError(f"model.problem_type={requested} does not fit multi-label data; use auto or multi_label")
+        return "multi_label"
+    if requested == "multi_label":
+        raise UserError("model.problem_type=multi_label needs multi-label data (data.label_columns or data.label_delimiter)")
+    if requested == "binary_bce" and n_labels != 2:
+        raise UserError(f"model.problem_type=binary_bce needs 2 labels, the data has {n_labels}; use single_label")
+    return "single_label" if requested == "auto" else requested
+
+
+def num_outputs(problem_type, n_labels):
+    return 1 if problem_type == "binary_bce" else n_labels
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone, n_outputs, head="cls", dropout=0.1, multi_sample_dropout=1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.pass_token_types = uses_token_types(backbone.config)
+        hidden = backbone.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.samples = max(1, int(multi_sample_dropout))
+        wants_pooler = head in ("pooler", "fusion")
+        has_pooler = getattr(backbone, "pooler", None) is not None
+        if not wants_pooler and has_pooler:
+            # An unused pooler would leave parameters without gradients (DDP then fails).
+            backbone.pooler = None
+        self.pooler = None
+        if wants_pooler and not has_pooler:
+            self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
+        self.fc = nn.Linear(hidden, n_outputs)
+        self.fc_pooler = nn.Linear(hidden, n_outputs) if head == "fusion" else None
+
+    def features(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pass_token_types and token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.backbone(**kwargs)
+        hidden = out.last_hidden_state
+        mean = pooled = None
+        if self.head in ("mean", "fusion"):
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.head in ("pooler", "fusion"):
+            pooled = self.pooler(hidden[:, 0]) if self.pooler is not None else out.pooler_output
+        if self.head == "cls":
+            return hidden[:, 0], None
+        if self.head == "mean":
+            return mean, None
+        if self.head == "pooler":
+            return pooled, None
+        return mean, pooled
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        main, extra = self.features(input_ids, attention_mask, token_type_ids)
+        samples = self.samples if self.training else 1
+        logits = 0
+        for _ in range(samples):
+            step = self.fc(self.dropout(main))
+            if extra is not None:
+                step = step + self.fc_pooler(self.dropout(extra))
+            logits = logits + step
+        return logits / samples
+
+
+def make_loss(problem_type, class_weights=None, label_smoothing=0.0):
+    """A function (logits, labels) -> mean loss for the problem type."""
+    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    if problem_type == "single_label":
+        def loss(logits, labels):
+            w = None if weights is None else weights.to(logits.device)
+            return nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing)
+    elif problem_type == "binary_bce":
+        def loss(logits, labels):
+            target = labels.float()
+            if label_smoothing:
+                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
+            per_row = nn.functional.binary_cross_entropy_with_logits(logits.float().squeeze(-1), target, reduction="none")
+            if weights is None:
+                return per_row.mean()
+            w = weights.to(logits.device)[labels]  # each row weighted by its class, normalised like CE
+            return (per_row * w).sum() / w.sum()
+    else:
+        def loss(logits, labels):
+            target = labels.float()
+            if label_smoothing:
+                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
+            pos_weight = None if weights is None else weights.to(logits.device)
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
+    return loss
+
+
+def probabilities(logits, problem_type):
+    """Class probabilities (rows, classes); binary_bce expands its one logit to [1-p, p]."""
+    logits = logits.float()
+    if problem_type == "single_label":
+        return logits.softmax(-1)
+    if problem_type == "binary_bce":
+        p = logits.squeeze(-1).sigmoid()
+        return torch.stack([1 - p, p], dim=-1)
+    return logits.sigmoid()
+
+
+def auto_class_weights(labels, problem_type, n_labels):
+    """Inverse-frequency weights (single-label), or negatives/positives per class (multi-label)."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if problem_type == "multi_label":
+        pos = labels.sum(axis=0).astype(np.float64)
+        neg = len(labels) - pos
+        return (neg / np.maximum(pos, 1)).tolist()
+    counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    return (len(labels) / (n_labels * np.maximum(counts, 1))).tolist()
+
+
+# ---------------------------------------------------------------------------- building / loading
+
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, backbone_dropout=None):
+    from transformers import AutoConfig, AutoModel
+
+    from .premodels import quiet_transformers
+
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        if backbone_dropout is not None:
+            for key in DROPOUT_KEYS:
+                if hasattr(config, key):
+                    setattr(config, key, backbone_dropout)
+        if from_config_only:
+            return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        # dtype float32: transformers 5 defaults to the checkpoint's dtype; autocast handles precision
+        return AutoModel.from_pretrained(str(model_dir), config=config, dtype=torch.float32,
+                                         trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
+
+
+def build_classifier(model_dir, head_cfg, trust_remote_code=False, from_config_only=False):
+    backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head_cfg.get("backbone_dropout"))
+    return Classifier(backbone, head_cfg["n_outputs"], head_cfg["head"], head_cfg["dropout"],
+                      head_cfg["multi_sample_dropout"])
+
+
+def save_classifier(model, folder, head_cfg, tokenizer=None):
+    """Write weights (safetensors), the backbone config, the head config and the tokenizer."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.backbone.config.save_pretrained(str(folder))
+    with open(folder / "head.json", "w", encoding="utf-8") as fh:
+        json.dump(head_cfg, fh, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+
+
+def load_classifier(folder, trust_remote_code=False):
+    """Rebuild a classifier from a `best/` folder written by save_classifier."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    head_path = folder / "head.json"
+    if not head_path.is_file() or not (folder / "model.safetensors").is_file():
+        raise UserError(f"{folder} is not a textclf checkpoint (head.json or model.safetensors missing); "
+                        f"point at checkpoints/<run>/fold<k>/best")
+    with open(head_path, encoding="utf-8") as fh:
+        head_cfg = json.load(fh)
+    model = build_classifier(folder, head_cfg, trust_remote_code, from_config_only=True)
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"weights in {folder / 'model.safetensors'} are corrupted or truncated ({err}); "
+                        f"retrain this fold or restore the file") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"weights in {folder} do not fit the model (missing {len(missing)}, unexpected "
+                        f"{len(unexpected)} tensors); the checkpoint and its config.json differ")
+    return model, head_cfg
