@@ -84,7 +84,7 @@ def test_lr_follows_its_schedule_to_the_end(stage, premodels, tmp_path, schedule
           f"train.scheduler={scheduler}")
     lrs = [r["lr"] for r in records(tmp_path / "ck" / "toy", "train")]
     assert len(lrs) == 14  # 28 train rows (4 held out) / 4 per batch = 7 steps an epoch
-    assert max(lrs) == pytest.approx(1e-3, rel=1e-6)
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-6 if scheduler != "onecycle" else 0.02)  # one-cycle peaks between steps
     assert lrs[0] < lrs[3]  # warming up
     if end is not None:
         assert lrs[-1] == pytest.approx(end, abs=1e-12)
