@@ -1,7 +1,23 @@
-"""Placeholder for the ensemble_and_submit stage."""
+"""Blend several prediction sets and write a checked Kaggle-style submission.
 
-import sys
+    python ensemble_and_submit.py --config configs/demo.yaml
+    python ensemble_and_submit.py --config configs/x.yaml \
+        ensemble.predictions='[model_predictions/a, model_predictions/b]' \
+        ensemble.method=weighted ensemble.sample_submission=data/sample_submission.csv
+
+Writes submissions/<ensemble.name>.csv and a .json with the blend's validation score.
+"""
+
+from textclf.config import parse_args
+from textclf.errors import run_cli
+
+
+def main(argv):
+    config = parse_args(argv, prog="ensemble_and_submit.py")
+    from textclf.ensemble import run
+
+    run(config)
+
 
 if __name__ == "__main__":
-    print("ensemble_and_submit.py: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+    run_cli(main)

@@ -1,7 +1,23 @@
-"""Placeholder for the evaluate stage."""
+"""Predict with a trained run: every split it is asked for, or raw texts.
 
-import sys
+    python evaluate.py --config configs/sst2.yaml eval.run=checkpoints/sst2
+    python evaluate.py --config configs/sst2.yaml eval.texts='["a gripping film", "dull and long"]'
+    python evaluate.py --config configs/sst2.yaml eval.input=new_rows.csv
+    accelerate launch evaluate.py --config configs/sst2.yaml     # same rows as one process
+
+Writes model_predictions/<run>/ (see textclf/evaluate.py for the layout).
+"""
+
+from textclf.config import parse_args
+from textclf.errors import run_cli
+
+
+def main(argv):
+    config = parse_args(argv, prog="evaluate.py")
+    from textclf.evaluate import run
+
+    run(config)
+
 
 if __name__ == "__main__":
-    print("evaluate.py: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+    run_cli(main)

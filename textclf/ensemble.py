@@ -1,0 +1,302 @@
+"""The ensemble stage: several prediction sets -> one blended, checked submission.
+
+    python ensemble_and_submit.py --config configs/demo.yaml \\
+        ensemble.predictions='[model_predictions/a, model_predictions/b]' \\
+        ensemble.sample_submission=data/sample_submission.csv ensemble.name=final
+
+Blends: mean, weighted (weights searched on the out-of-fold probabilities for the
+configured metric, never worse there than the plain mean), geometric mean, rank average.
+Binary problems get a tuned decision threshold and multi-label problems one threshold per
+class, both learned on the out-of-fold rows and applied to test.
+"""
+
+import csv
+import io
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .config import resolve_path
+from .errors import UserError
+from .fileio import atomic_write_text, read_json, write_json
+from .metrics import HIGHER_IS_BETTER, compute
+
+SCORE_METRICS = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss")
+
+
+def load_set(path):
+    folder = resolve_path(path)
+    if not (folder / "manifest.json").is_file():
+        raise UserError(f"{path} is not a prediction set (no manifest.json); pass model_predictions/<run> folders "
+                        f"written by evaluate.py")
+    manifest = read_json(folder / "manifest.json")
+    if "splits" not in manifest:
+        raise UserError(f"{path} holds raw-text predictions, not a prediction set of a run; run evaluate.py with eval.run")
+    return folder, manifest
+
+
+def check_sets(sets, split):
+    """All sets must describe the same rows (ids and order), labels and inputs."""
+    first_path, first = sets[0]
+    for path, manifest in sets[1:]:
+        if manifest["label_names"] != first["label_names"]:
+            raise UserError(f"{path} has labels {manifest['label_names']}, {first_path} has {first['label_names']}; "
+                            f"blend only predictions of the same labels")
+        if manifest["problem_type"] != first["problem_type"]:
+            raise UserError(f"{path} is {manifest['problem_type']}, {first_path} is {first['problem_type']}; "
+                            f"blend only predictions of one problem type")
+        for name in ("oof", split):
+            a, b = first["splits"].get(name), manifest["splits"].get(name)
+            if (a is None) != (b is None):
+                raise UserError(f"{path} and {first_path} do not both have a '{name}' split; evaluate both the same way")
+            if a is None:
+                continue
+            if a["ids_sha256"] != b["ids_sha256"]:
+                raise UserError(f"{path} and {first_path} have different '{name}' rows (ids or their order); "
+                                f"blend only predictions made from the same data_process output")
+            if name != "oof" and a.get("source_sha256") != b.get("source_sha256"):
+                raise UserError(f"{path} and {first_path} were predicted from different {name} files "
+                                f"(sha256 differs); evaluate both on the same input")
+
+
+def blend(members, weights, method):
+    """Blend member probabilities (members, rows, classes)."""
+    members = np.asarray(members, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    if method in ("mean", "weighted"):
+        return np.tensordot(w, members, axes=1)
+    if method == "geometric":
+        out = np.exp(np.tensordot(w, np.log(np.clip(members, 1e-12, 1.0)), axes=1))
+        return out
+    if method == "rank":
+        ranks = members.argsort(axis=1).argsort(axis=1) / max(members.shape[1] - 1, 1)
+        return np.tensordot(w, ranks, axes=1)
+    raise UserError(f"unknown blend method {method}")
+
+
+def normalise(probs, problem_type):
+    if problem_type == "multi_label":
+        return np.clip(probs, 0.0, 1.0)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def score(probs, labels, problem_type, metric):
+    if metric == "log_loss":
+        from sklearn.metrics import log_loss
+
+        if problem_type == "multi_label":
+            p = np.clip(probs, 1e-7, 1 - 1e-7)
+            return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+        return float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=list(range(probs.shape[1]))))
+    results = compute(probs, labels, problem_type)
+    if metric not in results:
+        raise UserError(f"ensemble.metric={metric} is not available here; choose one of {', '.join(sorted(results))}")
+    return results[metric]
+
+
+def higher_is_better(metric):
+    return metric != "log_loss" and HIGHER_IS_BETTER.get(metric, True)
+
+
+def search_weights(members, labels, problem_type, metric, method, seed=0, trials=300):
+    """Weights on the simplex that score best on the OOF rows; the equal weights are tried
+    first, so the result is never worse there than the plain mean."""
+    n = len(members)
+    sign = 1 if higher_is_better(metric) else -1
+    equal = np.full(n, 1.0 / n)
+
+    def value(w):
+        return sign * score(normalise(blend(members, w, method), problem_type), labels, problem_type, metric)
+
+    best_w, best = equal, value(equal)
+    if n == 1:
+        return best_w, sign * best
+    rng = np.random.default_rng(seed)
+    candidates = list(np.eye(n)) + list(rng.dirichlet(np.ones(n), size=trials))
+    for w in candidates:
+        v = value(w)
+        if v > best + 1e-12:
+            best_w, best = w, v
+    # refine around the best point with shrinking steps
+    step = 0.1
+    while step > 1e-3:
+        improved = False
+        for i in range(n):
+            for delta in (step, -step):
+                w = best_w.copy()
+                w[i] = max(0.0, w[i] + delta)
+                if w.sum() <= 0:
+                    continue
+                w = w / w.sum()
+                v = value(w)
+                if v > best + 1e-12:
+                    best_w, best, improved = w, v, True
+        if not improved:
+            step /= 2
+    return best_w, sign * best
+
+
+def tune_thresholds(probs, labels, problem_type, metric):
+    """Binary: the threshold on p(class 1) that maximises the metric; multi-label: per-class
+    thresholds that maximise each class's F1. Learned on OOF rows."""
+    from sklearn.metrics import f1_score
+
+    grid = np.linspace(0.05, 0.95, 91)
+    if problem_type == "multi_label":
+        out = []
+        for c in range(labels.shape[1]):
+            scores = [f1_score(labels[:, c], probs[:, c] >= t, zero_division=0) for t in grid]
+            out.append(float(grid[int(np.argmax(scores))]))
+        return out
+    if probs.shape[1] != 2:
+        return None
+    use = metric if metric in ("accuracy", "f1_macro", "f1_micro") else "f1_macro"
+    scores = [compute(np.stack([1 - (probs[:, 1] >= t), probs[:, 1] >= t], 1).astype(float), labels,
+                      "single_label")[use] for t in grid]
+    best = int(np.argmax(scores))
+    # keep 0.5 unless tuning actually helps
+    at_half = compute(probs, labels, "single_label")[use]
+    return float(grid[best]) if scores[best] > at_half + 1e-12 else 0.5
+
+
+def decide(probs, problem_type, thresholds):
+    if problem_type == "multi_label":
+        t = np.asarray(thresholds if thresholds is not None else [0.5] * probs.shape[1])
+        return (probs >= t[None, :]).astype(int)
+    if thresholds is not None and probs.shape[1] == 2:
+        return (probs[:, 1] >= thresholds).astype(int)
+    return probs.argmax(axis=1)
+
+
+def read_sample(path):
+    path = resolve_path(path)
+    if not path.is_file():
+        raise UserError(f"sample submission {path} not found; set ensemble.sample_submission")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise UserError(f"sample submission {path} is not UTF-8; re-save it as UTF-8") from None
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise UserError(f"sample submission {path} needs a header with an id column and a label column, and rows")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if any(len(r) != len(header) for r in body):
+        raise UserError(f"sample submission {path} has rows with another number of fields than its header")
+    return path, header, body
+
+
+def submission_rows(header, body, ids, probs, predicted, label_names, problem_type):
+    """Rows in the sample's order and layout: a label column (names or numbers) or one
+    probability column per class."""
+    index = {str(i): k for k, i in enumerate(ids)}
+    sample_ids = [r[0] for r in body]
+    missing = [i for i in sample_ids if i not in index]
+    if missing or len(sample_ids) != len(ids):
+        extra = len(ids) - (len(sample_ids) - len(missing))
+        raise UserError(f"the sample submission's ids do not match the test rows ({len(missing)} sample ids have no "
+                        f"prediction, e.g. '{(missing or ['-'])[0]}'; {extra} predicted rows are not in the sample); "
+                        f"use the sample that belongs to this test file")
+    order = [index[i] for i in sample_ids]
+    columns = header[1:]
+    out = [header]
+    if set(columns) == set(label_names):  # one probability column per class
+        col_index = [label_names.index(c) for c in columns]
+        for sid, k in zip(sample_ids, order):
+            out.append([sid, *[f"{probs[k, j]:.6f}" for j in col_index]])
+        return out
+    if len(columns) != 1:
+        raise UserError(f"the sample submission's columns {columns} are neither one label column nor one column per "
+                        f"label ({', '.join(label_names)}); fix ensemble.sample_submission")
+    examples = [r[1] for r in body if r[1].strip()]
+    as_index = bool(examples) and all(re.fullmatch(r"-?\d+", v) for v in examples) and not all(
+        v in label_names for v in examples)
+    for sid, k in zip(sample_ids, order):
+        if problem_type == "multi_label":
+            value = " ".join(label_names[j] for j in np.flatnonzero(predicted[k]))
+        else:
+            value = str(int(predicted[k])) if as_index else label_names[int(predicted[k])]
+        out.append([sid, value])
+    return out
+
+
+def run(config):
+    ecfg = config.ensemble
+    if not ecfg.predictions:
+        raise UserError("ensemble.predictions is empty; list prediction sets, e.g. "
+                        "ensemble.predictions='[model_predictions/a, model_predictions/b]'")
+    sets = [load_set(p) for p in ecfg.predictions]
+    split = "test"
+    check_sets(sets, split)
+    manifest = sets[0][1]
+    problem_type, label_names = manifest["problem_type"], manifest["label_names"]
+    has_oof = all("oof" in m["splits"] for _, m in sets)
+    tune_split = "oof" if has_oof else ("valid" if all("valid" in m["splits"] for _, m in sets) else None)
+    metric = ecfg.metric
+
+    summary = {"members": [], "method": ecfg.method, "metric": metric, "tuned_on": tune_split}
+    weights = np.full(len(sets), 1.0 / len(sets))
+    thresholds = None
+    if tune_split:
+        labels = np.load(sets[0][0] / tune_split / "labels.npy")
+        members = [np.load(folder / tune_split / "probs.npy") for folder, _ in sets]
+        for (folder, _), probs in zip(sets, members):
+            s = score(probs, labels, problem_type, metric)
+            summary["members"].append({"path": str(folder), tune_split: s})
+            print(f"member {folder.name}: {tune_split} {metric} {s:.4f}", flush=True)
+        mean_score = score(normalise(blend(members, weights, "mean"), problem_type), labels, problem_type, metric)
+        if ecfg.method == "weighted":
+            weights, blend_score = search_weights(members, labels, problem_type, metric, "weighted")
+        else:
+            blend_score = score(normalise(blend(members, weights, ecfg.method), problem_type), labels, problem_type,
+                                metric)
+        blended = normalise(blend(members, weights, ecfg.method), problem_type)
+        if ecfg.tune_thresholds and ecfg.method != "rank":
+            thresholds = tune_thresholds(blended, labels, problem_type, metric)
+        summary.update(mean_score=mean_score, blend_score=blend_score, weights=weights.tolist(), thresholds=thresholds)
+        print(f"blend ({ecfg.method}): {tune_split} {metric} {blend_score:.4f} (plain mean {mean_score:.4f}); "
+              f"weights {np.round(weights, 3).tolist()}" + (f"; thresholds {thresholds}" if thresholds else ""),
+              flush=True)
+    else:
+        print("ensemble: no out-of-fold or validation probabilities in every set; equal weights, no thresholds",
+              flush=True)
+
+    if not all(split in m["splits"] for _, m in sets):
+        raise UserError(f"not every prediction set has a '{split}' split; run evaluate.py with eval.splits=[test]")
+    test_members = [np.load(folder / split / "probs.npy") for folder, _ in sets]
+    test_probs = normalise(blend(test_members, weights, ecfg.method), problem_type)
+    if np.isnan(test_probs).any():
+        raise UserError("the blended test probabilities contain NaN; a prediction set is corrupted, re-run evaluate.py")
+    predicted = decide(test_probs, problem_type, thresholds)
+    ids = np.load(sets[0][0] / split / "ids.npy")
+
+    if ecfg.sample_submission:
+        sample_path, header, body = read_sample(ecfg.sample_submission)
+        rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem_type)
+    else:
+        header = ["id", "label"]
+        rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem_type == "multi_label"
+                            else label_names[int(p)]] for i, p in zip(ids, predicted)]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    target = _versioned_file(resolve_path(ecfg.output_dir), ecfg.name)
+    atomic_write_text(target, buf.getvalue())
+    summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets])
+    write_json(target.with_suffix(".json"), summary)
+    if split in manifest["splits"] and "metrics" in manifest["splits"][split]:
+        labels = np.load(sets[0][0] / split / "labels.npy")
+        test_score = score(test_probs, labels, problem_type, metric)
+        print(f"blend on labelled test rows: {metric} {test_score:.4f}", flush=True)
+    print(f"ensemble: wrote {target} ({len(rows) - 1} rows)", flush=True)
+    return target
+
+
+def _versioned_file(base, name):
+    target = base / f"{name}.csv"
+    version = 2
+    while target.exists():
+        target = base / f"{name}-v{version}.csv"
+        version += 1
+    return target

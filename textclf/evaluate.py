@@ -1,0 +1,238 @@
+"""The evaluate stage: a trained run -> probabilities keyed by row id, a manifest, metrics.
+
+    python evaluate.py --config configs/sst2.yaml eval.run=checkpoints/sst2
+    python evaluate.py --config configs/sst2.yaml eval.texts='["a fine film", "dull"]'
+    python evaluate.py --config configs/sst2.yaml eval.input=new_rows.csv
+
+Layout of model_predictions/<run>/ (a new version folder if it exists):
+    manifest.json, config.yaml
+    <split>/ids.npy, probs.npy (fold mean), fold<k>.npy, labels.npy + metrics.json,
+            report.txt, confusion.txt, confusion.png (labelled splits)
+    oof/ids.npy, probs.npy, labels.npy, folds.npy      out-of-fold probabilities of the train rows
+"""
+
+import csv
+import datetime
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .config import resolve_path
+from .data import load_meta
+from .errors import UserError
+from .fileio import atomic_dir, atomic_write_text, read_json, sha256_file, write_json
+from .loader import SortedBatches, SplitArrays, make_loader
+from .metrics import compute, confusion, report
+from .model import load_classifier, probabilities
+from .predict import Predictor, run_folds
+
+
+def find_run(config):
+    """eval.run, or the newest version of checkpoints/<train.run or data.name>."""
+    if config.eval.run:
+        run = resolve_path(config.eval.run)
+        if not run.is_dir():
+            raise UserError(f"eval.run={config.eval.run}: no such folder; pass eval.run=checkpoints/<run>")
+        return run
+    base = resolve_path(config.train.output_dir)
+    name = config.train.run or config.data.name
+    pattern = re.compile(re.escape(name) + r"(?:-v(\d+))?")
+    found = sorted((int(m.group(1) or 1), p) for p in (base.iterdir() if base.is_dir() else [])
+                   if (m := pattern.fullmatch(p.name)) and (p / "run.json").is_file())
+    if not found:
+        raise UserError(f"no run '{name}' in {base}; train first or pass eval.run=checkpoints/<run>")
+    return found[-1][1]
+
+
+def versioned(base, name):
+    pattern = re.compile(re.escape(name) + r"(?:-v(\d+))?")
+    found = [int(m.group(1) or 1) for p in (base.iterdir() if base.is_dir() else []) if (m := pattern.fullmatch(p.name))]
+    return base / (name if not found else f"{name}-v{max(found) + 1}")
+
+
+def check_arrays_fit(meta, head_cfg, data_dir, run_dir):
+    if meta["tokenizer"]["vocab_sha256"] != head_cfg["vocab_sha256"]:
+        raise UserError(f"{data_dir} was tokenized with another vocabulary than the model in {run_dir}; "
+                        f"run data_process.py with model.name={head_cfg.get('model_name')}")
+    if meta["label_names"] != head_cfg["label_names"]:
+        raise UserError(f"{data_dir} has labels {meta['label_names']} but {run_dir} was trained on "
+                        f"{head_cfg['label_names']}; evaluate with the data the run was trained on")
+    if (meta["max_len"], meta["truncation"]) != (head_cfg["max_len"], head_cfg["truncation"]):
+        raise UserError(f"{data_dir} uses max_len={meta['max_len']}, truncation={meta['truncation']} but {run_dir} "
+                        f"was trained with max_len={head_cfg['max_len']}, truncation={head_cfg['truncation']}")
+
+
+def save_figure(matrix, label_names, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(label_names), 1.0 + 0.6 * len(label_names)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(label_names)), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_metrics(folder, probs, labels, problem_type, label_names, split):
+    results = compute(probs, labels, problem_type)
+    text = report(probs, labels, problem_type, label_names)
+    write_json(folder / "metrics.json", results)
+    atomic_write_text(folder / "report.txt", text + "\n")
+    print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+    print(text, flush=True)
+    if problem_type != "multi_label":
+        matrix_text, matrix = confusion(probs, labels, label_names)
+        atomic_write_text(folder / "confusion.txt", matrix_text + "\n")
+        print(matrix_text, flush=True)
+        if not save_figure(matrix, label_names, folder / "confusion.png"):
+            print("  (confusion.png skipped: install matplotlib to draw it)", flush=True)
+    return results
+
+
+def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type):
+    """Fold probabilities for a whole split: (folds, rows, classes), in row order."""
+    from .train import predict_logits
+
+    dataset = SplitArrays(data_dir / split, with_labels=False)
+    loader = make_loader(dataset, SortedBatches(dataset.lengths(), batch_size))
+    loader = accelerator.prepare(loader)
+    out = []
+    for model in fold_models:
+        logits = predict_logits(model, loader, accelerator, len(dataset))
+        out.append(probabilities(logits, problem_type).numpy().astype(np.float32))
+    return np.stack(out)
+
+
+def run(config):
+    run_dir = find_run(config)
+    if config.eval.texts is not None or config.eval.input:
+        return predict_raw(config, run_dir)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    main = accelerator.is_main_process
+    folds = run_folds(run_dir)
+    run_info = read_json(run_dir / "run.json")
+    data_dir = Path(run_info["data_dir"])
+    meta = load_meta(data_dir)
+    fold_models, head_cfg, checkpoints = [], None, []
+    for fold, best in folds:
+        model, head_cfg = load_classifier(best, config.model.trust_remote_code)
+        fold_models.append(accelerator.prepare(model))
+        checkpoints.append({"fold": fold, "path": str(best), "sha256": sha256_file(best / "model.safetensors")})
+    check_arrays_fit(meta, head_cfg, data_dir, run_dir)
+    problem_type, label_names = head_cfg["problem_type"], head_cfg["label_names"]
+
+    splits = [s for s in config.eval.splits if s in meta["splits"]]
+    missing = [s for s in config.eval.splits if s not in meta["splits"]]
+    if main and missing:
+        print(f"evaluate: {data_dir.name} has no {', '.join(missing)} split; skipped", flush=True)
+    results = {s: predict_split(accelerator, fold_models, data_dir, s, config.eval.batch_size, problem_type)
+               for s in splits}
+    if not main:
+        accelerator.wait_for_everyone()
+        return None
+
+    out = versioned(resolve_path(config.eval.output_dir), run_dir.name)
+    manifest = dict(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        run=str(run_dir), label_names=label_names, problem_type=problem_type,
+        checkpoints=checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
+        trained_on_meta_sha256=head_cfg.get("data_meta_sha256"), splits={}, config=config.to_dict(),
+    )
+    with atomic_dir(out) as tmp:
+        for split, fold_probs in results.items():
+            folder = tmp / split
+            folder.mkdir()
+            ids = np.asarray(np.load(data_dir / split / "ids.npy"))
+            np.save(folder / "ids.npy", ids)
+            np.save(folder / "probs.npy", fold_probs.mean(axis=0))
+            for (fold, _), probs in zip(folds, fold_probs):
+                np.save(folder / f"fold{fold}.npy", probs)
+            entry = dict(rows=len(ids), source_sha256=meta["splits"][split]["source_sha256"],
+                         ids_sha256=_ids_hash(ids), folds=[f for f, _ in folds])
+            if meta["splits"][split]["labelled"]:
+                labels = np.load(data_dir / split / "labels.npy")
+                np.save(folder / "labels.npy", labels)
+                entry["metrics"] = write_metrics(folder, fold_probs.mean(axis=0), labels, problem_type, label_names,
+                                                 split)
+            manifest["splits"][split] = entry
+        if (run_dir / "oof" / "probs.npy").is_file():
+            shutil.copytree(run_dir / "oof", tmp / "oof")
+            ids = np.load(tmp / "oof" / "ids.npy")
+            manifest["splits"]["oof"] = dict(rows=len(ids), ids_sha256=_ids_hash(ids),
+                                             metrics=read_json(run_dir / "oof" / "metrics.json"))
+        write_json(tmp / "manifest.json", manifest)
+        atomic_write_text(tmp / "config.yaml", config.to_yaml())
+    print(f"evaluate: wrote {out}", flush=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _ids_hash(ids):
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def predict_raw(config, run_dir):
+    """eval.texts or eval.input: classify raw texts, print them, and write a CSV of probabilities."""
+    predictor = Predictor.from_run(run_dir, batch_size=config.eval.batch_size,
+                                   trust_remote_code=config.model.trust_remote_code)
+    head = predictor.head_cfg
+    pairs = None
+    if config.eval.texts is not None:
+        texts = list(config.eval.texts)
+        ids = [str(i) for i in range(len(texts))]
+        if not texts:
+            raise UserError("eval.texts is empty; give at least one text, e.g. eval.texts='[\"some text\"]'")
+    else:
+        from .rawdata import RawFile, RowReader
+
+        data_cfg = config.data
+        data_cfg.text_columns = head["text_columns"]
+        data_cfg.text_pair_column = head["text_pair_column"]
+        raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
+        reader = RowReader(raw, data_cfg, need_labels=False)
+        texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
+        for row_number, (line, values) in enumerate(raw.rows()):
+            texts.append(reader.text(values))
+            ids.append(reader.row_id(values, row_number))
+            if pairs is not None:
+                pairs.append(reader.pair(values))
+    out = predictor.predict(texts, pairs)
+    names = predictor.label_names
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "label", *[f"prob_{n}" for n in names]])
+    for row_id, label, probs in zip(ids, out["labels"], out["probs"]):
+        label = "|".join(label) if isinstance(label, list) else label
+        writer.writerow([row_id, label, *[f"{p:.6f}" for p in probs]])
+    for text, label, probs in zip(texts[:50], out["labels"], out["probs"]):
+        shown = text if len(text) <= 70 else text[:67] + "..."
+        print(f"{label!s:>12}  p={probs.max():.3f}  {shown}", flush=True)
+    if len(texts) > 50:
+        print(f"... {len(texts) - 50} more rows", flush=True)
+    target = versioned(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")
+    with atomic_dir(target) as tmp:
+        atomic_write_text(tmp / "predictions.csv", buf.getvalue())
+        np.save(tmp / "probs.npy", out["probs"])
+        write_json(tmp / "manifest.json", dict(run=str(run_dir), label_names=names, rows=len(texts),
+                                               checkpoints=predictor.checkpoints, problem_type=predictor.problem_type))
+    print(f"evaluate: wrote {target / 'predictions.csv'}", flush=True)
+    return target
