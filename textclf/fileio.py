@@ -73,6 +73,21 @@ def atomic_dir(final_path, replace=False):
         raise
 
 
+def recover_dir(final_path):
+    """Undo a replace that was cut between its two renames: bring back the old folder if the
+    new one never arrived, and drop temporary folders left by a killed writer."""
+    final_path = Path(final_path)
+    parent = final_path.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{final_path.name}.old-*"))
+    if olds and not final_path.exists():
+        os.rename(olds[-1], final_path)
+        olds = olds[:-1]
+    for stale in [*olds, *parent.glob(f".{final_path.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def atomic_write_bytes(path, data):
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"

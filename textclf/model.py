@@ -179,12 +179,14 @@ def build_classifier(model_dir, head_cfg, trust_remote_code=False, from_config_o
                       head_cfg["multi_sample_dropout"])
 
 
-def save_classifier(model, folder, head_cfg, tokenizer=None):
-    """Write weights (safetensors), the backbone config, the head config and the tokenizer."""
+def save_classifier(model, folder, head_cfg, tokenizer=None, state_dict=None):
+    """Write weights (safetensors), the backbone config, the head config and the tokenizer.
+    `state_dict` is the full state gathered by accelerator.get_state_dict under FSDP/DeepSpeed."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = state_dict if state_dict is not None else model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     model.backbone.config.save_pretrained(str(folder))
     with open(folder / "head.json", "w", encoding="utf-8") as fh:

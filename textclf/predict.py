@@ -17,7 +17,7 @@ import torch
 
 from .data import Encoder, load_tokenizer
 from .errors import UserError
-from .fileio import sha256_file
+from .fileio import recover_dir, sha256_file
 from .model import load_classifier, probabilities
 
 
@@ -26,6 +26,8 @@ def run_folds(run_dir, folds="all"):
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir} is not a training run (no run.json); pass eval.run=checkpoints/<run>")
+    for fold_dir in run_dir.glob("fold*"):
+        recover_dir(fold_dir / "best")  # a replace cut short by a kill
     found = sorted((int(p.name[4:]), p / "best") for p in run_dir.glob("fold*")
                    if p.name[4:].isdigit() and (p / "best" / "head.json").is_file())
     if folds != "all":

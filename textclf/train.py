@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from .config import resolve_path
 from .data import load_meta, load_tokenizer, vocab_hash
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, sha256_file, write_json
+from .fileio import atomic_dir, atomic_write_text, recover_dir, sha256_file, write_json
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
 from .metrics import compute, is_better, metric_mode, report
 from .model import (auto_class_weights, build_classifier, make_loss, num_outputs, probabilities,
@@ -212,10 +213,11 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, progress, lim
         all_rng = gather_object([rng])  # each process's dropout stream, restored per process
     else:
         all_rng = [rng]
+    full_state = accelerator.get_state_dict(model)  # every process takes part in the gather
     if accelerator.is_main_process:
         target = fold_dir / f"last-{progress['step']:08d}"
         with atomic_dir(target, replace=True) as tmp:
-            state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            state = {k: v.detach().cpu().contiguous() for k, v in full_state.items()}
             save_file(state, str(tmp / "model.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -224,8 +226,6 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, progress, lim
             torch.save(all_rng, tmp / "rng.pt")
             write_json(tmp / "state.json", progress)
         for old in sorted(fold_dir.glob("last-*"))[:-max(limit, 1)]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -344,6 +344,10 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
 
     progress = dict(fold=fold, epoch=0, batch_in_epoch=0, step=0, best=None, best_step=None, bad_evals=0,
                     nonfinite_in_row=0, nonfinite_total=0, samples=0, stopped_early=False)
+    # A process killed mid-write can leave a half-replaced best/ or temporary folders.
+    recover_dir(fold_dir / "best")
+    for stale in fold_dir.glob(".last-*.tmp-*") if fold_dir.exists() else []:
+        shutil.rmtree(stale, ignore_errors=True)
     resume_from = latest_state(fold_dir) if fold_dir.exists() else None
     if resume_from is not None:
         progress = load_state(accelerator, resume_from, model, optimizer, scheduler)
@@ -369,9 +373,10 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
         improved = is_better(value, progress["best"], mode, cfg.min_delta)
         if improved:
             progress.update(best=value, best_step=progress["step"], bad_evals=0)
+            state_dict = accelerator.get_state_dict(model)  # every process: FSDP/ZeRO-3 gather here
             if main:
                 with atomic_dir(fold_dir / "best", replace=True) as tmp:
-                    save_classifier(accelerator.unwrap_model(model), tmp, head_cfg, tokenizer)
+                    save_classifier(accelerator.unwrap_model(model), tmp, head_cfg, tokenizer, state_dict)
                     write_json(tmp / "metrics.json", {**results, "step": progress["step"], "epoch": progress["epoch"]})
                     atomic_write_text(tmp / "config.yaml", config.to_yaml())
             accelerator.wait_for_everyone()
@@ -422,6 +427,8 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
                 # Clip only on sync steps; an infinite max norm still returns the norm for the log.
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                if grad_norm is None:  # DeepSpeed clips inside its own step and returns no norm
+                    grad_norm = torch.zeros(())
                 # Host sync point: a non-finite gradient must skip the update on every process
                 # (the norm is computed from all-reduced gradients, so all processes agree).
                 if torch.isfinite(grad_norm):
@@ -578,8 +585,6 @@ def run(config):
             print(f"train: resuming run {run_dir}", flush=True)
         else:
             if run_dir.exists() and cfg.overwrite:
-                import shutil
-
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
             atomic_write_text(run_dir / "config.yaml", config.to_yaml())
