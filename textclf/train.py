@@ -576,6 +576,11 @@ def run(config):
         data_meta_sha256=sha256_file(data_dir / "meta.json"), model_name=config.model.name,
     )
     plans = fold_plan(meta, cfg, data_dir)
+    metrics = {"accuracy", "f1_macro", "f1_micro", "loss"} | ({"roc_auc"} if problem_type != "single_label"
+                                                              or len(label_names) == 2 else set())
+    if cfg.metric not in metrics:
+        raise UserError(f"train.metric={cfg.metric} is not computed for this problem; choose from "
+                        f"{', '.join(sorted(metrics))}")
 
     # Every process picks the same folder before the main process creates it.
     run_dir, resuming = choose_run_dir(cfg, config.data.name, cfg.resume)
