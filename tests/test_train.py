@@ -224,3 +224,35 @@ def test_length_grouped_batches():
     shuffled = np.random.default_rng(2).permutation(1000)
     padded_random = sum(len(shuffled[i:i + 16]) * lengths[shuffled[i:i + 16]].max() for i in range(0, 1000, 16))
     assert padded < 0.75 * padded_random  # grouping removes most of the padding
+
+
+def test_early_stopping_and_save_total_limit(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(48))
+    # lr 0: the metric can never improve after the first evaluation
+    train(stage, tmp_path, base, "train.epochs=3", "train.batch_size=4", "train.lr=0", "train.eval_every_steps=2",
+          "train.patience=2", "train.save_total_limit=2", "train.save_every_steps=1")
+    run = tmp_path / "ck" / "toy"
+    evals = records(run, "eval")
+    assert [r["step"] for r in evals] == [2, 4, 6]  # best at 2, then two evaluations without improvement
+    done = json.loads((run / "fold0" / "done.json").read_text())
+    assert done["stopped_early"] is True and done["best_step"] == 2
+    assert [p.name for p in sorted((run / "fold0").glob("last-*"))] == ["last-00000005", "last-00000006"]
+
+
+def test_layer_wise_lr_decay_and_no_decay_groups(premodels):
+    from textclf.config import TrainConfig
+    from textclf.model import build_classifier
+    from textclf.train import make_optimizer
+
+    head_cfg = dict(head="cls", dropout=0.1, multi_sample_dropout=1, n_outputs=2)
+    model = build_classifier(premodels("bert"), head_cfg)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5, weight_decay=0.1))
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    # 2 encoder layers: the top layer gets lr, the one below lr * 0.5, the embeddings lr * 0.25
+    assert lr_of[id(named["backbone.encoder.layer.1.attention.self.query.weight"])] == (1e-3, 0.1)
+    assert lr_of[id(named["backbone.encoder.layer.0.attention.self.query.weight"])] == (5e-4, 0.1)
+    assert lr_of[id(named["backbone.embeddings.word_embeddings.weight"])] == (2.5e-4, 0.1)
+    assert lr_of[id(named["backbone.encoder.layer.1.output.LayerNorm.weight"])] == (1e-3, 0.0)  # 1-D: no decay
+    assert lr_of[id(named["fc.weight"])] == (5e-3, 0.1) and lr_of[id(named["fc.bias"])] == (5e-3, 0.0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)

@@ -53,10 +53,13 @@ def make_accelerator(cfg):
     except ImportError:
         pass
     try:
+        # TensorBoard writes under checkpoints/<run>/ (the tracker is named after the run folder)
         return Accelerator(mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
-                           log_with=log_with, dataloader_config=DataLoaderConfiguration(even_batches=True))
+                           log_with=log_with, project_dir=str(resolve_path(cfg.train.output_dir)),
+                           dataloader_config=DataLoaderConfiguration(even_batches=True))
     except ValueError as err:
-        raise UserError(f"train.precision={cfg.train.precision} is not available here ({err}); use bf16 or no") from None
+        hint = "; use train.precision=bf16 or no" if "precision" in str(err).lower() or "fp16" in str(err) else ""
+        raise UserError(f"cannot set up training: {str(err).splitlines()[0]}{hint}") from None
 
 
 def layer_depth(name, n_layers):
@@ -600,9 +603,9 @@ def run(config):
                 fold_mode=meta["folds"]["mode"]))
             print(f"train: run folder {run_dir}", flush=True)
     accelerator.wait_for_everyone()
-    if accelerator.trackers == [] and accelerator.log_with:
-        accelerator.project_configuration.set_directories(str(run_dir))
-        accelerator.init_trackers("tensorboard")
+    if accelerator.log_with:
+        accelerator.init_trackers(run_dir.name, config={k: v for k, v in config.train.__dict__.items()
+                                                        if isinstance(v, (int, float, str, bool))})
     log = Log(accelerator, run_dir)
     stop = StopRequest()
     stop.install()
