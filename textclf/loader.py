@@ -20,8 +20,9 @@ ARRAYS = ("input_ids", "attention_mask", "token_type_ids", "lengths")
 class SplitArrays(Dataset):
     """Rows `rows` of one split folder. Indexing by a list of positions returns a whole batch."""
 
-    def __init__(self, split_dir, rows=None, with_labels=True):
+    def __init__(self, split_dir, rows=None, with_labels=True, pad_to_multiple=1):
         self.split_dir = Path(split_dir)
+        self.pad_to_multiple = max(1, int(pad_to_multiple))
         for name in ARRAYS + (("labels",) if with_labels else ()):
             if not (self.split_dir / f"{name}.npy").is_file():
                 raise UserError(f"{self.split_dir / (name + '.npy')} is missing; run data_process.py again")
@@ -59,6 +60,9 @@ class SplitArrays(Dataset):
         sorted_rows = rows[order]
         arrays = self.arrays
         width = int(arrays["lengths"][sorted_rows].max())
+        # Rounding widths up makes batch shapes repeat, so the CPU/GPU kernels chosen for a
+        # shape are reused instead of being set up again for nearly every batch.
+        width = min(-(-width // self.pad_to_multiple) * self.pad_to_multiple, arrays["input_ids"].shape[1])
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         batch = {

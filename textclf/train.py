@@ -316,8 +316,8 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
     problem_type = head_cfg["problem_type"]
     main = accelerator.is_main_process
 
-    train_ds = SplitArrays(data_dir / "train", train_rows)
-    eval_ds = SplitArrays(data_dir / eval_split, eval_rows)
+    train_ds = SplitArrays(data_dir / "train", train_rows, pad_to_multiple=cfg.pad_to_multiple)
+    eval_ds = SplitArrays(data_dir / eval_split, eval_rows, pad_to_multiple=cfg.pad_to_multiple)
     eval_labels = np.asarray(np.load(data_dir / eval_split / "labels.npy", mmap_mode="r")[eval_rows])
     train_labels = np.asarray(np.load(data_dir / "train" / "labels.npy", mmap_mode="r")[train_rows])
     weights = cfg.class_weights
@@ -404,6 +404,9 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
     running_batches = window_rows = 0
     window_start, window_samples = time.time(), 0
     done = progress["step"] >= total_steps or progress["stopped_early"]
+    log.write({"type": "start", "fold": fold, "step": progress["step"], "total_steps": total_steps,
+               "processes": accelerator.num_processes, "total_batch": cfg.batch_size * cfg.grad_accum
+               * accelerator.num_processes})
     while not done:
         sampler.epoch = progress["epoch"]
         loader = train_loader
