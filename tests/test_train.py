@@ -256,3 +256,21 @@ def test_layer_wise_lr_decay_and_no_decay_groups(premodels):
     assert lr_of[id(named["backbone.encoder.layer.1.output.LayerNorm.weight"])] == (1e-3, 0.0)  # 1-D: no decay
     assert lr_of[id(named["fc.weight"])] == (5e-3, 0.1) and lr_of[id(named["fc.bias"])] == (5e-3, 0.0)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+
+
+def test_arrays_are_opened_in_each_worker_not_pickled(stage, premodels, tmp_path):
+    import pickle
+
+    from textclf.loader import SplitArrays
+
+    base = make_data(stage, premodels, tmp_path, toy_rows(200))
+    dataset = SplitArrays(tmp_path / "data" / "toy" / "train")
+    batch = dataset.__getitems__([0, 5, 3])
+    assert batch["input_ids"].shape[0] == 3 and batch["index"].tolist() == [0, 5, 3]
+    assert dataset._arrays is not None
+    assert len(pickle.dumps(dataset)) < 2000  # paths only: a worker reopens the memmaps itself
+    assert pickle.loads(pickle.dumps(dataset))._arrays is None
+    # and training with worker processes gives the same result as without
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=16", "train.num_workers=2", out="workers")
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=16", "train.num_workers=0", out="inline")
+    assert strip_time(records(tmp_path / "workers" / "toy", "eval")) == strip_time(records(tmp_path / "inline" / "toy", "eval"))

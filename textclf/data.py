@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from .config import resolve_path
@@ -81,6 +80,13 @@ class Encoder:
 
     def __init__(self, tokenizer, max_len, truncation="head", head_tokens=None):
         self.tokenizer = tokenizer
+        # The Rust tokenizer directly, on a private copy without the truncation or padding a
+        # tokenizer.json may carry: the transformers wrapper costs as much again per row.
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
         self.max_len = max_len
         self.truncation = truncation
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -132,13 +138,10 @@ class Encoder:
 
     def encode(self, texts, pairs=None):
         """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, n_truncated)."""
-        tok = self.tokenizer
-        first = tok(texts, add_special_tokens=False, return_attention_mask=False,
-                    return_token_type_ids=False)["input_ids"]
+        first = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
         second = None
         if pairs is not None:
-            second = tok(pairs, add_special_tokens=False, return_attention_mask=False,
-                         return_token_type_ids=False)["input_ids"]
+            second = [e.ids for e in self.backend.encode_batch(pairs, add_special_tokens=False)]
         n = len(texts)
         input_ids = np.full((n, self.max_len), self.pad_id, dtype=np.int32)
         token_types = np.zeros((n, self.max_len), dtype=np.uint8)
@@ -174,6 +177,30 @@ class Encoder:
         return input_ids, token_types, lengths, truncated
 
 
+class NpyWriter:
+    """Appends row blocks to a .npy file with plain writes. Unlike a writable memmap, the
+    written pages never count toward this process's memory, so RSS stays flat."""
+
+    def __init__(self, path, dtype, shape):
+        from numpy.lib import format as npy_format
+
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), tuple(shape)
+        self.fh = open(self.path, "wb")
+        npy_format.write_array_header_1_0(self.fh, {"descr": npy_format.dtype_to_descr(self.dtype),
+                                                    "fortran_order": False, "shape": self.shape})
+        self.rows = 0
+
+    def write(self, block):
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        self.fh.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self):
+        self.fh.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
+
+
 # ---------------------------------------------------------------------------- pass 1: scan
 
 
@@ -190,7 +217,7 @@ def _scan(reader, cfg, split, known_labels, id_hashes):
     rows = dropped = 0
     counts = Counter()
     id_len = 1
-    hashes = []
+    hashes, pending = [], []
     for row_number, (line, values) in enumerate(reader.raw.rows()):
         text = reader.text(values)
         if not text:
@@ -205,7 +232,10 @@ def _scan(reader, cfg, split, known_labels, id_hashes):
         if not row_id:
             raise UserError(f"{reader.where(line)}: the id ('{cfg.id_column}') is empty; every row needs an id")
         id_len = max(id_len, len(row_id))
-        hashes.append(hash(row_id))
+        pending.append(hash(row_id))
+        if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
+            hashes.append(np.asarray(pending, dtype=np.int64))
+            pending = []
         if reader.labelled:
             labels = reader.labels(values, line)
             for name in labels if isinstance(labels, list) else [labels]:
@@ -219,7 +249,7 @@ def _scan(reader, cfg, split, known_labels, id_hashes):
         rows += 1
     if rows == 0:
         raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
-    hashes = np.asarray(hashes, dtype=np.int64)
+    hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
     _check_duplicate_ids(reader, cfg, hashes)
     return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len)
 
@@ -269,56 +299,67 @@ def _chunks(reader, cfg, size):
 
 
 def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, progress):
-    """Tokenize one split into memmapped arrays in `folder`; return its meta entry."""
+    """Tokenize one split into .npy files in `folder`; return its meta entry.
+
+    Rows are first written at max_len width to scratch files; once the longest row is known
+    they are copied, chunk by chunk, to arrays padded only to that width."""
     folder.mkdir()
     n, max_len = scan["rows"], encoder.max_len
-    wide_ids = open_memmap(folder / "wide_input_ids.npy", "w+", np.int32, (n, max_len))
-    wide_types = open_memmap(folder / "wide_token_type_ids.npy", "w+", np.uint8, (n, max_len))
-    lengths = open_memmap(folder / "lengths.npy", "w+", np.int32, (n,))
-    ids = open_memmap(folder / "ids.npy", "w+", f"<U{scan['id_len']}", (n,))
+    wide_ids = open(folder / "wide_input_ids.bin", "wb")
+    wide_types = open(folder / "wide_token_type_ids.bin", "wb")
+    lengths = np.zeros(n, dtype=np.int32)  # 4 bytes a row, kept for the final copy
+    ids = NpyWriter(folder / "ids.npy", f"<U{scan['id_len']}", (n,))
     labels = None
     if reader.labelled:
         shape = (n, len(label_index)) if multi_label else (n,)
-        labels = open_memmap(folder / "labels.npy", "w+", np.uint8 if multi_label else np.int64, shape)
+        labels = NpyWriter(folder / "labels.npy", np.uint8 if multi_label else np.int64, shape)
     start = truncated = 0
     for batch in _chunks(reader, cfg, cfg.chunk_rows):
         stop = start + len(batch)
         texts = [row[1] for row in batch]
         pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
         block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
-        wide_ids[start:stop] = block_ids
-        wide_types[start:stop] = block_types
+        wide_ids.write(block_ids.tobytes())
+        wide_types.write(block_types.tobytes())
         lengths[start:stop] = block_lengths
-        ids[start:stop] = [row[0] for row in batch]
+        ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
         if labels is not None:
             if multi_label:
                 block = np.zeros((len(batch), len(label_index)), dtype=np.uint8)
                 for i, row in enumerate(batch):
                     block[i, [label_index[name] for name in row[3]]] = 1
-                labels[start:stop] = block
+                labels.write(block)
             else:
-                labels[start:stop] = [label_index[row[3]] for row in batch]
+                labels.write(np.array([label_index[row[3]] for row in batch], dtype=np.int64))
         truncated += block_truncated
         start = stop
         progress.update(len(batch))
     assert start == n, f"row count changed between passes in {reader.raw.path}"
-    # Pad only to the longest row of the split: copy the wide arrays into their final width.
+    wide_ids.close()
+    wide_types.close()
+    ids.close()
+    if labels is not None:
+        labels.close()
+    # Pad only to the longest row of the split: copy the wide rows into their final width.
     width = int(lengths.max())
-    final_ids = open_memmap(folder / "input_ids.npy", "w+", np.int32, (n, width))
-    final_mask = open_memmap(folder / "attention_mask.npy", "w+", np.uint8, (n, width))
-    final_types = open_memmap(folder / "token_type_ids.npy", "w+", np.uint8, (n, width))
+    final_ids = NpyWriter(folder / "input_ids.npy", np.int32, (n, width))
+    final_mask = NpyWriter(folder / "attention_mask.npy", np.uint8, (n, width))
+    final_types = NpyWriter(folder / "token_type_ids.npy", np.uint8, (n, width))
     positions = np.arange(width, dtype=np.int32)
-    for lo in range(0, n, cfg.chunk_rows):
-        hi = min(n, lo + cfg.chunk_rows)
-        final_ids[lo:hi] = wide_ids[lo:hi, :width]
-        final_types[lo:hi] = wide_types[lo:hi, :width]
-        final_mask[lo:hi] = positions[None, :] < lengths[lo:hi, None]
-    for arr in (final_ids, final_mask, final_types, lengths, ids) + ((labels,) if labels is not None else ()):
-        arr.flush()
-    del wide_ids, wide_types
-    os.remove(folder / "wide_input_ids.npy")
-    os.remove(folder / "wide_token_type_ids.npy")
-    lens = np.asarray(lengths)
+    with open(folder / "wide_input_ids.bin", "rb") as ids_in, open(folder / "wide_token_type_ids.bin", "rb") as types_in:
+        for lo in range(0, n, cfg.chunk_rows):
+            hi = min(n, lo + cfg.chunk_rows)
+            block = np.frombuffer(ids_in.read((hi - lo) * max_len * 4), dtype=np.int32).reshape(hi - lo, max_len)
+            final_ids.write(block[:, :width])
+            block = np.frombuffer(types_in.read((hi - lo) * max_len), dtype=np.uint8).reshape(hi - lo, max_len)
+            final_types.write(block[:, :width])
+            final_mask.write(positions[None, :] < lengths[lo:hi, None])
+    for writer in (final_ids, final_mask, final_types):
+        writer.close()
+    np.save(folder / "lengths.npy", lengths)
+    os.remove(folder / "wide_input_ids.bin")
+    os.remove(folder / "wide_token_type_ids.bin")
+    lens = lengths
     entry = dict(
         source_file=str(reader.raw.path),
         source_sha256=sha256_file(reader.raw.path),
@@ -403,6 +444,8 @@ def process(config):
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} already exists; choose another data.name or set data.overwrite=true to replace it")
 
+    # The tokenizer's own threads do most of the work here (tests and forked workers turn them off).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
     limit = model_max_positions(model_dir)
     if limit and cfg.max_len > limit:

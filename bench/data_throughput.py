@@ -1,0 +1,155 @@
+"""data_process.py throughput and memory.
+
+    .venv/bin/python bench/data_throughput.py                 # 100k-row comparison + 10k/100k/1M scaling
+    .venv/bin/python bench/data_throughput.py --sizes 10000,100000
+
+1. data_process.py against the classic per-row loop (tokenize one text at a time,
+   `pad_sequence`, `np.save`) on the same 100k rows of real text (SST-2 sentences, cycled).
+2. data_process.py on 10k, 100k and 1M synthetic rows: time and peak RSS for each, every
+   size in a fresh process.
+Writes bench/results/data_throughput.json. A benchmark, not a test.
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work" / "data_throughput"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SST2 = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
+MAX_LEN = 64
+
+
+def model_dir():
+    from textclf.premodels import install_minilm
+
+    return install_minilm()
+
+
+def write_rows(path, n, real):
+    """n rows of `text,label`: SST-2 sentences cycled, or synthetic sentences of 5-30 words."""
+    if real:
+        with open(SST2, encoding="utf-8") as fh:
+            source = [line.rstrip("\n").split("\t") for line in fh][1:]
+    else:
+        rng = random.Random(0)
+        words = [f"{a}{b}" for a in ("bio", "neuro", "onco", "cardio", "gen", "im") for b in
+                 ("logy", "cell", "tumor", "path", "ome", "sis", "tic", "ral")] + "the a of in and to with is".split()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            if real:
+                text, label = source[i % len(source)]
+            else:
+                text, label = " ".join(rng.choice(words) for _ in range(rng.randint(5, 30))), str(i % 3)
+            writer.writerow([text, label])
+    return path
+
+
+def child_data_process(train_file, name):
+    from textclf.config import parse_args
+    from textclf.data import process
+
+    config = parse_args([f"model.name={model_dir()}", f"data.train_file={train_file}", f"data.name={name}",
+                         f"data.output_dir={WORK / 'out'}", f"data.max_len={MAX_LEN}", "data.overwrite=true"])
+    import transformers  # noqa: F401  (imported before the clock starts, as for the per-row loop)
+
+    started = time.time()
+    process(config)
+    return time.time() - started
+
+
+def child_classic(train_file):
+    """The per-row loop many notebooks use."""
+    import numpy as np
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    started = time.time()
+    with open(train_file, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ids, masks, labels = [], [], []
+    for row in rows:
+        enc = tokenizer(row["text"], truncation=True, max_length=MAX_LEN)
+        ids.append(torch.tensor(enc["input_ids"]))
+        masks.append(torch.tensor(enc["attention_mask"]))
+        labels.append(int(row["label"]))
+    out = WORK / "classic"
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "input_ids.npy", pad_sequence(ids, batch_first=True).numpy())
+    np.save(out / "attention_mask.npy", pad_sequence(masks, batch_first=True).numpy())
+    np.save(out / "labels.npy", np.array(labels))
+    return time.time() - started
+
+
+def run_child(*args):
+    proc = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(line[7:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compare-rows", type=int, default=100_000)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, train_file = args.rest[0], Path(args.rest[1])
+        seconds = child_classic(train_file) if kind == "classic" else child_data_process(train_file, kind)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps({"seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)}))
+        return
+
+    results = {"benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "max_len": MAX_LEN,
+               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
+    if SST2.is_file():
+        n = args.compare_rows
+        train_file = write_rows(WORK / f"real-{n}.csv", n, real=True)
+        ours = run_child("compare", train_file)
+        classic = run_child("classic", train_file)
+        results["compare"] = dict(rows=n, textclf=ours, classic=classic,
+                                  textclf_rows_per_s=round(n / ours["seconds"]), classic_rows_per_s=round(n / classic["seconds"]),
+                                  speedup=round(classic["seconds"] / ours["seconds"], 1))
+        print(f"{n} SST-2 rows: data_process {ours['seconds']:.1f} s, per-row loop {classic['seconds']:.1f} s "
+              f"-> {results['compare']['speedup']}x", flush=True)
+    else:
+        print(f"comparison skipped ({SST2} not found)")
+    scaling = {}
+    for size in map(int, args.sizes.split(",")):
+        train_file = write_rows(WORK / f"synthetic-{size}.csv", size, real=False)
+        r = run_child(f"synthetic{size}", train_file)
+        r["rows_per_s"] = round(size / r["seconds"])
+        scaling[str(size)] = r
+        print(f"{size:>9} synthetic rows: {r['seconds']:7.1f} s  {r['rows_per_s']:>8} rows/s  peak RSS {r['peak_rss_mb']:.0f} MB",
+              flush=True)
+        train_file.unlink()
+    sizes = sorted(scaling, key=int)
+    if len(sizes) >= 2:
+        results["rss_ratio_largest_to_smallest"] = round(scaling[sizes[-1]]["peak_rss_mb"] / scaling[sizes[0]]["peak_rss_mb"], 2)
+    results["scaling"] = scaling
+    out = ROOT / "bench" / "results" / "data_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
