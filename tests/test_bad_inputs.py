@@ -213,7 +213,7 @@ def test_evaluate_a_checkpoint_from_another_label_set(stage, trained, premodels,
 
 @pytest.mark.parametrize("case", ["no sets", "not a set", "other ids", "missing sample", "sample columns"])
 def test_ensemble_refuses(stage, trained, tmp_path, case):
-    preds, tmp = trained["preds"], trained["tmp"]
+    preds = trained["preds"]
     args = {
         "no sets": ([], ["ensemble.predictions is empty"]),
         "not a set": ([f"ensemble.predictions=[{tmp_path}]"], ["not a prediction set", "manifest.json"]),

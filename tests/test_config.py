@@ -1,6 +1,6 @@
 import pytest
 
-from textclf.config import Config, parse_args
+from textclf.config import parse_args
 from textclf.errors import UserError
 from conftest import write
 

@@ -45,7 +45,7 @@ def test_two_processes_train_and_evaluate_like_one(stage, premodels, tmp_path):
     assert sum(r["type"] == "eval" for r in records) == 2  # one evaluation per epoch, logged once
     assert len(np.load(run / "oof" / "ids.npy")) == 8
 
-    one = launch("evaluate.py", *common, f"eval.run={run}", f"eval.output_dir={tmp_path / 'one'}",
+    launch("evaluate.py", *common, f"eval.run={run}", f"eval.output_dir={tmp_path / 'one'}",
                  "eval.batch_size=4", processes=1)
     two = launch("evaluate.py", *common, f"eval.run={run}", f"eval.output_dir={tmp_path / 'two'}",
                  "eval.batch_size=4")

@@ -12,9 +12,7 @@ class, both learned on the out-of-fold rows and applied to test.
 
 import csv
 import io
-import math
 import re
-from pathlib import Path
 
 import numpy as np
 

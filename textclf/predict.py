@@ -9,7 +9,6 @@ Raw texts are tokenized exactly as data_process.py tokenized the training data (
 tokenizer, max_len, truncation and head_tokens, read from the checkpoint's head.json).
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +99,3 @@ class Predictor:
             return [[self.label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
         return [self.label_names[j] for j in probs.argmax(axis=1)]
 
-
-def describe(head_cfg):
-    return json.dumps({k: head_cfg[k] for k in ("problem_type", "label_names", "max_len", "truncation")})

@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import string
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 

@@ -17,13 +17,11 @@ process prints, logs and writes. Layout of checkpoints/<run>/:
 import datetime
 import json
 import math
-import os
 import random
 import re
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -513,8 +511,7 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
                                             "steps": progress["step"], "nonfinite_total": progress["nonfinite_total"],
                                             "stopped_early": progress["stopped_early"]})
     accelerator.wait_for_everyone()
-    del model, optimizer
-    accelerator.free_memory()
+    accelerator.free_memory()  # drops Accelerate's references to this fold's model and optimizer
     return "done"
 
 
