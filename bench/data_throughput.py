@@ -17,7 +17,6 @@ import os
 import platform
 import random
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,14 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work" / "data_throughput"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import _common  # noqa: E402
+from textclf.premodels import install_minilm  # noqa: E402
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
 MAX_LEN = 64
-
-
-def model_dir():
-    from textclf.premodels import install_minilm
-
-    return install_minilm()
 
 
 def write_rows(path, n, real):
@@ -62,7 +58,7 @@ def child_data_process(train_file, name):
     from textclf.config import parse_args
     from textclf.data import process
 
-    config = parse_args([f"model.name={model_dir()}", f"data.train_file={train_file}", f"data.name={name}",
+    config = parse_args([f"model.name={install_minilm()}", f"data.train_file={train_file}", f"data.name={name}",
                          f"data.output_dir={WORK / 'out'}", f"data.max_len={MAX_LEN}", "data.overwrite=true"])
     import transformers  # noqa: F401  (imported before the clock starts, as for the per-row loop)
 
@@ -78,7 +74,7 @@ def child_classic(train_file):
     from torch.nn.utils.rnn import pad_sequence
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(install_minilm())
     started = time.time()
     with open(train_file, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -97,11 +93,10 @@ def child_classic(train_file):
 
 
 def run_child(*args):
-    proc = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(line[7:])
+    result = _common.run_child(__file__, *args)
+    if result is None:
+        raise SystemExit(1)
+    return result
 
 
 def main():
@@ -115,7 +110,7 @@ def main():
         kind, train_file = args.rest[0], Path(args.rest[1])
         seconds = child_classic(train_file) if kind == "classic" else child_data_process(train_file, kind)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps({"seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)}))
+        _common.report({"seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)})
         return
 
     results = {"benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "max_len": MAX_LEN,

@@ -26,6 +26,8 @@ WORK = ROOT / "bench" / "work" / "predict_throughput"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import _common  # noqa: E402
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
 
@@ -116,7 +118,7 @@ def main():
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps({"seconds": child(args.child, args.n, args.batch_size)}))
+        _common.report({"seconds": child(args.child, args.n, args.batch_size)})
         return
     if not (SST2 / "dev.tsv").is_file():
         print(f"skipped: {SST2} not found")
@@ -126,13 +128,11 @@ def main():
     runs = {c: [] for c in names}
     for _ in range(args.repeats):
         for contender in names:
-            proc = subprocess.run([sys.executable, __file__, "--child", contender, "--n", str(args.n),
-                                   "--batch-size", str(args.batch_size)], capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{contender} failed:\n{proc.stderr[-2000:]}")
-                continue
-            runs[contender].append(json.loads(line[7:])["seconds"])
+            # the child protocol passes `--child <contender>`: the contender is the flag's value
+            result = _common.run_child(__file__, contender, "--n", args.n, "--batch-size", args.batch_size,
+                                       label=contender)
+            if result is not None:
+                runs[contender].append(result["seconds"])
     results = {"benchmark": "predict_throughput", "date": time.strftime("%Y-%m-%d"), "rows": args.n,
                "batch_size": args.batch_size, "precision": "fp32",
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "contenders": {}}

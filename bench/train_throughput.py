@@ -35,18 +35,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import _common  # noqa: E402
+from textclf.premodels import install_minilm  # noqa: E402
+
 DATASETS = {
     # name: (source file, text column, label column, delimiter, max_len, batch size)
     "sst2": (ROOT.parent / "shared/data/sst2/train.tsv", "sentence", "label", "\t", 64, 32),
     "imdb": (ROOT.parent / "shared/data/imdb/train.csv", "text", "label", ",", 512, 16),
 }
 LR = 1e-4
-
-
-def model_dir():
-    from textclf.premodels import install_minilm
-
-    return install_minilm()
 
 
 def write_subset(name, n, seed=0):
@@ -81,7 +78,7 @@ def real_lengths(tokenizer, texts, max_len):
 def run_textclf(args, train_file):
     """(a): the real data_process.py + train.py, timed from the log's start record to the last step."""
     name = f"{args.dataset}-bench"
-    common = [f"model.name={model_dir()}", f"data.output_dir={WORK / 'data'}", f"data.name={name}",
+    common = [f"model.name={install_minilm()}", f"data.output_dir={WORK / 'data'}", f"data.name={name}",
               f"train.output_dir={WORK / 'ck'}", "train.overwrite=true"]
     max_len, batch = DATASETS[args.dataset][4], DATASETS[args.dataset][5]
     subprocess.run([sys.executable, str(ROOT / "data_process.py"), *common, f"data.train_file={train_file}",
@@ -108,12 +105,12 @@ def run_trainer(args, texts, labels, grouped):
 
     logging.set_verbosity_error()
     max_len, batch = DATASETS[args.dataset][4], DATASETS[args.dataset][5]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(install_minilm())
     enc = tokenizer(texts, truncation=True, max_length=max_len)
     data = [{"input_ids": i, "attention_mask": m, "token_type_ids": t, "labels": y}
             for i, m, t, y in zip(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], labels)]
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir(), num_labels=2, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(install_minilm(), num_labels=2, dtype=torch.float32)
     targs = TrainingArguments(output_dir=str(WORK / "trainer"), per_device_train_batch_size=batch, num_train_epochs=1,
                               learning_rate=LR, bf16=args.precision == "bf16", use_cpu=True, report_to=[],
                               save_strategy="no", eval_strategy="no", logging_steps=1000000, seed=0,
@@ -131,12 +128,12 @@ def run_classic(args, texts, labels):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
     max_len, batch = DATASETS[args.dataset][4], DATASETS[args.dataset][5]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(install_minilm())
     enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length", return_tensors="pt")
     dataset = TensorDataset(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], torch.tensor(labels))
     loader = DataLoader(dataset, sampler=RandomSampler(dataset), batch_size=batch)
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir(), num_labels=2, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(install_minilm(), num_labels=2, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
     model.train()
@@ -169,12 +166,12 @@ def child(args):
             result = run_classic(args, texts, labels)
     from transformers import AutoTokenizer
 
-    lengths = real_lengths(AutoTokenizer.from_pretrained(model_dir()), texts, DATASETS[args.dataset][4])
+    lengths = real_lengths(AutoTokenizer.from_pretrained(install_minilm()), texts, DATASETS[args.dataset][4])
     result.update(real_tokens=sum(lengths), attention_units=sum(l * l for l in lengths),
                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     if args.contender == "a":  # the children (data_process, train) did the work
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-    print("RESULT " + json.dumps(result))
+    _common.report(result)
 
 
 # ---------------------------------------------------------------------------- parent side
@@ -201,8 +198,8 @@ def matmul_peak(precision, size=2048, reps=10, tries=5):
 def model_shape():
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(model_dir())
-    model = AutoModel.from_pretrained(model_dir())
+    config = AutoConfig.from_pretrained(install_minilm())
+    model = AutoModel.from_pretrained(install_minilm())
     embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     total = sum(p.numel() for p in model.parameters())
     return total - embedding, config.num_hidden_layers, config.hidden_size
@@ -239,13 +236,11 @@ def main():
         runs = {c: [] for c in args.contenders.split(",")}
         for rep in range(args.repeats):  # interleaved, so drift in machine load hits every contender
             for contender in runs:
-                proc = subprocess.run([sys.executable, __file__, "--child", "--contender", contender, "--dataset",
-                                       name, "--precision", args.precision], capture_output=True, text=True)
-                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(f"{name} ({contender}) failed:\n{proc.stderr[-2000:]}")
+                result = _common.run_child(__file__, "--contender", contender, "--dataset", name,
+                                           "--precision", args.precision, label=f"{name} ({contender})")
+                if result is None:
                     continue
-                runs[contender].append(json.loads(line[7:]))
+                runs[contender].append(result)
                 print(f"  {name} {contender} run {rep + 1}: {runs[contender][-1]['samples'] / runs[contender][-1]['seconds']:.1f} samples/s",
                       flush=True)
         rows = {}

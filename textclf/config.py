@@ -161,15 +161,11 @@ def resolve_path(path):
 
 
 def _type_name(tp):
-    if get_origin_safe(tp) is Literal:
+    if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
-
-
-def get_origin_safe(tp):
-    return typing.get_origin(tp)
 
 
 _NULLS = ("null", "none", "~", "")

@@ -79,7 +79,6 @@ class Encoder:
     """
 
     def __init__(self, tokenizer, max_len, truncation="head", head_tokens=None):
-        self.tokenizer = tokenizer
         # The Rust tokenizer directly, on a private copy without the truncation or padding a
         # tokenizer.json may carry: the transformers wrapper costs as much again per row.
         from tokenizers import Tokenizer
@@ -359,7 +358,6 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     np.save(folder / "lengths.npy", lengths)
     os.remove(folder / "wide_input_ids.bin")
     os.remove(folder / "wide_token_type_ids.bin")
-    lens = lengths
     entry = dict(
         source_file=str(reader.raw.path),
         source_sha256=sha256_file(reader.raw.path),
@@ -367,8 +365,8 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         dropped_empty=scan["dropped"],
         labelled=reader.labelled,
         padded_width=width,
-        length_stats=dict(min=int(lens.min()), mean=round(float(lens.mean()), 2), median=float(np.median(lens)),
-                          p95=float(np.percentile(lens, 95)), max=int(lens.max()), truncated_rows=int(truncated)),
+        length_stats=dict(min=int(lengths.min()), mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
+                          p95=float(np.percentile(lengths, 95)), max=int(lengths.max()), truncated_rows=int(truncated)),
     )
     if reader.labelled:
         entry["label_counts"] = {name: scan["counts"].get(name, 0) for name in label_index}

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_write_text, read_json, write_json
+from .fileio import atomic_write_text, next_version, read_json, write_json
 from .metrics import HIGHER_IS_BETTER, compute
 
 SCORE_METRICS = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss")
@@ -279,7 +279,7 @@ def run(config):
                             else label_names[int(p)]] for i, p in zip(ids, predicted)]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
-    target = _versioned_file(resolve_path(ecfg.output_dir), ecfg.name)
+    target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv")
     atomic_write_text(target, buf.getvalue())
     summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets])
     write_json(target.with_suffix(".json"), summary)
@@ -290,11 +290,3 @@ def run(config):
     print(f"ensemble: wrote {target} ({len(rows) - 1} rows)", flush=True)
     return target
 
-
-def _versioned_file(base, name):
-    target = base / f"{name}.csv"
-    version = 2
-    while target.exists():
-        target = base / f"{name}-v{version}.csv"
-        version += 1
-    return target

@@ -12,9 +12,10 @@ Layout of model_predictions/<run>/ (a new version folder if it exists):
 """
 
 import csv
+import dataclasses
 import datetime
+import hashlib
 import io
-import re
 import shutil
 from pathlib import Path
 
@@ -23,11 +24,11 @@ import numpy as np
 from .config import resolve_path
 from .data import load_meta
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, read_json, sha256_file, write_json
+from .fileio import atomic_dir, atomic_write_text, next_version, read_json, sha256_file, versions, write_json
 from .loader import SortedBatches, SplitArrays, make_loader
 from .metrics import compute, confusion, report
-from .model import load_classifier, probabilities
-from .predict import Predictor, run_folds
+from .model import probabilities
+from .predict import Predictor, load_fold_models
 
 
 def find_run(config):
@@ -39,18 +40,10 @@ def find_run(config):
         return run
     base = resolve_path(config.train.output_dir)
     name = config.train.run or config.data.name
-    pattern = re.compile(re.escape(name) + r"(?:-v(\d+))?")
-    found = sorted((int(m.group(1) or 1), p) for p in (base.iterdir() if base.is_dir() else [])
-                   if (m := pattern.fullmatch(p.name)) and (p / "run.json").is_file())
-    if not found:
+    runs = [p for _, p in versions(base, name) if (p / "run.json").is_file()]
+    if not runs:
         raise UserError(f"no run '{name}' in {base}; train first or pass eval.run=checkpoints/<run>")
-    return found[-1][1]
-
-
-def versioned(base, name):
-    pattern = re.compile(re.escape(name) + r"(?:-v(\d+))?")
-    found = [int(m.group(1) or 1) for p in (base.iterdir() if base.is_dir() else []) if (m := pattern.fullmatch(p.name))]
-    return base / (name if not found else f"{name}-v{max(found) + 1}")
+    return runs[-1]
 
 
 def check_arrays_fit(meta, head_cfg, data_dir, run_dir):
@@ -126,15 +119,11 @@ def run(config):
 
     accelerator = Accelerator()
     main = accelerator.is_main_process
-    folds = run_folds(run_dir)
-    run_info = read_json(run_dir / "run.json")
-    data_dir = Path(run_info["data_dir"])
+    data_dir = Path(read_json(run_dir / "run.json")["data_dir"])
     meta = load_meta(data_dir)
-    fold_models, head_cfg, checkpoints = [], None, []
-    for fold, best in folds:
-        model, head_cfg = load_classifier(best, config.model.trust_remote_code)
-        fold_models.append(accelerator.prepare(model))
-        checkpoints.append({"fold": fold, "path": str(best), "sha256": sha256_file(best / "model.safetensors")})
+    models, head_cfg, checkpoints = load_fold_models(run_dir, trust_remote_code=config.model.trust_remote_code)
+    fold_models = [accelerator.prepare(model) for model in models]
+    folds = [c["fold"] for c in checkpoints]
     check_arrays_fit(meta, head_cfg, data_dir, run_dir)
     problem_type, label_names = head_cfg["problem_type"], head_cfg["label_names"]
 
@@ -148,7 +137,7 @@ def run(config):
         accelerator.wait_for_everyone()
         return None
 
-    out = versioned(resolve_path(config.eval.output_dir), run_dir.name)
+    out = next_version(resolve_path(config.eval.output_dir), run_dir.name)
     manifest = dict(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         run=str(run_dir), label_names=label_names, problem_type=problem_type,
@@ -162,10 +151,10 @@ def run(config):
             ids = np.asarray(np.load(data_dir / split / "ids.npy"))
             np.save(folder / "ids.npy", ids)
             np.save(folder / "probs.npy", fold_probs.mean(axis=0))
-            for (fold, _), probs in zip(folds, fold_probs):
+            for fold, probs in zip(folds, fold_probs):
                 np.save(folder / f"fold{fold}.npy", probs)
             entry = dict(rows=len(ids), source_sha256=meta["splits"][split]["source_sha256"],
-                         ids_sha256=_ids_hash(ids), folds=[f for f, _ in folds])
+                         ids_sha256=_ids_hash(ids), folds=folds)
             if meta["splits"][split]["labelled"]:
                 labels = np.load(data_dir / split / "labels.npy")
                 np.save(folder / "labels.npy", labels)
@@ -185,8 +174,6 @@ def run(config):
 
 
 def _ids_hash(ids):
-    import hashlib
-
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
 
 
@@ -204,9 +191,8 @@ def predict_raw(config, run_dir):
     else:
         from .rawdata import RawFile, RowReader
 
-        data_cfg = config.data
-        data_cfg.text_columns = head["text_columns"]
-        data_cfg.text_pair_column = head["text_pair_column"]
+        data_cfg = dataclasses.replace(config.data, text_columns=head["text_columns"],
+                                       text_pair_column=head["text_pair_column"])
         raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
         reader = RowReader(raw, data_cfg, need_labels=False)
         texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
@@ -228,7 +214,7 @@ def predict_raw(config, run_dir):
         print(f"{label!s:>12}  p={probs.max():.3f}  {shown}", flush=True)
     if len(texts) > 50:
         print(f"... {len(texts) - 50} more rows", flush=True)
-    target = versioned(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")
+    target = next_version(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")
     with atomic_dir(target) as tmp:
         atomic_write_text(tmp / "predictions.csv", buf.getvalue())
         np.save(tmp / "probs.npy", out["probs"])

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -71,6 +72,21 @@ def atomic_dir(final_path, replace=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def versions(base, name, suffix=""):
+    """Existing `<name><suffix>`, `<name>-v2<suffix>`, ... in `base`, oldest first, as [(version, path)]."""
+    base = Path(base)
+    pattern = re.compile(re.escape(name) + r"(?:-v(\d+))?" + re.escape(suffix))
+    found = [(int(m.group(1) or 1), p) for p in (base.iterdir() if base.is_dir() else [])
+             if (m := pattern.fullmatch(p.name))]
+    return sorted(found)
+
+
+def next_version(base, name, suffix=""):
+    """The path a new output takes: `<name><suffix>`, or one version past the newest existing one."""
+    found = versions(base, name, suffix)
+    return Path(base) / (f"{name}-v{found[-1][0] + 1}{suffix}" if found else f"{name}{suffix}")
 
 
 def recover_dir(final_path):

@@ -6,6 +6,14 @@ from sklearn import metrics as skm
 HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "loss": False}
 
 
+def available(problem_type, n_labels):
+    """The metric names `compute` (plus the loss) reports for a problem."""
+    names = {"accuracy", "f1_macro", "f1_micro", "loss"}
+    if problem_type != "single_label" or n_labels == 2:
+        names.add("roc_auc")
+    return names
+
+
 def predictions(probs, problem_type, threshold=0.5):
     probs = np.asarray(probs)
     if problem_type == "multi_label":

@@ -17,6 +17,7 @@ import torch
 from .data import Encoder, load_tokenizer
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
+from .loader import SortedBatches
 from .model import load_classifier, probabilities
 
 
@@ -37,6 +38,21 @@ def run_folds(run_dir, folds="all"):
     return found
 
 
+def load_fold_models(run_dir, folds="all", trust_remote_code=False):
+    """Each finished fold's best model (on the CPU, in eval mode), the shared head config, and
+    a record of every checkpoint (fold, path, sha256) for manifests."""
+    models, head_cfg, checkpoints = [], None, []
+    for fold, best in run_folds(run_dir, folds):
+        model, cfg = load_classifier(best, trust_remote_code)
+        if head_cfg is not None and (cfg["label_names"], cfg["max_len"]) != (head_cfg["label_names"], head_cfg["max_len"]):
+            raise UserError(f"fold {fold} of {run_dir} has other labels or max_len than fold "
+                            f"{checkpoints[0]['fold']}; the run's folds must come from one config")
+        head_cfg = cfg
+        models.append(model.eval())
+        checkpoints.append({"fold": fold, "path": str(best), "sha256": sha256_file(best / "model.safetensors")})
+    return models, head_cfg, checkpoints
+
+
 class Predictor:
     def __init__(self, models, head_cfg, tokenizer, device="cpu", batch_size=64, checkpoints=None):
         self.models = models
@@ -52,17 +68,9 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        models, head_cfg, checkpoints = [], None, []
-        for fold, best in run_folds(run_dir, folds):
-            model, cfg = load_classifier(best, trust_remote_code)
-            if head_cfg is not None and (cfg["label_names"], cfg["max_len"]) != (head_cfg["label_names"], head_cfg["max_len"]):
-                raise UserError(f"fold {fold} of {run_dir} has other labels or max_len than fold "
-                                f"{checkpoints[0]['fold']}; the run's folds must come from one config")
-            head_cfg = cfg
-            models.append(model.to(device).eval())
-            checkpoints.append({"fold": fold, "path": str(best), "sha256": sha256_file(best / "model.safetensors")})
-        tokenizer = load_tokenizer(run_folds(run_dir, folds)[0][1], trust_remote_code)
-        return cls(models, head_cfg, tokenizer, device, batch_size, checkpoints)
+        models, head_cfg, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
+        tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
+        return cls([m.to(device) for m in models], head_cfg, tokenizer, device, batch_size, checkpoints)
 
     @torch.no_grad()
     def fold_probs(self, input_ids, attention_mask, token_type_ids, lengths):
@@ -71,9 +79,8 @@ class Predictor:
         n = len(lengths)
         n_classes = len(self.label_names)
         out = np.zeros((len(self.models), n, n_classes), dtype=np.float32)
-        order = np.argsort(-np.asarray(lengths), kind="stable")
-        for start in range(0, n, self.batch_size):
-            rows = order[start:start + self.batch_size]
+        for rows in SortedBatches(lengths, self.batch_size):
+            rows = np.asarray(rows)
             width = int(np.max(lengths[rows]))
             batch = [torch.as_tensor(np.asarray(a[rows, :width]), dtype=torch.long, device=self.device)
                      for a in (input_ids, attention_mask, token_type_ids)]

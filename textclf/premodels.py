@@ -228,9 +228,8 @@ def main(argv):
     p_rand.add_argument("--name")
     p_rand.add_argument("--seed", type=int, default=0)
     sub.add_parser("list", help="list the model folders")
-    for p in (p_fetch, p_rand, *sub.choices.values()):
-        if not any(a.dest == "dest" for a in p._actions):
-            p.add_argument("--dest", default="premodels", help="folder that holds the models")
+    for command in sub.choices.values():
+        command.add_argument("--dest", default="premodels", help="folder that holds the models")
     args = parser.parse_args(argv)
     if args.command == "fetch":
         print(fetch(args.name, args.dest, args.trust_remote_code))

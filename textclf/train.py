@@ -29,9 +29,9 @@ import torch
 from .config import resolve_path
 from .data import load_meta, load_tokenizer, vocab_hash
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, recover_dir, sha256_file, write_json
+from .fileio import atomic_dir, atomic_write_text, next_version, recover_dir, sha256_file, versions, write_json
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
-from .metrics import compute, is_better, metric_mode, report
+from .metrics import available as available_metrics, compute, is_better, metric_mode, report
 from .model import (auto_class_weights, build_classifier, make_loss, num_outputs, probabilities,
                     resolve_problem_type, save_classifier)
 from .premodels import resolve_model_dir
@@ -134,12 +134,9 @@ def choose_run_dir(tcfg, data_name, resume):
     """checkpoints/<run>; an existing run gets a new version folder (<run>-v2, ...) unless resumed."""
     base = resolve_path(tcfg.output_dir)
     name = tcfg.run or data_name
-    pattern = re.compile(re.escape(name) + r"(?:-v(\d+))?")
-    found = [(int(m.group(1) or 1), p) for p in (base.iterdir() if base.is_dir() else [])
-             if p.is_dir() and (m := pattern.fullmatch(p.name))]
-    versions = [p for _, p in sorted(found)]
+    runs = [p for _, p in versions(base, name) if p.is_dir()]
     if resume == "auto":
-        return (versions[-1] if versions else base / name), bool(versions)
+        return (runs[-1] if runs else base / name), bool(runs)
     if resume:
         path = resolve_path(resume)
         run = next((p for p in [path, *path.parents] if (p / "run.json").is_file()), None)
@@ -147,11 +144,9 @@ def choose_run_dir(tcfg, data_name, resume):
             raise UserError(f"train.resume={resume} is not inside a run folder (no run.json found); "
                             f"pass checkpoints/<run> or train.resume=auto")
         return run, True
-    if not versions:
+    if not runs or tcfg.overwrite:
         return base / name, False
-    if tcfg.overwrite:
-        return base / name, False
-    return base / f"{name}-v{max(v for v, _ in found) + 1}", False
+    return next_version(base, name), False
 
 
 def latest_state(fold_dir):
@@ -269,6 +264,10 @@ class Log:
         self.accelerator = accelerator
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
+        self.eval_rows = []  # a resumed run continues the rows it logged before
+        if accelerator.is_main_process and self.jsonl.is_file():
+            rows = (json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines())
+            self.eval_rows = [r for r in rows if r.get("type") == "eval"]
 
     def write(self, record):
         if not self.accelerator.is_main_process:
@@ -277,8 +276,8 @@ class Log:
         with open(self.jsonl, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if record.get("type") == "eval":
-            rows = [json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines()]
-            rows = [r for r in rows if r.get("type") == "eval"]
+            self.eval_rows.append(record)
+            rows = self.eval_rows
             keys = list(dict.fromkeys(k for r in rows for k in r))
             lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
             atomic_write_text(self.csv, "\n".join(lines) + "\n")
@@ -579,8 +578,7 @@ def run(config):
         data_meta_sha256=sha256_file(data_dir / "meta.json"), model_name=config.model.name,
     )
     plans = fold_plan(meta, cfg, data_dir)
-    metrics = {"accuracy", "f1_macro", "f1_micro", "loss"} | ({"roc_auc"} if problem_type != "single_label"
-                                                              or len(label_names) == 2 else set())
+    metrics = available_metrics(problem_type, len(label_names))
     if cfg.metric not in metrics:
         raise UserError(f"train.metric={cfg.metric} is not computed for this problem; choose from "
                         f"{', '.join(sorted(metrics))}")
