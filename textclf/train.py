@@ -35,6 +35,7 @@ from .metrics import available as available_metrics, compute, is_better, metric_
 from .model import (auto_class_weights, build_classifier, make_loss, num_outputs, probabilities,
                     resolve_problem_type, save_classifier)
 from .premodels import resolve_model_dir
+from .speedups import apply as apply_speedups, keep_freed_memory
 
 
 # ---------------------------------------------------------------------------- setup helpers
@@ -332,6 +333,8 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
     torch.manual_seed(cfg.seed)  # same initial head weights and dropout stream for every fold and rerun
     random.seed(cfg.seed)
     model = build_classifier(model_dir, head_cfg, config.model.trust_remote_code)
+    on_cpu = cfg.cpu_speedups and accelerator.device.type == "cpu"
+    sped_up = apply_speedups(model, single_process=accelerator.num_processes == 1) if on_cpu else []
     optimizer = make_optimizer(model, cfg)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     # Counted after prepare: each process now sees 1/num_processes of the batches.
@@ -362,7 +365,8 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
         print(f"fold {fold}: {len(train_ds)} train rows, {len(eval_ds)} eval rows ({eval_split}) | batch "
               f"{cfg.batch_size} x {cfg.grad_accum} accumulation x {accelerator.num_processes} process(es) = "
               f"{total_batch} | {total_steps} optimizer steps ({steps_per_epoch}/epoch, {cfg.epochs:g} epochs) | "
-              f"{accelerator.device}, precision {cfg.precision}", flush=True)
+              f"{accelerator.device}, precision {cfg.precision}"
+              + (f" | cpu speed-ups: {', '.join(sped_up)}" if sped_up else ""), flush=True)
 
     def run_eval():
         results, _ = evaluate(model, eval_loader, accelerator, eval_labels, loss_fn, problem_type)
@@ -429,9 +433,7 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
                 window_rows = 0
                 # Clip only on sync steps; an infinite max norm still returns the norm for the log.
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                if grad_norm is None:  # DeepSpeed clips inside its own step and returns no norm
-                    grad_norm = torch.zeros(())
+                grad_norm = clip_gradients(accelerator, model, max_norm)
                 # Host sync point: a non-finite gradient must skip the update on every process
                 # (the norm is computed from all-reduced gradients, so all processes agree).
                 if torch.isfinite(grad_norm):
@@ -535,6 +537,23 @@ def rescale_partial_window(accelerator, model, window_rows, cfg):
                 param.grad.mul_(scale)
 
 
+def clip_gradients(accelerator, model, max_norm):
+    """accelerator.clip_grad_norm_, without its rescaling pass over every gradient when the norm is
+    already within max_norm (torch would multiply by exactly 1). Plain and DDP runs without a loss
+    scaler; FSDP, DeepSpeed and fp16 go through Accelerate."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.scaler is not None or accelerator.distributed_type not in (
+            DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        return torch.zeros(()) if norm is None else norm  # DeepSpeed clips inside its step: no norm
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if norm > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 def _should_stop(accelerator, stop, started, cfg, step):
     """A signal or the wall-clock budget; decided together so that every process stops at the same step."""
     if accelerator.num_processes > 1 and step % cfg.log_every_steps:
@@ -555,6 +574,8 @@ def run(config):
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     cfg = config.train
+    if cfg.cpu_speedups and accelerator.device.type == "cpu":
+        keep_freed_memory()
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs <= 0:
         raise UserError("train.batch_size, train.grad_accum and train.epochs must be positive")
     if not config.data.name:

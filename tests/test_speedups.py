@@ -1,0 +1,122 @@
+"""textclf/speedups.py: the CPU dropout and attention must keep the maths they replace."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from textclf import speedups
+from textclf.model import build_classifier, save_classifier
+
+
+def test_fast_dropout_keeps_one_minus_p_and_scales_like_nn_dropout():
+    torch.manual_seed(0)
+    x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of 4: the last word is cut
+    y = speedups.fast_dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1.0) * (1 / 0.9))
+    # four draws share a 64-bit word: each of the four positions must be unbiased too
+    for lane in range(4):
+        assert abs(kept[: 1_000_000].view(-1, 4)[:, lane].float().mean().item() - 0.9) < 0.004
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, kept.float() * 2.0 * (1 / 0.9))
+    for p in (0.3, 0.5):
+        assert abs((speedups.fast_dropout(torch.ones(400_000), p) != 0).float().mean().item() - (1 - p)) < 0.004
+
+
+def test_fast_dropout_follows_the_seed_and_is_off_in_eval():
+    x = torch.randn(7, 13, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    a = speedups.fast_dropout(x, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(a, speedups.fast_dropout(x, 0.2))
+    assert a.dtype == torch.bfloat16
+    layer = speedups.FastDropout(0.2)
+    layer.eval()
+    assert layer(x) is x
+    assert speedups.fast_dropout(x, 0.0) is x
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_attention_math_equals_sdpa(mask_kind):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 8) for _ in range(3))
+    lengths = torch.tensor([6, 4])
+    keep = (torch.arange(6)[None, :] < lengths[:, None])[:, None, None, :].expand(2, 1, 6, 6)
+    mask = {"bool": keep, "additive": torch.where(keep, 0.0, torch.finfo(torch.float32).min), "none": None}[mask_kind]
+    expected = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    got = speedups.attention_math(q, k, v, mask, dropout=0.0)
+    assert got.shape == (2, 6, 3, 8)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta", "electra", "deberta-v2"])
+def test_applied_model_predicts_like_the_stock_one_and_saves_a_stock_config(premodels, tmp_path, family):
+    head = dict(n_outputs=3, head="mean", dropout=0.1, multi_sample_dropout=2, problem_type="single_label")
+    torch.manual_seed(0)
+    stock = build_classifier(premodels(family), head)
+    fast = build_classifier(premodels(family), head)
+    fast.load_state_dict(stock.state_dict())
+    changed = speedups.apply(fast)
+    # DeBERTa's own attention takes no pluggable function: only its dropout layers change
+    assert ("attention" in changed) == (family != "deberta-v2") and changed[0].endswith("dropout layers")
+    assert not any(type(m) is nn.Dropout for m in fast.modules())
+    ids = torch.randint(5, 90, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[3, 2:] = 0
+    stock.eval(), fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids, mask), stock(ids, mask))
+    # training mode: dropout is on (two passes differ) and gradients reach every parameter
+    fast.train()
+    a, b = fast(ids, mask), fast(ids, mask)
+    assert not torch.equal(a, b)
+    (a.sum() + b.sum()).backward()
+    assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)
+    save_classifier(fast, tmp_path, head)
+    assert speedups.ATTENTION not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+
+
+def test_clip_gradients_matches_clip_grad_norm():
+    from accelerate import Accelerator
+
+    from textclf.train import clip_gradients
+
+    accelerator = Accelerator(cpu=True)
+    for max_norm in (0.01, 1e6):
+        torch.manual_seed(0)
+        ours, ref = nn.Linear(5, 3), nn.Linear(5, 3)
+        ref.load_state_dict(ours.state_dict())
+        x = torch.randn(8, 5)
+        ours(x).pow(2).sum().backward()
+        ref(x).pow(2).sum().backward()
+        norm = clip_gradients(accelerator, ours, max_norm)
+        ref_norm = nn.utils.clip_grad_norm_(ref.parameters(), max_norm)
+        torch.testing.assert_close(norm, ref_norm)
+        for p, r in zip(ours.parameters(), ref.parameters()):
+            assert torch.equal(p.grad, r.grad)
+
+
+def test_fast_embedding_gradient_equals_nn_embedding_across_steps():
+    torch.manual_seed(0)
+    stock = nn.Embedding(50, 6, padding_idx=0)
+    fast = nn.Embedding(50, 6, padding_idx=0)
+    fast.load_state_dict(stock.state_dict())
+    fast.__class__ = speedups.FastEmbedding
+    steps = [[torch.tensor([[3, 7, 7, 0], [9, 0, 0, 0]])],  # repeated rows and padding
+             [torch.tensor([[11, 12, 3, 0]]), torch.tensor([[12, 40, 0, 0]])]]  # two accumulated backwards
+    for batches in steps:
+        for ids in batches:
+            weight = torch.randn(*ids.shape, 6)
+            (stock(ids) * weight).sum().backward()
+            (fast(ids) * weight).sum().backward()
+        torch.testing.assert_close(fast.weight.grad, stock.weight.grad)
+        assert not fast.weight.grad[0].any()
+        stock.zero_grad(set_to_none=True)
+        fast.zero_grad(set_to_none=True)  # the next step must not see this step's rows
+    fast.eval()
+    with torch.no_grad():
+        assert torch.equal(fast(torch.tensor([[1, 2]])), stock(torch.tensor([[1, 2]])))

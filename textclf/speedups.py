@@ -1,0 +1,176 @@
+"""CPU training speed-ups that keep the model's maths (`train.cpu_speedups`, on by default).
+
+On a CPU, a step of a small encoder at short lengths spends as long outside the matmuls as in them.
+Three costs are not the model's own and are removed here:
+
+fast_dropout       torch's CPU dropout draws one 32-bit random number per element (~5 ns each): at
+                   32 x 14 tokens, MiniLM's 13 dropout layers cost as much as its feed-forward matmuls.
+                   This draws the same Bernoulli(1 - p) keep-mask 16 bits at a time from 64-bit words
+                   (p rounded to 1/65536) and scales by 1 / (1 - p), like nn.Dropout.
+attention          with dropout on, SDPA on a CPU runs its math path, whose dropout is the slow one;
+                   this is the same maths (eager attention: softmax(q k^T * scale + mask), dropout, @ v)
+                   with fast_dropout. Without dropout (evaluation, or p = 0) it calls SDPA itself.
+FastEmbedding      the word-embedding backward builds a dense vocabulary-sized gradient every step
+                   (30k x 384: a 47 MB fill, more than a layer's matmuls at short lengths). Here the
+                   backward adds the rows used into a gradient buffer that lives across steps and is
+                   cleared row by row: the same .grad, summed in another order. One process only (DDP
+                   must see the gradient arrive through autograd).
+keep_freed_memory  glibc gives blocks over 32 MB back to the OS when they are freed, so every step
+                   page-faults its activations and the dense word-embedding gradient (47 MB for a
+                   30k x 384 table) in again; this keeps freed memory in the process for reuse.
+
+On a GPU nothing here is used: CUDA's dropout and attention kernels are already fused.
+"""
+
+import ctypes
+import sys
+
+import torch
+from torch import nn
+
+ATTENTION = "textclf_cpu"
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
+        # Each 64-bit word gives four uniform 16-bit integers in [-32768, 32767].
+        keep = words.view(torch.int16)[:n].view(x.shape) >= round(p * 65536) - 32768
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x.mul(keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
+
+
+def fast_dropout(x, p, training=True):
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0 or x.numel() == 0:
+        return nn.functional.dropout(x, p, training)
+    return _Dropout.apply(x, p)
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with fast_dropout's sampler; keeps `.p`, which attention modules read."""
+
+    def forward(self, x):
+        return fast_dropout(x, self.p, self.training)
+
+
+class _EmbeddingLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, weight, owner):
+        ctx.save_for_backward(ids)
+        ctx.owner = owner
+        return nn.functional.embedding(ids, weight, owner.padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        ctx.owner.add_grad(ids, grad)
+        return None, None, None
+
+
+class FastEmbedding(nn.Embedding):
+    """nn.Embedding whose training backward writes its weight's .grad in place (see the module doc)."""
+
+    _buffer = None  # the dense gradient buffer, allocated on the first backward
+    _touched = None  # rows written into it since it was last cleared
+
+    def forward(self, ids):
+        if not (self.training and torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(ids)
+        return _EmbeddingLookup.apply(ids, self.weight, self)
+
+    def add_grad(self, ids, grad):
+        weight = self.weight
+        if weight.grad is None:  # set_to_none since the last backward: clear what was written
+            if self._buffer is None:
+                self._buffer = torch.zeros_like(weight)
+            elif self._touched is not None:
+                self._buffer.index_fill_(0, self._touched, 0.0)
+            self._touched = None
+            weight.grad = self._buffer
+        ids = ids.reshape(-1)
+        grad = grad.reshape(-1, weight.shape[1]).to(weight.dtype)
+        if self.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
+            used = ids != self.padding_idx
+            ids, grad = ids[used], grad[used]
+        weight.grad.index_add_(0, ids, grad)
+        if weight.grad is self._buffer:
+            self._touched = ids if self._touched is None else torch.cat([self._touched, ids])
+
+
+def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function: (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
+    if dropout == 0.0 or not module.training or query.device.type != "cpu":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    return attention_math(query, key, value, attention_mask, dropout, scaling), None
+
+
+def attention_math(query, key, value, attention_mask, dropout, scaling=None):
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # SDPA's convention: True = attend
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = fast_dropout(nn.functional.softmax(scores, dim=-1), dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()
+
+
+def _register_attention():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def apply(model, single_process=True):
+    """Swap every dropout layer for FastDropout; for backbones on SDPA that take a pluggable
+    attention function (BERT, RoBERTa, DistilBERT, ELECTRA, ...), use `attention`; in a single
+    process, make the word embedding a FastEmbedding. Returns what changed."""
+    swapped = 0
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is nn.Dropout:
+                setattr(module, name, FastDropout(child.p, child.inplace))
+                swapped += 1
+    changed = [f"{swapped} dropout layers"] if swapped else []
+    backbone = getattr(model, "backbone", model)
+    embedding = backbone.get_input_embeddings() if hasattr(backbone, "get_input_embeddings") else None
+    if single_process and type(embedding) is nn.Embedding and embedding.max_norm is None \
+            and not embedding.scale_grad_by_freq and not embedding.sparse:
+        embedding.__class__ = FastEmbedding  # same module, same Parameter: only forward/backward change
+        changed.append("word-embedding gradient")
+    if getattr(backbone.config, "_attn_implementation", None) == "sdpa" and \
+            getattr(backbone, "_supports_attention_backend", False):
+        _register_attention()
+        backbone.set_attn_implementation(ATTENTION)
+        if backbone.config._attn_implementation == ATTENTION:
+            changed.append("attention")
+    return changed
+
+
+def keep_freed_memory():
+    """glibc only (Linux): serve every allocation from the heap and never trim it. Returns True if set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
