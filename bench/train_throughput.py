@@ -220,12 +220,12 @@ def main():
         return child(args)
 
     non_embedding, layers, hidden = model_shape()
-    peak = matmul_peak(args.precision)
+    peaks = [matmul_peak(args.precision)]  # measured again before every round: the machine's speed drifts
     names = {"a": "textclf (default)", "b": "HF Trainer defaults", "c": "HF Trainer group_by_length",
              "d": "classic loop (pad to max_len)"}
     results = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"), "precision": args.precision,
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-               "matmul_peak_gflops": round(peak / 1e9, 1), "datasets": {}}
+               "datasets": {}}
     for name in args.datasets.split(","):
         source = DATASETS[name][0]
         if not source.is_file():
@@ -235,6 +235,7 @@ def main():
         write_subset(name, n)
         runs = {c: [] for c in args.contenders.split(",")}
         for rep in range(args.repeats):  # interleaved, so drift in machine load hits every contender
+            peaks.append(matmul_peak(args.precision))
             for contender in runs:
                 result = _common.run_child(__file__, "--contender", contender, "--dataset", name,
                                            "--precision", args.precision, label=f"{name} ({contender})")
@@ -244,6 +245,7 @@ def main():
                 print(f"  {name} {contender} run {rep + 1}: {runs[contender][-1]['samples'] / runs[contender][-1]['seconds']:.1f} samples/s",
                       flush=True)
         rows = {}
+        peak = max(peaks)  # the best the matmul reached in this run (a busy machine only slows it)
         for contender, measured in runs.items():
             if not measured:
                 continue
@@ -265,6 +267,8 @@ def main():
                     rows["a"][f"speedup_vs_{peer}"] = round(rows["a"]["samples_per_s"] / rows[peer]["samples_per_s"], 2)
         results["datasets"][name] = dict(rows=n, max_len=DATASETS[name][4], batch_size=DATASETS[name][5],
                                          contenders=rows)
+    results["matmul_peak_gflops"] = round(max(peaks) / 1e9, 1)
+    results["matmul_peak_gflops_all_measurements"] = [round(p / 1e9, 1) for p in peaks]
     out = ROOT / "bench" / "results" / "train_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
