@@ -14,9 +14,7 @@ Writes bench/results/data_throughput.json. A benchmark, not a test.
 
 import argparse
 import csv
-import json
 import os
-import platform
 import random
 import resource
 import sys
@@ -128,8 +126,7 @@ def main():
         _common.report({"seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)})
         return
 
-    results = {"benchmark": "data_throughput", "date": time.strftime("%Y-%m-%d"), "max_len": MAX_LEN,
-               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
+    results = _common.record("data_throughput", max_len=MAX_LEN)
     if SST2.is_file():
         n = args.compare_rows
         train_file = write_rows(WORK / f"real-{n}.csv", n, real=True)
@@ -158,10 +155,7 @@ def main():
     if len(sizes) >= 2:
         results["rss_ratio_largest_to_smallest"] = round(scaling[sizes[-1]]["peak_rss_mb"] / scaling[sizes[0]]["peak_rss_mb"], 2)
     results["scaling"] = scaling
-    out = ROOT / "bench" / "results" / "data_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    _common.save(results)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ Writes bench/results/predict_throughput.json. A benchmark, not a test.
 
 import argparse
 import csv
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -133,9 +131,8 @@ def main():
                                        label=contender)
             if result is not None:
                 runs[contender].append(result["seconds"])
-    results = {"benchmark": "predict_throughput", "date": time.strftime("%Y-%m-%d"), "rows": args.n,
-               "batch_size": args.batch_size, "precision": "fp32",
-               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "contenders": {}}
+    results = _common.record("predict_throughput", rows=args.n, batch_size=args.batch_size, precision="fp32",
+                             contenders={})
     for contender, seconds in runs.items():
         if not seconds:
             continue
@@ -149,9 +146,7 @@ def main():
         for peer in ("b", "c"):
             if peer in c:
                 c["a"][f"speedup_vs_{peer}"] = round(c["a"]["samples_per_s"] / c[peer]["samples_per_s"], 2)
-    out = ROOT / "bench" / "results" / "predict_throughput.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    _common.save(results)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ accuracy on the 2-core CPU machine (TF-IDF + LR: 0.83; published MiniLM-L12: 0.9
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import _common  # noqa: E402
 
 
 def read_tsv(path, text_column, label_column):
@@ -106,26 +107,23 @@ def main(overrides):
     manifest = json.loads((work / "mp" / f"sst2-{stamp}" / "manifest.json").read_text())
     log = [json.loads(line) for line in (work / "ck" / f"sst2-{stamp}" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["accuracy"] for r in log if r["type"] == "eval"]
-    result = {
-        "benchmark": "sst2_accuracy",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
-        "overrides": overrides,
-        "dev_accuracy": manifest["splits"]["valid"]["metrics"]["accuracy"],
-        "dev_accuracy_last": evals[-1],
-        "evaluations": len(evals),
-        "test_accuracy": manifest["splits"]["test"]["metrics"]["accuracy"],
-        "wall_seconds": timings,
-        "train_minutes": round(timings["train.py"] / 60, 1),
-        "target_dev_accuracy": 0.89,
-    }
+    result = _common.record(
+        "sst2_accuracy",
+        overrides=overrides,
+        dev_accuracy=manifest["splits"]["valid"]["metrics"]["accuracy"],
+        dev_accuracy_last=evals[-1],
+        evaluations=len(evals),
+        test_accuracy=manifest["splits"]["test"]["metrics"]["accuracy"],
+        wall_seconds=timings,
+        train_minutes=round(timings["train.py"] / 60, 1),
+        target_dev_accuracy=0.89,
+    )
     if peer:
         result["peer_trainer_group_by_length"] = run_peer(config)
         result["dev_accuracy_minus_peer"] = round(result["dev_accuracy"]
                                                   - result["peer_trainer_group_by_length"]["dev_accuracy_best"], 4)
-    out = ROOT / "bench" / "results" / "sst2_accuracy.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    _common.save(result)
     return 0
 
 

@@ -10,7 +10,6 @@ its parts after `--warmup` steps. A benchmark, not a test; it writes nothing.
 """
 
 import argparse
-import csv
 import os
 import random
 import sys
@@ -23,23 +22,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _common  # noqa: E402
 from textclf.premodels import install_minilm  # noqa: E402
-
-DATA = {"sst2": (ROOT.parent / "shared/data/sst2/train.tsv", "sentence", "\t", 32, 64),
-        "imdb": (ROOT.parent / "shared/data/imdb/train.csv", "text", ",", 16, 512)}
+from train_throughput import DATASETS, source_rows  # noqa: E402  (the same rows, lengths and batch sizes)
 
 
 def batches(dataset, n_batches, tokenizer):
-    path, column, delimiter, batch_size, max_len = DATA[dataset]
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8", newline="") as fh:
-        texts = [r[column] for r in csv.DictReader(fh, delimiter=delimiter, quoting=quoting)]
-    random.Random(0).shuffle(texts)
-    ids = tokenizer(texts[: batch_size * n_batches], truncation=True, max_length=max_len)["input_ids"]
+    """Length-grouped batches of the dataset's rows, in shuffled order, cut to their longest row."""
+    import torch
+
+    max_len, batch_size = DATASETS[dataset][4], DATASETS[dataset][5]
+    texts = [text for text, _ in source_rows(dataset, batch_size * n_batches)]
+    ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     random.Random(1).shuffle(groups)
-    import torch
-
     out = []
     for group in groups:
         width = max(len(ids[i]) for i in group)
@@ -66,7 +61,6 @@ def child(args):
     model.train()
     if args.mode == "speedups":
         speedups.apply(model)
-        speedups.keep_freed_memory()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     params = list(model.parameters())
     parts = dict(forward=0.0, backward=0.0, clip=0.0, optimizer=0.0)
@@ -100,7 +94,7 @@ def child(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="sst2", choices=sorted(DATA))
+    parser.add_argument("--dataset", default="sst2", choices=sorted(DATASETS))
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
@@ -109,8 +103,8 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args)
-    if not DATA[args.dataset][0].is_file():
-        print(f"skipped: {DATA[args.dataset][0]} not found")
+    if not DATASETS[args.dataset][0].is_file():
+        print(f"skipped: {DATASETS[args.dataset][0]} not found")
         return
     for rep in range(args.repeats):
         for mode in ("stock", "speedups"):

@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -46,19 +45,24 @@ DATASETS = {
 LR = 1e-4
 
 
-def write_subset(name, n, seed=0):
+def source_rows(name, n, seed=0):
+    """The first n (text, label) rows of a dataset's source file after a seeded shuffle
+    (IMDB is sorted by label): the rows every benchmark of `name` trains on."""
     source, text_col, label_col, delimiter, _, _ = DATASETS[name]
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with open(source, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter=delimiter, quoting=quoting))
-    random.Random(seed).shuffle(rows)  # IMDB is sorted by label
-    rows = rows[:n]
+    random.Random(seed).shuffle(rows)
+    return [(r[text_col], r[label_col]) for r in rows[:n]]
+
+
+def write_subset(name, n):
     folder = WORK / name
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "train.csv", "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["text", "label"])
-        writer.writerows((r[text_col], r[label_col]) for r in rows)
+        writer.writerows(source_rows(name, n))
     return folder / "train.csv"
 
 
@@ -223,9 +227,7 @@ def main():
     peaks = [matmul_peak(args.precision)]  # measured again before every round: the machine's speed drifts
     names = {"a": "textclf (default)", "b": "HF Trainer defaults", "c": "HF Trainer group_by_length",
              "d": "classic loop (pad to max_len)"}
-    results = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"), "precision": args.precision,
-               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-               "datasets": {}}
+    results = _common.record("train_throughput", precision=args.precision, datasets={})
     for name in args.datasets.split(","):
         source = DATASETS[name][0]
         if not source.is_file():
@@ -269,10 +271,7 @@ def main():
                                          contenders=rows)
     results["matmul_peak_gflops"] = round(max(peaks) / 1e9, 1)
     results["matmul_peak_gflops_all_measurements"] = [round(p / 1e9, 1) for p in peaks]
-    out = ROOT / "bench" / "results" / "train_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    _common.save(results)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ class TrainConfig:
     class_weights: list[float] | Literal["auto"] | None = None
     sampler: Literal["length_grouped", "random"] = "length_grouped"
     pad_to_multiple: int = 1  # round batch widths up to a multiple (8 measured slower on CPU; try on GPU)
-    cpu_speedups: bool = True  # on a CPU: fast dropout sampling and attention, freed memory kept (textclf/speedups.py)
+    cpu_speedups: bool = True  # on a CPU: fast dropout and attention, embedding-gradient buffer, freed memory kept (textclf/speedups.py)
     eval_every_steps: int = 0  # 0: evaluate once per epoch
     metric: str = "accuracy"  # accuracy | f1_macro | f1_micro | roc_auc | loss
     metric_mode: Literal["max", "min", "auto"] = "auto"

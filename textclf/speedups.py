@@ -1,7 +1,7 @@
 """CPU training speed-ups that keep the model's maths (`train.cpu_speedups`, on by default).
 
 On a CPU, a step of a small encoder at short lengths spends as long outside the matmuls as in them.
-Three costs are not the model's own and are removed here:
+`apply` removes four costs that are not the model's own:
 
 fast_dropout       torch's CPU dropout draws one 32-bit random number per element (~5 ns each): at
                    32 x 14 tokens, MiniLM's 13 dropout layers cost as much as its feed-forward matmuls.
@@ -20,6 +20,7 @@ keep_freed_memory  glibc gives blocks over 32 MB back to the OS when they are fr
                    30k x 384 table) in again; this keeps freed memory in the process for reuse.
 
 On a GPU nothing here is used: CUDA's dropout and attention kernels are already fused.
+(Clipping without a no-op rescale, on every device, is train.clip_gradients.)
 """
 
 import ctypes
@@ -141,7 +142,8 @@ def _register_attention():
 def apply(model, single_process=True):
     """Swap every dropout layer for FastDropout; for backbones on SDPA that take a pluggable
     attention function (BERT, RoBERTa, DistilBERT, ELECTRA, ...), use `attention`; in a single
-    process, make the word embedding a FastEmbedding. Returns what changed."""
+    process, make the word embedding a FastEmbedding; keep freed memory (process-wide).
+    Returns what changed."""
     swapped = 0
     for module in model.modules():
         for name, child in module.named_children():
@@ -161,6 +163,8 @@ def apply(model, single_process=True):
         backbone.set_attn_implementation(ATTENTION)
         if backbone.config._attn_implementation == ATTENTION:
             changed.append("attention")
+    if keep_freed_memory():
+        changed.append("freed memory kept")
     return changed
 
 

@@ -35,7 +35,7 @@ from .metrics import available as available_metrics, compute, is_better, metric_
 from .model import (auto_class_weights, build_classifier, make_loss, num_outputs, probabilities,
                     resolve_problem_type, save_classifier)
 from .premodels import resolve_model_dir
-from .speedups import apply as apply_speedups, keep_freed_memory
+from .speedups import apply as apply_speedups
 
 
 # ---------------------------------------------------------------------------- setup helpers
@@ -574,8 +574,6 @@ def run(config):
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     cfg = config.train
-    if cfg.cpu_speedups and accelerator.device.type == "cpu":
-        keep_freed_memory()
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs <= 0:
         raise UserError("train.batch_size, train.grad_accum and train.epochs must be positive")
     if not config.data.name:
