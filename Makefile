@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m textclf.premodels minilm
-	$(PY) -m textclf.demo
+	$(PY) -m textclf.demo $(if $(SEED),seed=$(SEED))
 
 bench: $(VENV)/.installed
 	$(PY) bench/sst2_accuracy.py

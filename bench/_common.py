@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 PREFIX = "RESULT "
@@ -30,16 +32,36 @@ def run_child(script, *args, label=""):
     return json.loads(line[len(PREFIX):])
 
 
-def record(name, **fields):
-    """The head of a results file: what ran, when, and on which machine."""
-    return {"benchmark": name, "date": time.strftime("%Y-%m-%d"),
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, **fields}
+def machine():
+    """The machine a figure was measured on: CPU model, torch's capability level (AVX2, AVX512, ...),
+    the instruction sets that decide bf16 speed, and the GPU if there is one."""
+    import torch
+
+    from textclf.precision import cpu_device
+
+    cpu = cpu_device()
+    out = {"cpu": cpu.name, "cpu_capability": cpu.capability, "cpu_flags": list(cpu.flags), "arch": cpu.arch,
+           "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
 
 
-def save(results):
-    """Write bench/results/<benchmark>.json and say where."""
+def record(name, precision, **fields):
+    """The head of a results file: what ran, when, in which precision, on which machine.
+    `precision` is a textclf.precision.Choice, its record (a dict), or a plain word where none applies."""
+    if hasattr(precision, "record"):
+        precision = precision.record()
+    if isinstance(precision, dict):
+        precision = {k: v for k, v in precision.items() if k != "device"}  # the machine is recorded below
+    return {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "precision": precision,
+            **fields}
+
+
+def save(results, suffix=""):
+    """Write bench/results/<benchmark><suffix>.json and say where."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{results['benchmark']}.json"
+    out = RESULTS / f"{results['benchmark']}{suffix}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     return out

@@ -126,7 +126,7 @@ def main():
         _common.report({"seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)})
         return
 
-    results = _common.record("data_throughput", max_len=MAX_LEN)
+    results = _common.record("data_throughput", "none (tokenization only)", max_len=MAX_LEN)
     if SST2.is_file():
         n = args.compare_rows
         train_file = write_rows(WORK / f"real-{n}.csv", n, real=True)

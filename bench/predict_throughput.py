@@ -3,8 +3,9 @@
     .venv/bin/python bench/predict_throughput.py [--n 2000 --batch-size 64]
 
 Same texts (SST-2 dev + test sentences, cycled to n), same batch size, the same MiniLM-L6
-backbone with a 2-class head, fp32, every contender in its own process, three interleaved
-runs each (median reported):
+backbone with a 2-class head, the same precision (`--precision auto`, the default, resolves as
+eval.precision=auto would on this machine), every contender in its own process, three
+interleaved runs each (median reported):
     (a) textclf Predictor.from_run(...).predict(texts)   (tokenize + length-sorted batches)
     (b) transformers.pipeline("text-classification", batch_size=...)
     (c) Trainer.predict with its default (sequential) sampler and DataCollatorWithPadding
@@ -68,7 +69,7 @@ def prepare():
     return run, hf_dir
 
 
-def child(contender, n, batch_size):
+def child(contender, n, batch_size, precision):
     import torch
 
     torch.set_grad_enabled(False)
@@ -77,7 +78,7 @@ def child(contender, n, batch_size):
     if contender == "a":
         from textclf import Predictor
 
-        predictor = Predictor.from_run(run, batch_size=batch_size, device="cpu")
+        predictor = Predictor.from_run(run, batch_size=batch_size, device="cpu", precision=precision)
         started = time.time()
         out = predictor.predict(data)
         assert len(out["labels"]) == n
@@ -85,7 +86,8 @@ def child(contender, n, batch_size):
         from transformers import pipeline
 
         pipe = pipeline("text-classification", model=str(hf_dir), tokenizer=str(hf_dir), device="cpu",
-                        truncation=True, max_length=128)
+                        truncation=True, max_length=128,
+                        dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         started = time.time()
         out = pipe(data, batch_size=batch_size)
         assert len(out) == n
@@ -95,9 +97,10 @@ def child(contender, n, batch_size):
 
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         model = AutoModelForSequenceClassification.from_pretrained(hf_dir)
+        bf16 = precision == "bf16"
         trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(WORK / "trainer"), use_cpu=True,
                                                               per_device_eval_batch_size=batch_size, report_to=[],
-                                                              disable_tqdm=True),
+                                                              disable_tqdm=True, bf16=bf16, bf16_full_eval=bf16),
                           data_collator=DataCollatorWithPadding(tokenizer))
         started = time.time()
         enc = tokenizer(data, truncation=True, max_length=128)  # tokenizing is part of the job for every contender
@@ -113,14 +116,19 @@ def main():
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _common.report({"seconds": child(args.child, args.n, args.batch_size)})
+        _common.report({"seconds": child(args.child, args.n, args.batch_size, args.precision)})
         return
     if not (SST2 / "dev.tsv").is_file():
         print(f"skipped: {SST2} not found")
         return
+    from textclf.precision import resolve
+
+    choice = resolve(args.precision, "cpu", key="--precision", training=False)
+    print(f"precision {choice.describe()}", flush=True)
     prepare()
     names = {"a": "textclf Predictor", "b": "transformers pipeline", "c": "Trainer.predict"}
     runs = {c: [] for c in names}
@@ -128,11 +136,10 @@ def main():
         for contender in names:
             # the child protocol passes `--child <contender>`: the contender is the flag's value
             result = _common.run_child(__file__, contender, "--n", args.n, "--batch-size", args.batch_size,
-                                       label=contender)
+                                       "--precision", choice.precision, label=contender)
             if result is not None:
                 runs[contender].append(result["seconds"])
-    results = _common.record("predict_throughput", rows=args.n, batch_size=args.batch_size, precision="fp32",
-                             contenders={})
+    results = _common.record("predict_throughput", choice, rows=args.n, batch_size=args.batch_size, contenders={})
     for contender, seconds in runs.items():
         if not seconds:
             continue

@@ -36,7 +36,7 @@ def read_tsv(path, text_column, label_column):
     return [r[text_column] for r in rows], [int(r[label_column]) for r in rows]
 
 
-def run_peer(config):
+def run_peer(config, precision):
     """HF Trainer, group_by_length, with the hyperparameters of `config`; dev accuracy at each evaluation."""
     import numpy as np
     import torch
@@ -65,7 +65,7 @@ def run_peer(config):
         output_dir=str(ROOT / "bench" / "work" / "peer"), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
         warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, bf16=cfg.precision == "bf16", use_cpu=True, seed=cfg.seed,
+        max_grad_norm=cfg.max_grad_norm, bf16=precision == "bf16", use_cpu=True, seed=cfg.seed,
         eval_strategy="steps", eval_steps=cfg.eval_every_steps, save_strategy="no", report_to=[],
         logging_steps=cfg.eval_every_steps, disable_tqdm=True, train_sampling_strategy="group_by_length")
 
@@ -107,8 +107,9 @@ def main(overrides):
     manifest = json.loads((work / "mp" / f"sst2-{stamp}" / "manifest.json").read_text())
     log = [json.loads(line) for line in (work / "ck" / f"sst2-{stamp}" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["accuracy"] for r in log if r["type"] == "eval"]
+    precision = json.loads((work / "ck" / f"sst2-{stamp}" / "run.json").read_text())["precision"]
     result = _common.record(
-        "sst2_accuracy",
+        "sst2_accuracy", precision,
         overrides=overrides,
         dev_accuracy=manifest["splits"]["valid"]["metrics"]["accuracy"],
         dev_accuracy_last=evals[-1],
@@ -119,7 +120,7 @@ def main(overrides):
         target_dev_accuracy=0.89,
     )
     if peer:
-        result["peer_trainer_group_by_length"] = run_peer(config)
+        result["peer_trainer_group_by_length"] = run_peer(config, precision["precision"])  # the same precision
         result["dev_accuracy_minus_peer"] = round(result["dev_accuracy"]
                                                   - result["peer_trainer_group_by_length"]["dev_accuracy_best"], 4)
     print(json.dumps(result, indent=2))

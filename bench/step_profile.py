@@ -4,7 +4,8 @@
     .venv/bin/python bench/step_profile.py --dataset imdb --batches 7 --warmup 2
 
 Each mode runs in its own process (freed-memory settings are process-wide): the packaged
-MiniLM-L6 with a mean head, bf16 autocast, length-grouped batches of real rows, and per step
+MiniLM-L6 with a mean head, autocast in the precision train.precision=auto picks here (or
+--precision), length-grouped batches of real rows, and per step
 forward, backward, clipping (max norm 1) and fused AdamW. Prints milliseconds per step and
 its parts after `--warmup` steps. A benchmark, not a test; it writes nothing.
 """
@@ -69,7 +70,7 @@ def child(args):
             parts = dict.fromkeys(parts, 0.0)
             started = time.perf_counter()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             logits = model(x, mask)
         loss = torch.nn.functional.cross_entropy(logits.float(), torch.zeros(len(x), dtype=torch.long))
         t1 = time.perf_counter()
@@ -98,18 +99,23 @@ def main():
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    from textclf.precision import resolve
+
+    choice = resolve(args.precision, "cpu")
+    print(f"precision {choice.describe()}", flush=True)
     if not DATASETS[args.dataset][0].is_file():
         print(f"skipped: {DATASETS[args.dataset][0]} not found")
         return
     for rep in range(args.repeats):
         for mode in ("stock", "speedups"):
             r = _common.run_child(__file__, "--mode", mode, "--dataset", args.dataset, "--batches", args.batches,
-                                  "--warmup", args.warmup, label=mode)
+                                  "--warmup", args.warmup, "--precision", choice.precision, label=mode)
             if r:
                 print(f"{args.dataset} {mode:9} step {r['step_ms']:7.1f} ms | forward {r['forward_ms']:6.1f} backward "
                       f"{r['backward_ms']:6.1f} clip {r['clip_ms']:5.1f} AdamW {r['optimizer_ms']:5.1f}", flush=True)

@@ -1,7 +1,8 @@
 """Training throughput: textclf against HF Trainer and the classic competition loop.
 
-    .venv/bin/python bench/train_throughput.py                       # SST-2 and IMDB subsets
-    .venv/bin/python bench/train_throughput.py --datasets sst2 --n 2048 --precision no
+    .venv/bin/python bench/train_throughput.py                       # SST-2 and IMDB, precision auto
+    .venv/bin/python bench/train_throughput.py --precision no        # every contender in fp32
+    .venv/bin/python bench/train_throughput.py --datasets sst2 --n 2048 --precision bf16
 
 In one run, on the same model (packaged MiniLM-L6), rows, batch size, precision and number
 of samples, each contender trains one epoch in its own process (so its peak RSS is its own):
@@ -13,8 +14,11 @@ of samples, each contender trains one epoch in its own process (so its peak RSS 
         every step.
 Reports samples/s, real (unpadded) tokens/s, the ratio of (a) to each peer, peak RSS, and
 useful FLOP/s (6 x non-embedding parameters x real tokens + the attention term) as a share of
-a matmul peak measured in the same run at the same dtype. Writes
-bench/results/train_throughput.json. A benchmark, not a test: it never fails CI.
+a matmul peak measured in the same run at the same dtype. `--precision auto` resolves once, as
+train.precision=auto would on this machine, and every contender runs in that precision (HF
+Trainer with bf16=True, the classic loop under the same autocast). Writes
+bench/results/train_throughput-<fp32|bf16>.json with the CPU model, its capability and flags.
+A benchmark, not a test: it never fails CI.
 """
 
 import argparse
@@ -89,7 +93,8 @@ def run_textclf(args, train_file):
                     f"data.max_len={max_len}", "data.valid_size=0.02", "data.overwrite=true"],
                    check=True, capture_output=True)
     subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "train.epochs=1", f"train.batch_size={batch}",
-                    f"train.lr={LR}", f"train.precision={args.precision}", "train.log_every_steps=1000000"],
+                    f"train.lr={LR}", f"train.precision={args.precision}", "train.log_every_steps=1000000",
+                    "eval.precision=no"],
                    check=True, capture_output=True)
     log = [json.loads(line) for line in (WORK / "ck" / name / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in log if r["type"] == "start")
@@ -143,7 +148,7 @@ def run_classic(args, texts, labels):
     model.train()
     started = time.time()
     for ids, mask, types, y in loader:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as Accelerate does
             out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=y)
         out.loss.backward()
         optimizer.step()
@@ -213,7 +218,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="sst2,imdb")
     parser.add_argument("--n", type=int, default=0, help="rows per dataset (default: 1024 SST-2, 256 IMDB)")
-    parser.add_argument("--precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"],
+                        help="auto: what train.precision=auto picks on this machine (default)")
     parser.add_argument("--contenders", default="a,b,c,d")
     parser.add_argument("--repeats", type=int, default=3, help="runs per contender; the median is reported")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -223,11 +229,16 @@ def main():
     if args.child:
         return child(args)
 
+    from textclf.precision import NAMES, resolve
+
+    choice = resolve(args.precision, "cpu")  # refuses a precision that would be slow here, with the measured reason
+    args.precision = choice.precision
+    print(f"precision {choice.describe()}", flush=True)
     non_embedding, layers, hidden = model_shape()
     peaks = [matmul_peak(args.precision)]  # measured again before every round: the machine's speed drifts
     names = {"a": "textclf (default)", "b": "HF Trainer defaults", "c": "HF Trainer group_by_length",
              "d": "classic loop (pad to max_len)"}
-    results = _common.record("train_throughput", precision=args.precision, datasets={})
+    results = _common.record("train_throughput", choice, datasets={})
     for name in args.datasets.split(","):
         source = DATASETS[name][0]
         if not source.is_file():
@@ -271,7 +282,7 @@ def main():
                                          contenders=rows)
     results["matmul_peak_gflops"] = round(max(peaks) / 1e9, 1)
     results["matmul_peak_gflops_all_measurements"] = [round(p / 1e9, 1) for p in peaks]
-    _common.save(results)
+    _common.save(results, suffix=f"-{NAMES[choice.precision]}")
 
 
 if __name__ == "__main__":

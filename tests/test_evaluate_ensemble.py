@@ -25,7 +25,8 @@ def toy_run(tmp_path_factory, premodels):
     write(tmp / "train.csv", "id,text,label\n" + "".join(f"r{i},{t},{'neg pos'.split()[l]}\n" for i, (t, l) in enumerate(rows)))
     write(tmp / "test.csv", "id,text,label\n" + "".join(f"t{i},{t},{'neg pos'.split()[l]}\n" for i, (t, l) in enumerate(test_rows)))
     common = [f"model.name={premodels('bert')}", f"data.output_dir={tmp / 'data'}", "data.name=toy",
-              f"train.output_dir={tmp / 'ck'}", f"eval.output_dir={tmp / 'mp'}"]
+              f"train.output_dir={tmp / 'ck'}", f"eval.output_dir={tmp / 'mp'}",
+              "train.precision=no", "eval.precision=no"]  # fp32: the tests compare numbers across batchings
     assert run_stage("data_process", *common, f"data.train_file={tmp / 'train.csv'}", f"data.test_file={tmp / 'test.csv'}",
                      "data.id_column=id", "data.max_len=48").code == 0
     for run, head in (("a", "mean"), ("b", "cls")):
@@ -59,12 +60,26 @@ def test_predictor_matches_evaluate_row_for_row(toy_run):
     evaluate batching the rows longest-first."""
     from textclf import Predictor
 
-    predictor = Predictor.from_run(toy_run["tmp"] / "ck" / "a", batch_size=5)
+    predictor = Predictor.from_run(toy_run["tmp"] / "ck" / "a", batch_size=5, precision="no")
     texts = [t for t, _ in toy_run["test_rows"]]
     out = predictor.predict(texts)
     expected = np.load(toy_run["tmp"] / "mp" / "a" / "test" / "probs.npy")
     assert np.allclose(out["probs"], expected, atol=1e-5)
     assert out["labels"] == [["neg", "pos"][k] for k in expected.argmax(1)]
+    manifest = json.loads((toy_run["tmp"] / "mp" / "a" / "manifest.json").read_text())
+    assert manifest["precision"]["precision"] == "no" and manifest["precision"]["requested"] == "auto" or \
+        manifest["precision"]["reason"] == "fp32 as requested"
+
+
+def test_predictor_auto_precision_is_the_training_choice_and_close_to_fp32(toy_run):
+    from textclf import Predictor
+    from textclf.precision import resolve
+
+    texts = [t for t, _ in toy_run["test_rows"]]
+    auto = Predictor.from_run(toy_run["tmp"] / "ck" / "a", batch_size=5)
+    assert auto.precision.precision == resolve("auto", "cpu").precision
+    fp32 = Predictor.from_run(toy_run["tmp"] / "ck" / "a", batch_size=5, precision="no").predict(texts)["probs"]
+    assert np.allclose(auto.predict(texts)["probs"], fp32, atol=2e-2)  # bf16 where auto picks it: ~3 digits
 
 
 def test_raw_texts_from_the_command_line(toy_run, stage):

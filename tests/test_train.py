@@ -38,7 +38,9 @@ def make_data(stage, premodels, tmp_path, rows=None, family="bert", name="toy", 
 
 
 def train(stage, tmp_path, base, *args, out="ck"):
-    result = stage("train", *base, f"train.output_dir={tmp_path / out}", "train.log_every_steps=1", *args)
+    # fp32 unless a test asks otherwise: these tests compare numbers across runs, on any CPU
+    result = stage("train", *base, f"train.output_dir={tmp_path / out}", "train.log_every_steps=1",
+                   "train.precision=no", *args)
     assert result.code == 0, result
     return result
 
@@ -274,3 +276,37 @@ def test_arrays_are_opened_in_each_worker_not_pickled(stage, premodels, tmp_path
     train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=16", "train.num_workers=2", out="workers")
     train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=16", "train.num_workers=0", out="inline")
     assert strip_time(records(tmp_path / "workers" / "toy", "eval")) == strip_time(records(tmp_path / "inline" / "toy", "eval"))
+
+
+def test_freezing_keeps_the_lower_layers_and_refuses_too_many(stage, premodels, tmp_path):
+    from safetensors.torch import load_file
+
+    from textclf.model import build_classifier, layer_index
+
+    base = make_data(stage, premodels, tmp_path)
+    result = stage("train", *base, f"train.output_dir={tmp_path / 'bad'}", "model.freeze_layers=3")
+    assert result.code == 2 and "has 2 layers" in result.err and not (tmp_path / "bad").exists()
+    result = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "model.freeze_layers=1")
+    assert "frozen: embeddings and 1 layer(s)" in result.out
+    trained = load_file(str(tmp_path / "ck" / "toy" / "fold0" / "best" / "model.safetensors"))
+    head_cfg = dict(head="cls", dropout=0.1, multi_sample_dropout=1, n_outputs=2)
+    loaded = build_classifier(premodels("bert"), head_cfg).state_dict()
+    for name, value in trained.items():
+        if not name.startswith("backbone.") or name not in loaded:
+            continue
+        index = layer_index(name[len("backbone."):])
+        same = bool((value == loaded[name]).all())
+        assert same == (index is not None and index <= 0), name  # embeddings and layer 0 kept, layer 1 trained
+
+
+@pytest.mark.parametrize("name, index", [
+    ("encoder.layer.3.attention.self.query.weight", 3), ("transformer.layer.0.ffn.lin1.weight", 0),
+    ("layers.11.self_attn.q_proj.weight", 11), ("h.2.attn.c_attn.weight", 2), ("blocks.5.mlp.fc1.weight", 5),
+    ("embeddings.word_embeddings.weight", -1), ("embed_tokens.weight", -1), ("wte.weight", -1),
+    ("encoder.rel_embeddings.weight", -1), ("pooler.dense.weight", None), ("norm.weight", None),
+    ("ln_f.weight", None),
+])
+def test_layer_index_understands_encoder_and_decoder_naming(name, index):
+    from textclf.model import layer_index
+
+    assert layer_index(name) == index

@@ -66,6 +66,8 @@ class ModelConfig:
     dropout: float = 0.1  # before the head
     backbone_dropout: float | None = None  # override the encoder's own dropout (null: keep its config)
     multi_sample_dropout: int = 1  # k dropout masks, logits averaged
+    freeze_embeddings: bool = False  # keep the embeddings as loaded
+    freeze_layers: int = 0  # keep the embeddings and the first k layers as loaded (backward skips them)
     problem_type: Literal["auto", "single_label", "binary_bce", "multi_label"] = "auto"
 
 
@@ -87,7 +89,7 @@ class TrainConfig:
     scheduler: Literal["linear", "cosine", "constant", "onecycle"] = "linear"
     warmup: float = 0.06  # < 1: a ratio of optimizer steps; >= 1: a number of steps
     max_grad_norm: float = 1.0  # 0: no clipping
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: the fastest exact one on this device (textclf/precision.py)
     label_smoothing: float = 0.0
     class_weights: list[float] | Literal["auto"] | None = None
     sampler: Literal["length_grouped", "random"] = "length_grouped"
@@ -115,6 +117,7 @@ class EvalConfig:
     output_dir: str = "model_predictions"
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
     batch_size: int = 128
+    precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # as train.precision, for prediction
     texts: list[str] | None = None  # raw texts to classify
     input: str | None = None  # a raw csv/tsv/jsonl file to classify
 

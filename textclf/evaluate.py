@@ -28,6 +28,7 @@ from .fileio import atomic_dir, atomic_write_text, next_version, read_json, sha2
 from .loader import SortedBatches, SplitArrays, make_loader
 from .metrics import compute, confusion, report
 from .model import probabilities
+from .precision import resolve_shared
 from .predict import Predictor, load_fold_models
 
 
@@ -117,8 +118,11 @@ def run(config):
         return predict_raw(config, run_dir)
     from accelerate import Accelerator
 
-    accelerator = Accelerator()
+    choice = resolve_shared(config.eval.precision, key="eval.precision", training=False)
+    accelerator = Accelerator(mixed_precision=choice.precision)  # prepared models predict under its autocast
     main = accelerator.is_main_process
+    if main:
+        print(f"evaluate: {accelerator.device}, precision {choice.describe()}", flush=True)
     data_dir = Path(read_json(run_dir / "run.json")["data_dir"])
     meta = load_meta(data_dir)
     models, head_cfg, checkpoints = load_fold_models(run_dir, trust_remote_code=config.model.trust_remote_code)
@@ -143,6 +147,7 @@ def run(config):
         run=str(run_dir), label_names=label_names, problem_type=problem_type,
         checkpoints=checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
         trained_on_meta_sha256=head_cfg.get("data_meta_sha256"), splits={}, config=config.to_dict(),
+        precision=choice.record(),
     )
     with atomic_dir(out) as tmp:
         for split, fold_probs in results.items():
@@ -179,8 +184,9 @@ def _ids_hash(ids):
 
 def predict_raw(config, run_dir):
     """eval.texts or eval.input: classify raw texts, print them, and write a CSV of probabilities."""
-    predictor = Predictor.from_run(run_dir, batch_size=config.eval.batch_size,
+    predictor = Predictor.from_run(run_dir, batch_size=config.eval.batch_size, precision=config.eval.precision,
                                    trust_remote_code=config.model.trust_remote_code)
+    print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
     head = predictor.head_cfg
     pairs = None
     if config.eval.texts is not None:
@@ -219,6 +225,7 @@ def predict_raw(config, run_dir):
         atomic_write_text(tmp / "predictions.csv", buf.getvalue())
         np.save(tmp / "probs.npy", out["probs"])
         write_json(tmp / "manifest.json", dict(run=str(run_dir), label_names=names, rows=len(texts),
-                                               checkpoints=predictor.checkpoints, problem_type=predictor.problem_type))
+                                               checkpoints=predictor.checkpoints, problem_type=predictor.problem_type,
+                                               precision=predictor.precision.record()))
     print(f"evaluate: wrote {target / 'predictions.csv'}", flush=True)
     return target

@@ -12,6 +12,7 @@ logits; at evaluation dropout is off, so one pass is exact.
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -93,6 +94,65 @@ class Classifier(nn.Module):
                 step = step + self.fc_pooler(self.dropout(extra))
             logits = logits + step
         return logits / samples
+
+
+# ---------------------------------------------------------------------------- layers of a backbone
+
+
+# encoder.layer.N (BERT, RoBERTa, DeBERTa, ELECTRA), transformer.layer.N (DistilBERT), layers.N (Llama,
+# Mistral, Qwen, Gemma), h.N (GPT-2), blocks.N / block.N (others)
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks|block)\.(\d+)\.")
+_EMBEDDINGS = ("embed_tokens", "wte", "wpe", "embed_positions", "shared")
+
+
+def layer_index(name):
+    """Which layer of the backbone a parameter name belongs to: its number counted from the input,
+    -1 for the embeddings, None for what sits above the layers (final norm, pooler)."""
+    match = _LAYER.search(name)
+    if match:
+        return int(match.group(1))
+    parts = name.split(".")
+    if any("embeddings" in part for part in parts) or any(part in _EMBEDDINGS for part in parts):
+        return -1
+    return None
+
+
+def num_layers(model):
+    """The number of layers in the backbone, counted from its parameter names."""
+    indices = [layer_index(name) for name, _ in model.backbone.named_parameters()]
+    return 1 + max((i for i in indices if i is not None), default=-1)
+
+
+def check_freeze_layers(model_dir, layers, trust_remote_code=False):
+    """Refuse model.freeze_layers outside 0..layers of the backbone, from its config alone (before
+    anything is written)."""
+    from transformers import AutoConfig
+
+    if layers == 0:
+        return
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    total = next((getattr(config, k) for k in ("num_hidden_layers", "n_layers", "n_layer")
+                  if isinstance(getattr(config, k, None), int)), None)
+    if layers < 0 or (total is not None and layers > total):
+        raise UserError(f"model.freeze_layers={layers}, but the backbone has {total} layers; use 0..{total}")
+
+
+def freeze(model, embeddings=False, layers=0):
+    """Stop training the embeddings (and, with layers = k > 0, the first k layers with them): their
+    weights stay as loaded, and backward stops above them, which saves its cost there. Returns the
+    number of parameters frozen."""
+    total = num_layers(model)
+    if layers > total:
+        raise UserError(f"model.freeze_layers={layers}, but the backbone has {total} layers; use 0..{total}")
+    if layers < 0:
+        raise UserError(f"model.freeze_layers={layers} is negative; use 0 (train all) up to {total}")
+    frozen = 0
+    for name, param in model.backbone.named_parameters():
+        index = layer_index(name)
+        if index is not None and ((embeddings or layers > 0) and index == -1 or 0 <= index < layers):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
 
 
 def make_loss(problem_type, class_weights=None, label_smoothing=0.0):

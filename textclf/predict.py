@@ -19,6 +19,7 @@ from .errors import UserError
 from .fileio import recover_dir, sha256_file
 from .loader import SortedBatches
 from .model import load_classifier, probabilities
+from .precision import autocast, resolve as resolve_precision
 
 
 def run_folds(run_dir, folds="all"):
@@ -54,11 +55,15 @@ def load_fold_models(run_dir, folds="all", trust_remote_code=False):
 
 
 class Predictor:
-    def __init__(self, models, head_cfg, tokenizer, device="cpu", batch_size=64, checkpoints=None):
+    """Fold-mean predictions of a run's best models on raw texts. `precision` is auto (the fastest
+    exact one on the device, as train.precision=auto picks), no, fp16 or bf16."""
+
+    def __init__(self, models, head_cfg, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto"):
         self.models = models
         self.head_cfg = head_cfg
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device, key="precision", training=False)
         self.batch_size = batch_size
         self.label_names = head_cfg["label_names"]
         self.problem_type = head_cfg["problem_type"]
@@ -66,11 +71,11 @@ class Predictor:
         self.encoder = Encoder(tokenizer, head_cfg["max_len"], head_cfg["truncation"], head_cfg.get("head_tokens"))
 
     @classmethod
-    def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False):
+    def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto"):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         models, head_cfg, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
         tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
-        return cls([m.to(device) for m in models], head_cfg, tokenizer, device, batch_size, checkpoints)
+        return cls([m.to(device) for m in models], head_cfg, tokenizer, device, batch_size, checkpoints, precision)
 
     @torch.no_grad()
     def fold_probs(self, input_ids, attention_mask, token_type_ids, lengths):
@@ -85,7 +90,8 @@ class Predictor:
             batch = [torch.as_tensor(np.asarray(a[rows, :width]), dtype=torch.long, device=self.device)
                      for a in (input_ids, attention_mask, token_type_ids)]
             for k, model in enumerate(self.models):
-                logits = model(*batch)
+                with autocast(self.precision, self.device.type):
+                    logits = model(*batch)
                 out[k, rows] = probabilities(logits, self.problem_type).cpu().numpy()
         return out
 

@@ -18,7 +18,6 @@ import datetime
 import json
 import math
 import random
-import re
 import shutil
 import signal
 import time
@@ -29,11 +28,13 @@ import torch
 from .config import resolve_path
 from .data import load_meta, load_tokenizer, vocab_hash
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, next_version, recover_dir, sha256_file, versions, write_json
+from .fileio import (atomic_dir, atomic_write_text, next_version, read_json, recover_dir, sha256_file, versions,
+                     write_json)
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
 from .metrics import available as available_metrics, compute, is_better, metric_mode, report
-from .model import (auto_class_weights, build_classifier, make_loss, num_outputs, probabilities,
-                    resolve_problem_type, save_classifier)
+from .model import (auto_class_weights, build_classifier, check_freeze_layers, freeze, layer_index, make_loss,
+                    num_layers, num_outputs, probabilities, resolve_problem_type, save_classifier)
+from .precision import resolve_shared
 from .premodels import resolve_model_dir
 from .speedups import apply as apply_speedups
 
@@ -41,10 +42,16 @@ from .speedups import apply as apply_speedups
 # ---------------------------------------------------------------------------- setup helpers
 
 
-def make_accelerator(cfg):
+def make_accelerator(config, recorded=None):
+    """The Accelerator, in the precision train.precision resolves to on this device (the same on
+    every process). A resumed run with precision auto keeps the precision it was started in."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
+    requested = config.train.precision
+    if requested == "auto" and recorded:
+        requested = recorded
+    choice = resolve_shared(requested)
     log_with = None
     try:
         import tensorboard  # noqa: F401  (optional: logged through Accelerate's tracker when present)
@@ -53,29 +60,27 @@ def make_accelerator(cfg):
         pass
     try:
         # TensorBoard writes under checkpoints/<run>/ (the tracker is named after the run folder)
-        return Accelerator(mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
-                           log_with=log_with, project_dir=str(resolve_path(cfg.train.output_dir)),
-                           dataloader_config=DataLoaderConfiguration(even_batches=True))
+        accelerator = Accelerator(mixed_precision=choice.precision, gradient_accumulation_steps=config.train.grad_accum,
+                                  log_with=log_with, project_dir=str(resolve_path(config.train.output_dir)),
+                                  dataloader_config=DataLoaderConfiguration(even_batches=True))
     except ValueError as err:
-        hint = "; use train.precision=bf16 or no" if "precision" in str(err).lower() or "fp16" in str(err) else ""
-        raise UserError(f"cannot set up training: {str(err).splitlines()[0]}{hint}") from None
+        raise UserError(f"cannot set up training: {str(err).splitlines()[0]}; use train.precision=auto or no") from None
+    return accelerator, choice
 
 
 def layer_depth(name, n_layers):
-    """How far below the top encoder layer a backbone parameter sits (for layer-wise LR decay)."""
-    match = re.search(r"\.layer\.(\d+)\.", name)
-    if match:
-        return n_layers - 1 - int(match.group(1))
-    if "embeddings" in name:
-        return n_layers
-    return 0
+    """How far below the top layer a backbone parameter sits (for layer-wise LR decay): 0 for the
+    top layer and what sits above it, n_layers for the embeddings."""
+    index = layer_index(name)
+    if index is None:
+        return 0
+    return n_layers if index < 0 else n_layers - 1 - index
 
 
 def make_optimizer(model, tcfg):
     """AdamW with no weight decay on 1-D parameters (biases, LayerNorm), a head LR and
-    optional layer-wise LR decay down the encoder."""
-    config = model.backbone.config
-    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
+    optional layer-wise LR decay down the backbone. Frozen parameters are left out."""
+    n_layers = num_layers(model)
     head_lr = tcfg.head_lr if tcfg.head_lr is not None else tcfg.lr
     groups = {}
     for name, param in model.named_parameters():
@@ -307,7 +312,8 @@ class StopRequest:
 # ---------------------------------------------------------------------------- one fold
 
 
-def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_dir, plan, head_cfg, log, stop, started):
+def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_dir, plan, head_cfg, log, stop, started,
+               choice):
     cfg = config.train
     fold, train_rows, eval_split, eval_rows = plan
     fold_dir = run_dir / f"fold{fold}"
@@ -333,6 +339,7 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
     torch.manual_seed(cfg.seed)  # same initial head weights and dropout stream for every fold and rerun
     random.seed(cfg.seed)
     model = build_classifier(model_dir, head_cfg, config.model.trust_remote_code)
+    frozen = freeze(model, config.model.freeze_embeddings, config.model.freeze_layers)
     on_cpu = cfg.cpu_speedups and accelerator.device.type == "cpu"
     sped_up = apply_speedups(model, single_process=accelerator.num_processes == 1) if on_cpu else []
     optimizer = make_optimizer(model, cfg)
@@ -365,7 +372,9 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
         print(f"fold {fold}: {len(train_ds)} train rows, {len(eval_ds)} eval rows ({eval_split}) | batch "
               f"{cfg.batch_size} x {cfg.grad_accum} accumulation x {accelerator.num_processes} process(es) = "
               f"{total_batch} | {total_steps} optimizer steps ({steps_per_epoch}/epoch, {cfg.epochs:g} epochs) | "
-              f"{accelerator.device}, precision {cfg.precision}"
+              f"{accelerator.device}, precision {choice.describe()}"
+              + (f" | frozen: embeddings and {config.model.freeze_layers} layer(s), {frozen / 1e6:.1f}M parameters"
+                 if config.model.freeze_layers else " | frozen: embeddings" if frozen else "")
               + (f" | cpu speed-ups: {', '.join(sped_up)}" if sped_up else ""), flush=True)
 
     def run_eval():
@@ -407,7 +416,7 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
     done = progress["step"] >= total_steps or progress["stopped_early"]
     log.write({"type": "start", "fold": fold, "step": progress["step"], "total_steps": total_steps,
                "processes": accelerator.num_processes, "total_batch": cfg.batch_size * cfg.grad_accum
-               * accelerator.num_processes})
+               * accelerator.num_processes, "precision": choice.precision, "precision_reason": choice.reason})
     while not done:
         sampler.epoch = progress["epoch"]
         loader = train_loader
@@ -435,11 +444,16 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 grad_norm = clip_gradients(accelerator, model, max_norm)
                 # Host sync point: a non-finite gradient must skip the update on every process
-                # (the norm is computed from all-reduced gradients, so all processes agree).
-                if torch.isfinite(grad_norm):
+                # (the norm is computed from all-reduced gradients, so all processes agree). Under
+                # fp16 the norm is of the unscaled gradients: it is not finite exactly when the loss
+                # scaler found an overflow. The step still runs then, because the scaler itself skips
+                # the update and lowers its scale (accelerate's optimizer_step_was_skipped cannot tell
+                # with a fused optimizer, which takes the overflow flag into its own kernel).
+                finite = bool(torch.isfinite(grad_norm))
+                if finite or accelerator.scaler is not None:
                     optimizer.step()
-                    if not accelerator.optimizer_step_was_skipped:  # fp16 scaler may skip
-                        scheduler.step()
+                if finite:
+                    scheduler.step()
                     progress["nonfinite_in_row"] = 0
                 else:
                     progress["nonfinite_in_row"] += 1
@@ -450,16 +464,19 @@ def train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_di
 
             if progress["nonfinite_in_row"] >= cfg.max_nonfinite:
                 raise UserError(f"fold {fold}: the loss was not finite for {progress['nonfinite_in_row']} steps in a row "
-                                f"(step {progress['step']}); lower train.lr, use train.precision=bf16 or no, or check the data")
+                                f"(step {progress['step']}); lower train.lr, use train.precision=no, or check the data")
             step = progress["step"]
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 elapsed = time.time() - window_start
                 mean_loss = float(accelerator.reduce(running_loss, "mean")) / max(running_batches, 1)
                 lr = scheduler.get_last_lr()[0]
                 speed = window_samples / max(elapsed, 1e-9)
-                log.write({"type": "train", "fold": fold, "step": step, "epoch": progress["epoch"],
-                           "loss": round(mean_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                           "samples_per_s": round(speed, 2), "nonfinite_total": progress["nonfinite_total"]})
+                record = {"type": "train", "fold": fold, "step": step, "epoch": progress["epoch"],
+                          "loss": round(mean_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                          "samples_per_s": round(speed, 2), "nonfinite_total": progress["nonfinite_total"]}
+                if accelerator.scaler is not None:
+                    record["loss_scale"] = float(accelerator.scaler.get_scale())
+                log.write(record)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.1f}")
                 running_loss.zero_()
                 running_batches = 0
@@ -538,18 +555,21 @@ def rescale_partial_window(accelerator, model, window_rows, cfg):
 
 
 def clip_gradients(accelerator, model, max_norm):
-    """accelerator.clip_grad_norm_, without its rescaling pass over every gradient when the norm is
-    already within max_norm (torch would multiply by exactly 1). Plain and DDP runs without a loss
-    scaler; FSDP, DeepSpeed and fp16 go through Accelerate."""
+    """The gradient norm, clipped to max_norm. Under fp16 the gradients are unscaled first, so the
+    norm and the clipping are of the true gradients. Unlike torch's clip_grad_norm_, a norm that is
+    not finite (an fp16 overflow) leaves the gradients as they are instead of multiplying every one
+    by NaN: the step is skipped anyway, and the CPU word-embedding gradient buffer relies on rows
+    it did not touch staying zero. A norm within max_norm skips the x1 rescaling pass. FSDP and
+    DeepSpeed shard the gradients and go through Accelerate."""
     from accelerate.utils import DistributedType
 
-    if accelerator.scaler is not None or accelerator.distributed_type not in (
-            DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
         return torch.zeros(()) if norm is None else norm  # DeepSpeed clips inside its step: no norm
+    accelerator.unscale_gradients()  # a no-op without a loss scaler
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if norm > max_norm:
+    if torch.isfinite(norm) and norm > max_norm:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
 
@@ -571,8 +591,6 @@ def _should_stop(accelerator, stop, started, cfg, step):
 def run(config):
     """Train every requested fold; return the run folder."""
     started = time.time()
-    accelerator = make_accelerator(config)
-    main = accelerator.is_main_process
     cfg = config.train
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs <= 0:
         raise UserError("train.batch_size, train.grad_accum and train.epochs must be positive")
@@ -596,6 +614,7 @@ def run(config):
         vocab_sha256=meta["tokenizer"]["vocab_sha256"], data_name=meta["name"],
         data_meta_sha256=sha256_file(data_dir / "meta.json"), model_name=config.model.name,
     )
+    check_freeze_layers(model_dir, config.model.freeze_layers, config.model.trust_remote_code)
     plans = fold_plan(meta, cfg, data_dir)
     metrics = available_metrics(problem_type, len(label_names))
     if cfg.metric not in metrics:
@@ -604,10 +623,18 @@ def run(config):
 
     # Every process picks the same folder before the main process creates it.
     run_dir, resuming = choose_run_dir(cfg, config.data.name, cfg.resume)
+    recorded = None  # the precision a resumed run was started in
+    if resuming and (run_dir / "run.json").is_file():
+        recorded = read_json(run_dir / "run.json").get("precision", {}).get("precision")
+    accelerator, choice = make_accelerator(config, recorded)
+    main = accelerator.is_main_process
     accelerator.wait_for_everyone()
     if main:
         if resuming:
             print(f"train: resuming run {run_dir}", flush=True)
+            if recorded and choice.precision != recorded:
+                print(f"train: this run was trained in {recorded} and continues in {choice.precision} "
+                      f"(train.precision={cfg.precision}): the continuation is not bit-exact", flush=True)
         else:
             if run_dir.exists() and cfg.overwrite:
                 shutil.rmtree(run_dir)
@@ -617,7 +644,7 @@ def run(config):
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 data_dir=str(data_dir), data_meta_sha256=head_cfg["data_meta_sha256"], model_dir=str(model_dir),
                 label_names=label_names, problem_type=problem_type, folds=[p[0] for p in plans],
-                fold_mode=meta["folds"]["mode"]))
+                fold_mode=meta["folds"]["mode"], precision=choice.record()))
             print(f"train: run folder {run_dir}", flush=True)
     accelerator.wait_for_everyone()
     if accelerator.log_with:
@@ -634,7 +661,7 @@ def run(config):
                 print(f"fold {plan[0]}: already finished, skipped", flush=True)
             continue
         outcome = train_fold(accelerator, config, meta, data_dir, model_dir, tokenizer, run_dir, plan, head_cfg,
-                             log, stop, started)
+                             log, stop, started, choice)
         if outcome != "done":
             if main:
                 why = "a stop signal" if outcome == "interrupted" else f"train.max_time={cfg.max_time:g}s"
