@@ -53,12 +53,12 @@ def child(args):
     from transformers import AutoTokenizer
 
     from textclf import speedups
-    from textclf.model import build_classifier
+    from textclf.model import HeadConfig, build_classifier
 
     torch.manual_seed(0)
     model_dir = install_minilm()
     data = batches(args.dataset, args.batches, AutoTokenizer.from_pretrained(model_dir))
-    model = build_classifier(model_dir, dict(n_outputs=2, head="mean", dropout=0.1, multi_sample_dropout=1))
+    model = build_classifier(model_dir, HeadConfig(n_outputs=2, head="mean"))
     model.train()
     if args.mode == "speedups":
         speedups.apply(model)

@@ -67,8 +67,7 @@ def test_predictor_matches_evaluate_row_for_row(toy_run):
     assert np.allclose(out["probs"], expected, atol=1e-5)
     assert out["labels"] == [["neg", "pos"][k] for k in expected.argmax(1)]
     manifest = json.loads((toy_run["tmp"] / "mp" / "a" / "manifest.json").read_text())
-    assert manifest["precision"]["precision"] == "no" and manifest["precision"]["requested"] == "auto" or \
-        manifest["precision"]["reason"] == "fp32 as requested"
+    assert manifest["precision"]["precision"] == "no" and manifest["precision"]["reason"] == "eval.precision=no"
 
 
 def test_predictor_auto_precision_is_the_training_choice_and_close_to_fp32(toy_run):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from textclf import speedups
-from textclf.model import build_classifier, save_classifier
+from textclf.model import HeadConfig, Labels, ModelSpec, Provenance, Tokenization, build_classifier, save_classifier
 
 
 def test_fast_dropout_keeps_one_minus_p_and_scales_like_nn_dropout():
@@ -54,7 +54,7 @@ def test_attention_math_equals_sdpa(mask_kind):
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "roberta", "electra", "deberta-v2"])
 def test_applied_model_predicts_like_the_stock_one_and_saves_a_stock_config(premodels, tmp_path, family):
-    head = dict(n_outputs=3, head="mean", dropout=0.1, multi_sample_dropout=2, problem_type="single_label")
+    head = HeadConfig(n_outputs=3, head="mean", dropout=0.1, multi_sample_dropout=2)
     torch.manual_seed(0)
     stock = build_classifier(premodels(family), head)
     fast = build_classifier(premodels(family), head)
@@ -76,7 +76,9 @@ def test_applied_model_predicts_like_the_stock_one_and_saves_a_stock_config(prem
     assert not torch.equal(a, b)
     (a.sum() + b.sum()).backward()
     assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)
-    save_classifier(fast, tmp_path, head)
+    spec = ModelSpec(head, Labels(["a", "b", "c"], "single_label"), Tokenization(32, "head", None, ["text"], None, ""),
+                     Provenance("toy", "", family))
+    save_classifier(fast, tmp_path, spec)
     assert speedups.ATTENTION not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
 
 

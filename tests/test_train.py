@@ -102,8 +102,8 @@ def test_every_head_trains_and_saves_a_complete_best(stage, premodels, tmp_path,
     best = tmp_path / "ck" / "toy" / "fold0" / "best"
     for name in ("model.safetensors", "config.json", "head.json", "metrics.json", "config.yaml", "tokenizer.json"):
         assert (best / name).is_file(), name
-    head_cfg = json.loads((best / "head.json").read_text())
-    assert head_cfg["head"] == head and head_cfg["label_names"] == ["0", "1"]
+    spec = json.loads((best / "head.json").read_text())  # the same facts, in head.json's blocks
+    assert spec["head"]["head"] == head and spec["labels"]["names"] == ["0", "1"]
 
 
 @pytest.mark.parametrize("problem, extra", [
@@ -243,11 +243,10 @@ def test_early_stopping_and_save_total_limit(stage, premodels, tmp_path):
 
 def test_layer_wise_lr_decay_and_no_decay_groups(premodels):
     from textclf.config import TrainConfig
-    from textclf.model import build_classifier
-    from textclf.train import make_optimizer
+    from textclf.model import HeadConfig, build_classifier
+    from textclf.optim import make_optimizer
 
-    head_cfg = dict(head="cls", dropout=0.1, multi_sample_dropout=1, n_outputs=2)
-    model = build_classifier(premodels("bert"), head_cfg)
+    model = build_classifier(premodels("bert"), HeadConfig(head="cls", dropout=0.1, multi_sample_dropout=1, n_outputs=2))
     optimizer = make_optimizer(model, TrainConfig(lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5, weight_decay=0.1))
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -281,7 +280,7 @@ def test_arrays_are_opened_in_each_worker_not_pickled(stage, premodels, tmp_path
 def test_freezing_keeps_the_lower_layers_and_refuses_too_many(stage, premodels, tmp_path):
     from safetensors.torch import load_file
 
-    from textclf.model import build_classifier, layer_index
+    from textclf.model import HeadConfig, build_classifier, layer_index
 
     base = make_data(stage, premodels, tmp_path)
     result = stage("train", *base, f"train.output_dir={tmp_path / 'bad'}", "model.freeze_layers=3")
@@ -289,8 +288,7 @@ def test_freezing_keeps_the_lower_layers_and_refuses_too_many(stage, premodels, 
     result = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "model.freeze_layers=1")
     assert "frozen: embeddings and 1 layer(s)" in result.out
     trained = load_file(str(tmp_path / "ck" / "toy" / "fold0" / "best" / "model.safetensors"))
-    head_cfg = dict(head="cls", dropout=0.1, multi_sample_dropout=1, n_outputs=2)
-    loaded = build_classifier(premodels("bert"), head_cfg).state_dict()
+    loaded = build_classifier(premodels("bert"), HeadConfig(head="cls", n_outputs=2)).state_dict()
     for name, value in trained.items():
         if not name.startswith("backbone.") or name not in loaded:
             continue
@@ -310,3 +308,82 @@ def test_layer_index_understands_encoder_and_decoder_naming(name, index):
     from textclf.model import layer_index
 
     assert layer_index(name) == index
+
+
+def test_data_keys_that_differ_from_the_arrays_are_refused_and_unset_ones_recorded(stage, premodels, tmp_path):
+    import yaml
+
+    base = make_data(stage, premodels, tmp_path, toy_rows(32))  # data_process ran with data.max_len=32
+    result = stage("train", *base, f"train.output_dir={tmp_path / 'ck'}", "data.max_len=64")
+    assert result.code == 2 and "data.max_len=64 differs" in result.err and "made with 32" in result.err
+    assert "data_process.py" in result.err and not (tmp_path / "ck").exists()
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "data.max_len=32")  # the same value
+    saved = yaml.safe_load((tmp_path / "ck" / "toy" / "config.yaml").read_text())
+    assert saved["data"]["max_len"] == 32  # recorded from meta.json, not the default 128
+    result = stage("evaluate", *base, f"train.output_dir={tmp_path / 'ck'}", f"eval.output_dir={tmp_path / 'mp'}",
+                   "data.truncation=tail")
+    assert result.code == 2 and "data.truncation='tail' differs" in result.err and not (tmp_path / "mp").exists()
+
+
+def test_resume_from_a_named_state_redoes_the_steps_after_it(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(48))
+    args = ["train.epochs=2", "train.batch_size=8", "train.lr=1e-3", "train.save_every_steps=2",
+            "train.save_total_limit=10"]
+    train(stage, tmp_path, base, *args, out="straight")
+    run = tmp_path / "straight" / "toy"
+    states = sorted(p.name for p in (run / "fold0").glob("last-*"))
+    assert states[:2] == ["last-00000002", "last-00000004"] and (run / "fold0" / "done.json").is_file()
+    straight_weights = (run / "fold0/best/model.safetensors").read_bytes()
+    result = train(stage, tmp_path, base, *args, f"train.resume={run / 'fold0' / 'last-00000004'}", out="straight")
+    assert "resuming from last-00000004" in result.out and "removed the later states" in result.out
+    assert (run / "fold0" / "done.json").is_file()  # the finished fold was trained again from step 4
+    steps = [r["step"] for r in records(run, "train")]
+    assert steps == list(range(1, 13)) + list(range(5, 13))  # 6 steps an epoch; the redone ones logged again
+    assert (run / "fold0/best/model.safetensors").read_bytes() == straight_weights  # and bit for bit the same
+
+
+def test_epochs_are_counted_at_the_end_of_the_data(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(32))
+    train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=8")
+    run = tmp_path / "ck" / "toy"
+    assert [r["epoch"] for r in records(run, "eval")] == [1, 2]  # after the first epoch, after the second
+    state = json.loads(next(run.glob("fold0/last-*/state.json")).read_text())
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (2, 0, 8)
+
+
+def test_a_head_json_of_the_earlier_flat_format_still_loads(stage, premodels, tmp_path):
+    from textclf.model import load_classifier
+
+    base = make_data(stage, premodels, tmp_path, toy_rows(16))
+    train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8")
+    best = tmp_path / "ck" / "toy" / "fold0" / "best"
+    spec = json.loads((best / "head.json").read_text())
+    flat = {**spec["head"], "problem_type": spec["labels"]["problem_type"], "label_names": spec["labels"]["names"],
+            **spec["tokenization"], **spec["provenance"]}
+    (best / "head.json").write_text(json.dumps(flat))
+    model, loaded = load_classifier(best)
+    assert loaded.labels.names == ["0", "1"] and loaded.tokenization.max_len == 32 and loaded.head.head == "cls"
+    (best / "head.json").write_text(json.dumps({"format": 2, "head": {}}))
+    from textclf.errors import UserError
+
+    with pytest.raises(UserError, match="not a textclf head.json"):
+        load_classifier(best)
+
+
+@pytest.mark.parametrize("name, depth", [
+    ("layers.3.self_attn.q_proj.weight", 0), ("layers.0.mlp.up_proj.weight", 3), ("embed_tokens.weight", 4),
+    ("norm.weight", 0), ("h.1.attn.c_attn.weight", 2), ("encoder.layer.2.output.dense.weight", 1),
+])
+def test_layer_depth_for_encoder_and_decoder_names(name, depth):
+    from textclf.optim import layer_depth
+
+    assert layer_depth(name, 4) == depth
+
+
+def test_the_banner_says_how_many_lr_groups(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path, toy_rows(16))
+    result = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "train.layer_lr_decay=0.8",
+                   "train.head_lr=1e-3")
+    # 2 layers + embeddings + head: 4 LRs, each with and without weight decay
+    assert "8 parameter groups, 4 LR(s)" in result.out
+    assert "precision fp32 (requested: train.precision=no)" in result.out

@@ -103,7 +103,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # non-finite losses in a row before the run stops
     save_total_limit: int = 1  # resumable `last/` states kept per fold
     save_every_steps: int = 0  # also save `last/` every N optimizer steps
-    resume: str | None = None  # auto | a path to a `last/` folder
+    resume: str | None = None  # auto (the newest version of the run) | checkpoints/<run> | .../fold<k>/last-<step>
     max_time: float = 0.0  # seconds; stop gracefully before this wall-clock budget
     num_workers: int = 0
     seed: int = 42
@@ -141,10 +141,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     config_file: str | None = None  # where it was read from (set by the parser)
+    explicit: set = field(default_factory=set)  # "section.key" set by the file or the command line
 
     def to_dict(self):
         out = dataclasses.asdict(self)
         out.pop("config_file")
+        out.pop("explicit")
         return out
 
     def to_yaml(self):
@@ -152,7 +154,7 @@ class Config:
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "config_file"}
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("config_file", "explicit")}
 
 
 def resolve_path(path):
@@ -300,6 +302,7 @@ def _set(cfg, section, key, value, where):
     if key not in types_:
         raise _unknown_key_error(f"{section}.{key}", where)
     setattr(getattr(cfg, section), key, coerce(value, types_[key], f"{section}.{key}"))
+    cfg.explicit.add(f"{section}.{key}")
 
 
 def _apply_yaml(cfg, path):

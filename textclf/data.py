@@ -17,6 +17,7 @@ Layout of models_input_files/<name>/:
     train/folds.npy              int16  (rows,)  fold k holds out rows == k; -1 = never held out
 """
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -70,8 +71,9 @@ def model_max_positions(model_dir):
     return limit
 
 
-class Encoder:
-    """Turns texts (and optional second segments) into token rows, truncated one of three ways.
+class TextTokenizer:
+    """The model's tokenizer, wrapped to turn texts (and optional second segments) into token rows
+    of at most max_len, truncated one of three ways.
 
     Texts are tokenized without special tokens in one batched call; truncation and the
     special-token template (read off the tokenizer itself) are applied here, so `head`,
@@ -450,7 +452,7 @@ def process(config):
         raise UserError(f"data.max_len={cfg.max_len} is above the limit of model '{config.model.name}' ({limit}); "
                         f"set data.max_len={limit} or less")
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
-    encoder = Encoder(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
+    encoder = TextTokenizer(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
 
     # Open every file and check its columns before reading any rows.
     readers = {}
@@ -520,6 +522,38 @@ def process(config):
 
 
 # ---------------------------------------------------------------------------- reading back
+
+
+# data.* keys that say where the arrays are, or how data_process.py goes about making them: any
+# other key is fixed when the arrays are written, and recorded in meta.json
+_NOT_FIXED = ("name", "output_dir", "overwrite", "chunk_rows")
+# keys that describe a raw input file: evaluate.py reads a new one with eval.input
+READING_KEYS = ("train_file", "valid_file", "test_file", "format", "delimiter", "quoting", "header", "columns",
+                "encoding", "id_column", "drop_empty")
+
+
+def check_data_keys(config, meta, data_dir, may_differ=()):
+    """Refuse data.* keys set in this stage's config (file or command line) that differ from the
+    values the arrays in `data_dir` were made with; take the unset ones from meta.json, so the
+    config saved with a run says what its data really is."""
+    made_with = meta.get("config", {}).get("data", {})
+    for field in dataclasses.fields(config.data):
+        key = field.name
+        if key in _NOT_FIXED or key in may_differ or key not in made_with:
+            continue
+        value, recorded = getattr(config.data, key), made_with[key]
+        if f"data.{key}" not in config.explicit:
+            setattr(config.data, key, recorded)
+        elif not _same_value(key, value, recorded):
+            raise UserError(f"data.{key}={value!r} differs from {data_dir / 'meta.json'}, made with {recorded!r}: "
+                            f"data.* keys are fixed when data_process.py writes the arrays; drop data.{key} here, "
+                            f"or run data_process.py with it (and another data.name)")
+
+
+def _same_value(key, value, recorded):
+    if key.endswith("_file") and value and recorded:  # one file, however its path was written
+        return resolve_path(value).resolve() == resolve_path(recorded).resolve()
+    return value == recorded
 
 
 def load_meta(data_dir):

@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from .config import resolve_path
-from .data import load_meta
+from .console import say
+from .data import READING_KEYS, check_data_keys, load_meta
 from .errors import UserError
 from .fileio import atomic_dir, atomic_write_text, next_version, read_json, sha256_file, versions, write_json
 from .loader import SortedBatches, SplitArrays, make_loader
 from .metrics import compute, confusion, report
 from .model import probabilities
 from .precision import resolve_shared
-from .predict import Predictor, load_fold_models
+from .predict import Predictor, load_fold_models, predict_logits
 
 
 def find_run(config):
@@ -47,16 +48,18 @@ def find_run(config):
     return runs[-1]
 
 
-def check_arrays_fit(meta, head_cfg, data_dir, run_dir):
-    if meta["tokenizer"]["vocab_sha256"] != head_cfg["vocab_sha256"]:
+def check_arrays_fit(meta, spec, data_dir, run_dir):
+    """The arrays in data_dir must be tokenized and labelled as the run's models were trained."""
+    tokenization = spec.tokenization
+    if meta["tokenizer"]["vocab_sha256"] != tokenization.vocab_sha256:
         raise UserError(f"{data_dir} was tokenized with another vocabulary than the model in {run_dir}; "
-                        f"run data_process.py with model.name={head_cfg.get('model_name')}")
-    if meta["label_names"] != head_cfg["label_names"]:
+                        f"run data_process.py with model.name={spec.provenance.model_name}")
+    if meta["label_names"] != spec.labels.names:
         raise UserError(f"{data_dir} has labels {meta['label_names']} but {run_dir} was trained on "
-                        f"{head_cfg['label_names']}; evaluate with the data the run was trained on")
-    if (meta["max_len"], meta["truncation"]) != (head_cfg["max_len"], head_cfg["truncation"]):
+                        f"{spec.labels.names}; evaluate with the data the run was trained on")
+    if (meta["max_len"], meta["truncation"]) != (tokenization.max_len, tokenization.truncation):
         raise UserError(f"{data_dir} uses max_len={meta['max_len']}, truncation={meta['truncation']} but {run_dir} "
-                        f"was trained with max_len={head_cfg['max_len']}, truncation={head_cfg['truncation']}")
+                        f"was trained with max_len={tokenization.max_len}, truncation={tokenization.truncation}")
 
 
 def save_figure(matrix, label_names, path):
@@ -100,14 +103,12 @@ def write_metrics(folder, probs, labels, problem_type, label_names, split):
 
 def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type):
     """Fold probabilities for a whole split: (folds, rows, classes), in row order."""
-    from .train import predict_logits
-
     dataset = SplitArrays(data_dir / split, with_labels=False)
     loader = make_loader(dataset, SortedBatches(dataset.lengths(), batch_size))
     loader = accelerator.prepare(loader)
     out = []
     for model in fold_models:
-        logits = predict_logits(model, loader, accelerator, len(dataset))
+        logits = predict_logits(model, loader, len(dataset), accelerator)
         out.append(probabilities(logits, problem_type).numpy().astype(np.float32))
     return np.stack(out)
 
@@ -121,20 +122,20 @@ def run(config):
     choice = resolve_shared(config.eval.precision, key="eval.precision", training=False)
     accelerator = Accelerator(mixed_precision=choice.precision)  # prepared models predict under its autocast
     main = accelerator.is_main_process
-    if main:
-        print(f"evaluate: {accelerator.device}, precision {choice.describe()}", flush=True)
+    say(accelerator, f"evaluate: {accelerator.device}, precision {choice.describe()}")
     data_dir = Path(read_json(run_dir / "run.json")["data_dir"])
     meta = load_meta(data_dir)
-    models, head_cfg, checkpoints = load_fold_models(run_dir, trust_remote_code=config.model.trust_remote_code)
+    check_data_keys(config, meta, data_dir)
+    models, spec, checkpoints = load_fold_models(run_dir, trust_remote_code=config.model.trust_remote_code)
     fold_models = [accelerator.prepare(model) for model in models]
     folds = [c["fold"] for c in checkpoints]
-    check_arrays_fit(meta, head_cfg, data_dir, run_dir)
-    problem_type, label_names = head_cfg["problem_type"], head_cfg["label_names"]
+    check_arrays_fit(meta, spec, data_dir, run_dir)
+    problem_type, label_names = spec.labels.problem_type, spec.labels.names
 
     splits = [s for s in config.eval.splits if s in meta["splits"]]
     missing = [s for s in config.eval.splits if s not in meta["splits"]]
-    if main and missing:
-        print(f"evaluate: {data_dir.name} has no {', '.join(missing)} split; skipped", flush=True)
+    if missing:
+        say(accelerator, f"evaluate: {data_dir.name} has no {', '.join(missing)} split; skipped")
     results = {s: predict_split(accelerator, fold_models, data_dir, s, config.eval.batch_size, problem_type)
                for s in splits}
     if not main:
@@ -146,7 +147,7 @@ def run(config):
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         run=str(run_dir), label_names=label_names, problem_type=problem_type,
         checkpoints=checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
-        trained_on_meta_sha256=head_cfg.get("data_meta_sha256"), splits={}, config=config.to_dict(),
+        trained_on_meta_sha256=spec.provenance.data_meta_sha256, splits={}, config=config.to_dict(),
         precision=choice.record(),
     )
     with atomic_dir(out) as tmp:
@@ -187,7 +188,10 @@ def predict_raw(config, run_dir):
     predictor = Predictor.from_run(run_dir, batch_size=config.eval.batch_size, precision=config.eval.precision,
                                    trust_remote_code=config.model.trust_remote_code)
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
-    head = predictor.head_cfg
+    data_dir = Path(read_json(run_dir / "run.json")["data_dir"])
+    if (data_dir / "meta.json").is_file():  # the keys that describe the new input file may differ
+        check_data_keys(config, load_meta(data_dir), data_dir, may_differ=READING_KEYS)
+    tokenization = predictor.spec.tokenization
     pairs = None
     if config.eval.texts is not None:
         texts = list(config.eval.texts)
@@ -197,8 +201,8 @@ def predict_raw(config, run_dir):
     else:
         from .rawdata import RawFile, RowReader
 
-        data_cfg = dataclasses.replace(config.data, text_columns=head["text_columns"],
-                                       text_pair_column=head["text_pair_column"])
+        data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns,
+                                       text_pair_column=tokenization.text_pair_column)
         raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
         reader = RowReader(raw, data_cfg, need_labels=False)
         texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None

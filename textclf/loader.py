@@ -31,9 +31,20 @@ class SplitArrays(Dataset):
         self.rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         self._arrays = None
 
+    @classmethod
+    def in_memory(cls, arrays):
+        """Rows held in memory (raw texts just tokenized), batched like a split folder's rows."""
+        dataset = cls.__new__(cls)
+        dataset.split_dir, dataset.pad_to_multiple = None, 1
+        dataset.with_labels = "labels" in arrays
+        dataset.rows = np.arange(len(arrays["lengths"]))
+        dataset._arrays = arrays
+        return dataset
+
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_arrays"] = None  # reopened in the worker, never pickled
+        if self.split_dir is not None:
+            state["_arrays"] = None  # reopened in the worker, never pickled
         return state
 
     @property

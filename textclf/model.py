@@ -11,6 +11,7 @@ Multi-sample dropout applies k dropout masks to the pooled features and averages
 logits; at evaluation dropout is off, so one pass is exact.
 """
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -233,14 +234,92 @@ def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, ba
         raise UserError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
 
 
-def build_classifier(model_dir, head_cfg, trust_remote_code=False, from_config_only=False):
-    backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head_cfg.get("backbone_dropout"))
-    return Classifier(backbone, head_cfg["n_outputs"], head_cfg["head"], head_cfg["dropout"],
-                      head_cfg["multi_sample_dropout"])
+# ---------------------------------------------------------------------------- what a trained model is
 
 
-def save_classifier(model, folder, head_cfg, tokenizer=None, state_dict=None):
-    """Write weights (safetensors), the backbone config, the head config and the tokenizer.
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """The head on the backbone: the architecture settings a checkpoint is rebuilt from."""
+
+    head: str = "cls"  # cls | mean | pooler | fusion
+    n_outputs: int = 2
+    dropout: float = 0.1
+    backbone_dropout: float | None = None  # overrides the backbone config's dropout when set
+    multi_sample_dropout: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    names: list
+    problem_type: str  # single_label | binary_bce | multi_label
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenization:
+    """How raw texts become the model's input, exactly as data_process.py did it."""
+
+    max_len: int
+    truncation: str
+    head_tokens: int | None
+    text_columns: list
+    text_pair_column: str | None
+    vocab_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    data_name: str
+    data_meta_sha256: str
+    model_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything besides the weights that a trained classifier needs: written as head.json in
+    each best/ folder, one block per concern."""
+
+    head: HeadConfig
+    labels: Labels
+    tokenization: Tokenization
+    provenance: Provenance
+
+    FORMAT = 2
+
+    @classmethod
+    def for_data(cls, head, meta, meta_sha256, model_name, problem_type):
+        """The spec of a model trained on data_process output `meta`."""
+        return cls(head, Labels(list(meta["label_names"]), problem_type),
+                   Tokenization(meta["max_len"], meta["truncation"], meta["head_tokens"], list(meta["text_columns"]),
+                                meta["text_pair_column"], meta["tokenizer"]["vocab_sha256"]),
+                   Provenance(meta["name"], meta_sha256, model_name))
+
+    def to_json(self):
+        return {"format": self.FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, doc, where):
+        """Read head.json (format 2, or the flat format 1 of earlier versions)."""
+        try:
+            if doc.get("format") != cls.FORMAT:  # format 1: one flat dict
+                doc = {"head": {f.name: doc[f.name] for f in dataclasses.fields(HeadConfig) if f.name in doc},
+                       "labels": {"names": doc["label_names"], "problem_type": doc["problem_type"]},
+                       "tokenization": {f.name: doc.get(f.name) for f in dataclasses.fields(Tokenization)},
+                       "provenance": {f.name: doc.get(f.name, "") for f in dataclasses.fields(Provenance)}}
+            return cls(HeadConfig(**doc["head"]), Labels(**doc["labels"]), Tokenization(**doc["tokenization"]),
+                       Provenance(**doc["provenance"]))
+        except (AttributeError, KeyError, TypeError) as err:
+            raise UserError(f"{where} is not a textclf head.json ({type(err).__name__}: {err}); retrain this fold or "
+                            f"restore the file") from None
+
+
+def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=False):
+    """A Classifier: the backbone in `model_dir` (weights, or its config only) and a new head."""
+    backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head.backbone_dropout)
+    return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout)
+
+
+def save_classifier(model, folder, spec, tokenizer=None, state_dict=None):
+    """Write weights (safetensors), the backbone config, head.json (the ModelSpec) and the tokenizer.
     `state_dict` is the full state gathered by accelerator.get_state_dict under FSDP/DeepSpeed."""
     from safetensors.torch import save_file
 
@@ -250,13 +329,13 @@ def save_classifier(model, folder, head_cfg, tokenizer=None, state_dict=None):
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     model.backbone.config.save_pretrained(str(folder))
     with open(folder / "head.json", "w", encoding="utf-8") as fh:
-        json.dump(head_cfg, fh, indent=2)
+        json.dump(spec.to_json(), fh, indent=2)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
 
 
 def load_classifier(folder, trust_remote_code=False):
-    """Rebuild a classifier from a `best/` folder written by save_classifier."""
+    """Rebuild a classifier from a `best/` folder written by save_classifier: (model, ModelSpec)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -265,9 +344,12 @@ def load_classifier(folder, trust_remote_code=False):
     if not head_path.is_file() or not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder} is not a textclf checkpoint (head.json or model.safetensors missing); "
                         f"point at checkpoints/<run>/fold<k>/best")
-    with open(head_path, encoding="utf-8") as fh:
-        head_cfg = json.load(fh)
-    model = build_classifier(folder, head_cfg, trust_remote_code, from_config_only=True)
+    try:
+        with open(head_path, encoding="utf-8") as fh:
+            spec = ModelSpec.from_json(json.load(fh), head_path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{head_path} is not valid JSON ({err}); retrain this fold or restore the file") from None
+    model = build_classifier(folder, spec.head, trust_remote_code, from_config_only=True)
     try:
         state = load_file(str(folder / "model.safetensors"))
     except (SafetensorError, OSError, ValueError) as err:
@@ -277,4 +359,4 @@ def load_classifier(folder, trust_remote_code=False):
     if missing or unexpected:
         raise UserError(f"weights in {folder} do not fit the model (missing {len(missing)}, unexpected "
                         f"{len(unexpected)} tensors); the checkpoint and its config.json differ")
-    return model, head_cfg
+    return model, spec

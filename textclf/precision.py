@@ -245,7 +245,7 @@ def choose(requested, device, probe_fn=None, key="train.precision", training=Tru
     where = device.describe()
 
     if requested == "no":
-        return Choice("no", source, "fp32 as requested", device)
+        return Choice("no", source, f"{key}=no", device)
 
     if device.type == "cuda":
         if requested == "auto":

@@ -1,12 +1,13 @@
-"""Predicting with a trained run: a Python API over each fold's best model.
+"""Predicting with trained models: the one prediction loop, and a Python API over a run.
 
     from textclf import Predictor
     predictor = Predictor.from_run("checkpoints/sst2")
     out = predictor.predict(["a gripping film", "two hours I will not get back"])
     out["labels"], out["probs"]          # label names, (rows, classes) fold-mean probabilities
 
-Raw texts are tokenized exactly as data_process.py tokenized the training data (same
-tokenizer, max_len, truncation and head_tokens, read from the checkpoint's head.json).
+`predict_logits` is used by training (evaluation, out-of-fold rows), evaluate.py and the
+Predictor alike. Raw texts are tokenized exactly as data_process.py tokenized the training data
+(same tokenizer, max_len, truncation and head_tokens, read from the checkpoint's head.json).
 """
 
 from pathlib import Path
@@ -14,12 +15,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Encoder, load_tokenizer
+from .data import TextTokenizer, load_tokenizer
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
-from .loader import SortedBatches
+from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier, probabilities
 from .precision import autocast, resolve as resolve_precision
+
+
+@torch.no_grad()
+def predict_logits(model, loader, n_rows, accelerator=None, device=None):
+    """Logits for every row of the loader's dataset, in row order, whatever the batching: each
+    batch carries the `index` of its rows. With an accelerator, the processes' shares are gathered
+    and the padding rows of uneven shards dropped; without one, batches go to `device`."""
+    training = model.training
+    model.eval()
+    chunks, indices = [], []
+    for batch in loader:
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()
+        index = batch["index"]
+        if accelerator is not None:
+            logits = accelerator.pad_across_processes(logits, dim=0)
+            index = accelerator.pad_across_processes(index, dim=0, pad_index=-1)
+            logits, index = accelerator.gather((logits, index))
+        chunks.append(logits.cpu())
+        indices.append(index.cpu())
+    model.train(training)
+    logits, index = torch.cat(chunks), torch.cat(indices)
+    keep = index >= 0
+    out = torch.full((n_rows, logits.shape[1]), float("nan"))
+    out[index[keep]] = logits[keep]  # rows repeated to even out the shards write identical values
+    if torch.isnan(out).any():
+        raise RuntimeError("some rows got no prediction; this is a bug in batching")
+    return out
 
 
 def run_folds(run_dir, folds="all"):
@@ -40,69 +70,65 @@ def run_folds(run_dir, folds="all"):
 
 
 def load_fold_models(run_dir, folds="all", trust_remote_code=False):
-    """Each finished fold's best model (on the CPU, in eval mode), the shared head config, and
-    a record of every checkpoint (fold, path, sha256) for manifests."""
-    models, head_cfg, checkpoints = [], None, []
+    """Each finished fold's best model (on the CPU, in eval mode), their shared ModelSpec, and a
+    record of every checkpoint (fold, path, sha256) for manifests."""
+    models, spec, checkpoints = [], None, []
     for fold, best in run_folds(run_dir, folds):
-        model, cfg = load_classifier(best, trust_remote_code)
-        if head_cfg is not None and (cfg["label_names"], cfg["max_len"]) != (head_cfg["label_names"], head_cfg["max_len"]):
-            raise UserError(f"fold {fold} of {run_dir} has other labels or max_len than fold "
+        model, fold_spec = load_classifier(best, trust_remote_code)
+        if spec is not None and (fold_spec.labels, fold_spec.tokenization) != (spec.labels, spec.tokenization):
+            raise UserError(f"fold {fold} of {run_dir} has other labels or tokenization than fold "
                             f"{checkpoints[0]['fold']}; the run's folds must come from one config")
-        head_cfg = cfg
+        spec = fold_spec
         models.append(model.eval())
         checkpoints.append({"fold": fold, "path": str(best), "sha256": sha256_file(best / "model.safetensors")})
-    return models, head_cfg, checkpoints
+    return models, spec, checkpoints
 
 
 class Predictor:
     """Fold-mean predictions of a run's best models on raw texts. `precision` is auto (the fastest
     exact one on the device, as train.precision=auto picks), no, fp16 or bf16."""
 
-    def __init__(self, models, head_cfg, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto"):
+    def __init__(self, models, spec, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto"):
         self.models = models
-        self.head_cfg = head_cfg
-        self.tokenizer = tokenizer
+        self.spec = spec
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device, key="precision", training=False)
         self.batch_size = batch_size
-        self.label_names = head_cfg["label_names"]
-        self.problem_type = head_cfg["problem_type"]
+        self.label_names = spec.labels.names
+        self.problem_type = spec.labels.problem_type
         self.checkpoints = checkpoints or []
-        self.encoder = Encoder(tokenizer, head_cfg["max_len"], head_cfg["truncation"], head_cfg.get("head_tokens"))
+        tokenization = spec.tokenization
+        self.tokenizer = TextTokenizer(tokenizer, tokenization.max_len, tokenization.truncation,
+                                       tokenization.head_tokens)
 
     @classmethod
     def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto"):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        models, head_cfg, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
+        models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
         tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
-        return cls([m.to(device) for m in models], head_cfg, tokenizer, device, batch_size, checkpoints, precision)
+        return cls([m.to(device) for m in models], spec, tokenizer, device, batch_size, checkpoints, precision)
 
-    @torch.no_grad()
     def fold_probs(self, input_ids, attention_mask, token_type_ids, lengths):
         """Probabilities of every fold model: (folds, rows, classes), rows in the given order.
         Rows are batched longest-first and each batch is cut to its longest row."""
-        n = len(lengths)
-        n_classes = len(self.label_names)
-        out = np.zeros((len(self.models), n, n_classes), dtype=np.float32)
-        for rows in SortedBatches(lengths, self.batch_size):
-            rows = np.asarray(rows)
-            width = int(np.max(lengths[rows]))
-            batch = [torch.as_tensor(np.asarray(a[rows, :width]), dtype=torch.long, device=self.device)
-                     for a in (input_ids, attention_mask, token_type_ids)]
-            for k, model in enumerate(self.models):
-                with autocast(self.precision, self.device.type):
-                    logits = model(*batch)
-                out[k, rows] = probabilities(logits, self.problem_type).cpu().numpy()
+        dataset = SplitArrays.in_memory({"input_ids": input_ids, "attention_mask": attention_mask,
+                                         "token_type_ids": token_type_ids, "lengths": lengths})
+        loader = make_loader(dataset, SortedBatches(lengths, self.batch_size))
+        out = np.zeros((len(self.models), len(lengths), len(self.label_names)), dtype=np.float32)
+        for k, model in enumerate(self.models):
+            with autocast(self.precision, self.device.type):
+                logits = predict_logits(model, loader, len(lengths), device=self.device)
+            out[k] = probabilities(logits, self.problem_type).numpy()
         return out
 
     def predict(self, texts, pairs=None):
         """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs)."""
         if isinstance(texts, str):
             texts = [texts]
-        if self.head_cfg.get("text_pair_column") and pairs is None:
+        if self.spec.tokenization.text_pair_column and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = [str(t).strip() for t in texts]
-        ids, types, lengths, _ = self.encoder.encode(texts, None if pairs is None else [str(p).strip() for p in pairs])
+        ids, types, lengths, _ = self.tokenizer.encode(texts, None if pairs is None else [str(p).strip() for p in pairs])
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
         probs = self.fold_probs(ids, mask, types, lengths).mean(axis=0)
         return {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
@@ -111,4 +137,3 @@ class Predictor:
         if self.problem_type == "multi_label":
             return [[self.label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
         return [self.label_names[j] for j in probs.argmax(axis=1)]
-

@@ -1,0 +1,251 @@
+"""What a training run writes, and reads back to resume. Layout of checkpoints/<run>/:
+
+    config.yaml, run.json             the resolved config; what the run was made from (data, model,
+                                      labels, folds, precision)
+    metrics.jsonl, metrics.csv        every log record; the evaluations as a table
+    fold<k>/best/                     the best weights so far (safetensors), backbone config, tokenizer,
+                                      head.json (model.ModelSpec), metrics.json: what evaluate.py needs
+    fold<k>/last-<step>/              resumable state: weights, optimizer, scheduler, loss scaler, RNG
+                                      streams, and state.json (TrainState); train.save_total_limit kept
+    fold<k>/oof/                      the best model's probabilities on the fold's held-out rows
+    fold<k>/done.json                 written when the fold is finished
+    oof/                              every fold's held-out probabilities, keyed by row id, and the CV score
+
+Every folder is written under a temporary name and renamed into place (fileio.atomic_dir): a
+process killed mid-write leaves the previous state intact.
+"""
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from .config import resolve_path
+from .errors import UserError
+from .fileio import atomic_dir, atomic_write_text, next_version, versions, write_json
+from .metrics import compute
+from .model import save_classifier
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where one fold's training stands: the schema of last-<step>/state.json."""
+
+    fold: int
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    step: int = 0  # optimizer steps taken
+    samples: int = 0  # training rows seen, over all processes
+    best: float | None = None  # the best value of train.metric so far ...
+    best_step: int | None = None  # ... and the step it was reached at
+    bad_evals: int = 0  # evaluations in a row without improvement (early stopping)
+    nonfinite_in_row: int = 0  # optimizer steps in a row skipped for a non-finite gradient
+    nonfinite_total: int = 0
+    stopped_early: bool = False
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc, where):
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        if not isinstance(doc, dict) or set(doc) - set(fields) or "fold" not in doc:
+            raise UserError(f"{where} is not a textclf training state; delete its folder to resume from an "
+                            f"earlier state")
+        return cls(**doc)
+
+
+# ---------------------------------------------------------------------------- the run folder
+
+
+def choose_run_dir(train_cfg, data_name, resume):
+    """(checkpoints/<run>, resuming). An existing run gets a new version folder (<run>-v2, ...)
+    unless it is resumed; train.resume=auto takes the newest version, a path takes that run."""
+    base = resolve_path(train_cfg.output_dir)
+    name = train_cfg.run or data_name
+    runs = [p for _, p in versions(base, name) if p.is_dir()]
+    if resume == "auto":
+        return (runs[-1] if runs else base / name), bool(runs)
+    if resume:
+        path = resolve_path(resume)
+        run = next((p for p in [path, *path.parents] if (p / "run.json").is_file()), None)
+        if run is None:
+            raise UserError(f"train.resume={resume} is not inside a run folder (no run.json found); "
+                            f"pass checkpoints/<run>, one of its last-<step> folders, or train.resume=auto")
+        return run, True
+    if not runs or train_cfg.overwrite:
+        return base / name, False
+    return next_version(base, name), False
+
+
+def named_state(fold_dir, resume):
+    """The last-<step> folder of this fold that train.resume names, if it names one."""
+    if not resume or resume == "auto":
+        return None
+    named = resolve_path(resume)
+    if named.parent != fold_dir or not named.name.startswith("last-"):
+        return None
+    if not (named / "state.json").is_file():
+        raise UserError(f"train.resume={resume}: no resumable state there (state.json missing); name a "
+                        f"last-<step> folder that has one, or use train.resume=auto")
+    return named
+
+
+def resume_state_dir(fold_dir, resume):
+    """The last-<step> folder to resume a fold from: the one train.resume names, when it names one
+    of this fold's, else the newest; None for a fold that never saved one."""
+    named = named_state(fold_dir, resume)
+    if named is not None:
+        return named
+    states = sorted(fold_dir.glob("last-*")) if fold_dir.is_dir() else []
+    return states[-1] if states else None
+
+
+# ---------------------------------------------------------------------------- resumable state
+
+
+def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep):
+    """Write fold<k>/last-<step>/ (atomically; every process takes part) and keep the newest `keep`."""
+    from safetensors.torch import save_file
+
+    rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+           "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        all_rng = gather_object([rng])  # each process's dropout stream, restored per process
+    else:
+        all_rng = [rng]
+    full_state = accelerator.get_state_dict(model)  # every process takes part in the gather
+    if accelerator.is_main_process:
+        with atomic_dir(fold_dir / f"last-{state.step:08d}", replace=True) as tmp:
+            weights = {k: v.detach().cpu().contiguous() for k, v in full_state.items()}
+            save_file(weights, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if accelerator.scaler is not None:
+                torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+            torch.save(all_rng, tmp / "rng.pt")
+            write_json(tmp / "state.json", state.to_json())
+        for old in sorted(fold_dir.glob("last-*"))[:-max(keep, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_pt(path):
+    """torch.load with weights_only=True: plain tensors and containers, never pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types; the message says which
+        raise UserError(f"{path} cannot be loaded safely ({type(err).__name__}); it is corrupted or holds "
+                        f"more than plain tensors; delete this state folder to resume from an earlier one") from None
+
+
+def load_state(accelerator, state_dir, model, optimizer, scheduler):
+    """Restore a last-<step>/ folder into the prepared objects; returns its TrainState."""
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(state_dir / "model.safetensors"))
+    except Exception as err:
+        raise UserError(f"{state_dir / 'model.safetensors'} is corrupted ({err}); delete {state_dir} to resume "
+                        f"from an earlier state") from None
+    accelerator.unwrap_model(model).load_state_dict(weights)
+    optimizer.load_state_dict(load_pt(state_dir / "optimizer.pt"))
+    scheduler.load_state_dict(load_pt(state_dir / "scheduler.pt"))
+    if accelerator.scaler is not None and (state_dir / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(load_pt(state_dir / "scaler.pt"))
+    all_rng = load_pt(state_dir / "rng.pt")
+    rng = all_rng[accelerator.process_index % len(all_rng)]
+    torch.set_rng_state(rng["torch"])
+    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    try:
+        with open(state_dir / "state.json", encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{state_dir / 'state.json'} cannot be read ({err}); delete {state_dir} to resume from an "
+                        f"earlier state") from None
+    return TrainState.from_json(doc, state_dir / "state.json")
+
+
+def save_best(accelerator, fold_dir, model, spec, tokenizer, metrics, config_yaml):
+    """fold<k>/best/: the weights of this evaluation, replacing the previous best atomically."""
+    state_dict = accelerator.get_state_dict(model)  # every process: FSDP/ZeRO-3 gather here
+    if accelerator.is_main_process:
+        with atomic_dir(fold_dir / "best", replace=True) as tmp:
+            save_classifier(accelerator.unwrap_model(model), tmp, spec, tokenizer, state_dict)
+            write_json(tmp / "metrics.json", metrics)
+            atomic_write_text(tmp / "config.yaml", config_yaml)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- out-of-fold rows
+
+
+def write_fold_oof(fold_dir, probs, ids, rows, labels):
+    with atomic_dir(fold_dir / "oof", replace=True) as tmp:
+        np.save(tmp / "probs.npy", probs.astype(np.float32))
+        np.save(tmp / "ids.npy", np.asarray(ids))
+        np.save(tmp / "rows.npy", np.asarray(rows))
+        np.save(tmp / "labels.npy", labels)
+
+
+def merge_oof(run_dir, folds, eval_split, problem_type):
+    """Every fold's held-out probabilities in one place (oof/), in row order, and the CV score."""
+    parts = {name: [] for name in ("probs", "ids", "rows", "labels")}
+    fold_of = []
+    for fold in folds:
+        for name in parts:
+            parts[name].append(np.load(run_dir / f"fold{fold}" / "oof" / f"{name}.npy"))
+        fold_of.append(np.full(len(parts["ids"][-1]), fold, dtype=np.int16))
+    probs, ids, rows, labels = (np.concatenate(parts[name]) for name in ("probs", "ids", "rows", "labels"))
+    order = np.argsort(rows, kind="stable")
+    with atomic_dir(run_dir / "oof", replace=True) as tmp:
+        np.save(tmp / "probs.npy", probs[order])
+        np.save(tmp / "ids.npy", ids[order])
+        np.save(tmp / "labels.npy", labels[order])
+        np.save(tmp / "folds.npy", np.concatenate(fold_of)[order])
+        score = compute(probs, labels, problem_type)
+        write_json(tmp / "metrics.json", {"split": eval_split, "folds": list(folds), **score})
+    return score
+
+
+# ---------------------------------------------------------------------------- the metrics log
+
+
+class Log:
+    """metrics.jsonl (every record) and metrics.csv (evaluations), written by the main process;
+    scalars also go to the tracker (TensorBoard) when one is set up."""
+
+    def __init__(self, accelerator, run_dir):
+        self.accelerator = accelerator
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.csv = run_dir / "metrics.csv"
+        self.eval_rows = []  # a resumed run continues the table it wrote before
+        if accelerator.is_main_process and self.jsonl.is_file():
+            rows = (json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines())
+            self.eval_rows = [r for r in rows if r.get("type") == "eval"]
+
+    def write(self, record):
+        if not self.accelerator.is_main_process:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.jsonl, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if record.get("type") == "eval":
+            self.eval_rows.append(record)
+            keys = list(dict.fromkeys(k for r in self.eval_rows for k in r))
+            lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in self.eval_rows]
+            atomic_write_text(self.csv, "\n".join(lines) + "\n")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("time", "step", "fold")}
+        if self.accelerator.trackers:
+            self.accelerator.log({f"fold{record.get('fold', 0)}/{record.get('type', 'train')}/{k}": v
+                                  for k, v in scalars.items()}, step=record.get("step"))
