@@ -125,9 +125,14 @@ def main():
     if not (SST2 / "dev.tsv").is_file():
         print(f"skipped: {SST2} not found")
         return
+    from textclf.errors import UserError
     from textclf.precision import resolve
 
-    choice = resolve(args.precision, "cpu", key="--precision", training=False)
+    try:
+        choice = resolve(args.precision, "cpu", key="--precision", via_accelerate=False)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"precision {choice.describe()}", flush=True)
     prepare()
     names = {"a": "textclf Predictor", "b": "transformers pipeline", "c": "Trainer.predict"}

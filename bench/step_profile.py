@@ -105,9 +105,14 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args)
+    from textclf.errors import UserError
     from textclf.precision import resolve
 
-    choice = resolve(args.precision, "cpu")
+    try:
+        choice = resolve(args.precision, "cpu", key="--precision")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"precision {choice.describe()}", flush=True)
     if not DATASETS[args.dataset][0].is_file():
         print(f"skipped: {DATASETS[args.dataset][0]} not found")

@@ -229,9 +229,14 @@ def main():
     if args.child:
         return child(args)
 
+    from textclf.errors import UserError
     from textclf.precision import NAMES, resolve
 
-    choice = resolve(args.precision, "cpu")  # refuses a precision that would be slow here, with the measured reason
+    try:
+        choice = resolve(args.precision, "cpu", key="--precision")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None  # refuses a precision that would be slow here, with the measured reason
     args.precision = choice.precision
     print(f"precision {choice.describe()}", flush=True)
     non_embedding, layers, hidden = model_shape()

@@ -82,12 +82,22 @@ def test_explicit_bf16_on_a_cpu_without_it_is_refused_with_the_measured_slowdown
     assert choose("bf16", SKYLAKE, Probe(bf16=1.2)).precision == "bf16"
 
 
-def test_fp16_training_on_a_cpu_is_refused_because_accelerate_would_run_fp32():
-    with pytest.raises(UserError, match="no fp16 autocast"):
-        choose("fp16", SPR, no_probe)
-    # prediction autocasts by itself: fp16 is judged by speed there
+def test_fp16_through_accelerate_on_a_cpu_is_refused_because_accelerate_would_run_fp32():
+    for key in ("train.precision", "eval.precision"):  # both autocast through Accelerate
+        with pytest.raises(UserError, match="no fp16 autocast"):
+            choose("fp16", SPR, no_probe, key=key)
+    # the Predictor autocasts by itself: fp16 is judged by speed there, and by the flags that make it fast
     with pytest.raises(UserError, match="would be slow"):
-        choose("fp16", AVX2, Probe(fp16=60.0), key="eval.precision", training=False)
+        choose("fp16", AVX2, Probe(fp16=60.0), key="precision", via_accelerate=False)
+    sapphire = Device("cpu", "Intel Xeon 8480", "AVX512", SPR.flags + ("avx512_fp16",), "x86_64")
+    assert "avx512_fp16" in choose("fp16", sapphire, no_probe, key="precision", via_accelerate=False).reason
+
+
+def test_rocm_bf16_follows_the_gpu_architecture():
+    assert choose("auto", Device("cuda", "AMD Instinct MI250X", "gfx90a", rocm=True), no_probe).precision == "bf16"
+    assert choose("auto", Device("cuda", "AMD Instinct MI50", "gfx906", rocm=True), no_probe).precision == "fp16"
+    with pytest.raises(UserError, match="no native bf16"):
+        choose("bf16", Device("cuda", "AMD Radeon RX 6800", "gfx1030", rocm=True), no_probe)
 
 
 def test_doubtful_cpu_flags_are_settled_by_the_probe():
@@ -175,7 +185,10 @@ def test_auto_is_recorded_in_the_banner_run_json_and_start_record(stage, premode
     expected = precision.resolve("auto", "cpu")
     run = tmp_path / "ck" / "toy"
     recorded = json.loads((run / "run.json").read_text())["precision"]
-    assert recorded["precision"] == expected.precision and recorded["requested"] == "auto"
+    assert recorded["requested"] == "auto"
+    if precision._native_cpu_bf16(precision.cpu_device()) is not None:  # the flags decide: no timing noise
+        assert recorded["precision"] == expected.precision
+    expected = precision.Choice(recorded["precision"], "auto", recorded["reason"], expected.device)
     assert recorded["device"]["capability"] == torch.backends.cpu.get_cpu_capability()
     start = records(run, "start")[0]
     assert start["precision"] == expected.precision and start["precision_reason"] == recorded["reason"]

@@ -26,7 +26,7 @@ import torch
 
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, next_version, versions, write_json
+from .fileio import atomic_dir, atomic_write_text, load_json, next_version, versions, write_json
 from .metrics import compute
 from .model import save_classifier
 
@@ -46,20 +46,33 @@ class TrainState:
     nonfinite_in_row: int = 0  # optimizer steps in a row skipped for a non-finite gradient
     nonfinite_total: int = 0
     stopped_early: bool = False
+    processes: int = 1  # batch_in_epoch counts each process's batches: a resume needs as many processes
 
     def to_json(self):
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, doc, where):
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        if not isinstance(doc, dict) or set(doc) - set(fields) or "fold" not in doc:
-            raise UserError(f"{where} is not a textclf training state; delete its folder to resume from an "
-                            f"earlier state")
+        kinds = {"best": (int, float, type(None)), "best_step": (int, type(None)), "stopped_early": bool}
+        fields = [f.name for f in dataclasses.fields(cls)]
+        wrong = [k for k in doc if k not in fields or not isinstance(doc[k], kinds.get(k, int))
+                 or (kinds.get(k, int) is int and isinstance(doc[k], bool))]
+        if wrong or "fold" not in doc:
+            raise UserError(f"{where} is not a textclf training state ({', '.join(wrong) or 'no fold'}); delete its "
+                            f"folder to resume from an earlier state")
         return cls(**doc)
 
 
 # ---------------------------------------------------------------------------- the run folder
+
+
+RUN_KEYS = {"data_dir": str, "data_meta_sha256": str, "label_names": list, "problem_type": str, "folds": list}
+
+
+def load_run_json(run_dir):
+    """run.json of a training run, checked."""
+    return load_json(run_dir / "run.json", "a textclf run.json", f"{run_dir} is damaged or not a run; train again "
+                     f"under another train.run, or pass the right run folder", RUN_KEYS)
 
 
 def choose_run_dir(train_cfg, data_name, resume):
@@ -82,12 +95,30 @@ def choose_run_dir(train_cfg, data_name, resume):
     return next_version(base, name), False
 
 
+def check_resume_path(resume, run_dir, folds):
+    """train.resume names the run, or one fold's last-<step> state: anything else inside the run
+    (a fold folder, best/, a file) is refused now, not when training reaches that fold."""
+    if not resume or resume == "auto":
+        return
+    try:
+        parts = resolve_path(resume).resolve().relative_to(run_dir.resolve()).parts
+    except ValueError:
+        return
+    if not parts:
+        return
+    trained = [f"fold{fold}" for fold in folds]
+    if len(parts) != 2 or parts[0] not in trained or not parts[1].startswith("last-"):
+        raise UserError(f"train.resume={resume}: name the run ({run_dir}) or a state of one of its trained folds "
+                        f"({run_dir}/fold<k>/last-<step>, k in {', '.join(str(f) for f in folds)})")
+    named_state(run_dir / parts[0], resume)
+
+
 def named_state(fold_dir, resume):
     """The last-<step> folder of this fold that train.resume names, if it names one."""
     if not resume or resume == "auto":
         return None
-    named = resolve_path(resume)
-    if named.parent != fold_dir or not named.name.startswith("last-"):
+    named = resolve_path(resume).resolve()
+    if named.parent != fold_dir.resolve() or not named.name.startswith("last-"):
         return None
     if not (named / "state.json").is_file():
         raise UserError(f"train.resume={resume}: no resumable state there (state.json missing); name a "
@@ -156,9 +187,19 @@ def load_state(accelerator, state_dir, model, optimizer, scheduler):
     except Exception as err:
         raise UserError(f"{state_dir / 'model.safetensors'} is corrupted ({err}); delete {state_dir} to resume "
                         f"from an earlier state") from None
-    accelerator.unwrap_model(model).load_state_dict(weights)
-    optimizer.load_state_dict(load_pt(state_dir / "optimizer.pt"))
-    scheduler.load_state_dict(load_pt(state_dir / "scheduler.pt"))
+    doc = load_json(state_dir / "state.json", "a training state", f"delete {state_dir} to resume from an earlier state")
+    state = TrainState.from_json(doc, state_dir / "state.json")
+    if state.processes != accelerator.num_processes:
+        raise UserError(f"{state_dir} was saved by {state.processes} process(es) and this run has "
+                        f"{accelerator.num_processes}; resume with as many (accelerate launch --num_processes "
+                        f"{state.processes}), or start a new run")
+    try:
+        accelerator.unwrap_model(model).load_state_dict(weights)
+        optimizer.load_state_dict(load_pt(state_dir / "optimizer.pt"))
+        scheduler.load_state_dict(load_pt(state_dir / "scheduler.pt"))
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"{state_dir} does not fit this model or optimizer ({str(err).splitlines()[0][:120]}); "
+                        f"resume with the settings the run was started with, or start a new run") from None
     if accelerator.scaler is not None and (state_dir / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(load_pt(state_dir / "scaler.pt"))
     all_rng = load_pt(state_dir / "rng.pt")
@@ -167,13 +208,7 @@ def load_state(accelerator, state_dir, model, optimizer, scheduler):
     random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    try:
-        with open(state_dir / "state.json", encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{state_dir / 'state.json'} cannot be read ({err}); delete {state_dir} to resume from an "
-                        f"earlier state") from None
-    return TrainState.from_json(doc, state_dir / "state.json")
+    return state
 
 
 def save_best(accelerator, fold_dir, model, spec, tokenizer, metrics, config_yaml):
@@ -221,6 +256,26 @@ def merge_oof(run_dir, folds, eval_split, problem_type):
 # ---------------------------------------------------------------------------- the metrics log
 
 
+def read_log(path, repair=False):
+    """The records of a metrics.jsonl. A process killed while appending leaves a torn last line:
+    it is skipped, and with repair=True cut off, so that the next record starts on a line of its own."""
+    data = path.read_bytes()
+    if repair and data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+        data = data[:cut]
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn line
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class Log:
     """metrics.jsonl (every record) and metrics.csv (evaluations), written by the main process;
     scalars also go to the tracker (TensorBoard) when one is set up."""
@@ -231,8 +286,7 @@ class Log:
         self.csv = run_dir / "metrics.csv"
         self.eval_rows = []  # a resumed run continues the table it wrote before
         if accelerator.is_main_process and self.jsonl.is_file():
-            rows = (json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines())
-            self.eval_rows = [r for r in rows if r.get("type") == "eval"]
+            self.eval_rows = [r for r in read_log(self.jsonl, repair=True) if r.get("type") == "eval"]
 
     def write(self, record):
         if not self.accelerator.is_main_process:

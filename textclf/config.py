@@ -8,8 +8,11 @@ here it becomes a float). Unknown keys are an error that names the closest valid
 A bare `key=value` is accepted when exactly one section has that key.
 """
 
+import codecs
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,7 +118,8 @@ class TrainConfig:
 class EvalConfig:
     run: str = ""  # checkpoints/<run> to predict with
     output_dir: str = "model_predictions"
-    splits: list[str] = field(default_factory=lambda: ["valid", "test"])
+    splits: list[Literal["train", "valid", "test"]] = field(default_factory=lambda: ["valid", "test"])
+    folds: list[int] | Literal["all"] = "all"  # the run's folds to predict with; all of them must be finished
     batch_size: int = 128
     precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # as train.precision, for prediction
     texts: list[str] | None = None  # raw texts to classify
@@ -126,9 +130,10 @@ class EvalConfig:
 class EnsembleConfig:
     name: str = "submission"
     predictions: list[str] = field(default_factory=list)  # model_predictions/<run> folders
-    method: Literal["mean", "weighted", "geometric", "rank"] = "weighted"
-    metric: str = "accuracy"
+    method: Literal["mean", "weighted", "geometric", "rank"] = "weighted"  # rank: for roc_auc only
+    metric: Literal["accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss"] = "accuracy"
     sample_submission: str | None = None
+    label_format: Literal["auto", "name", "index"] = "auto"  # a label column holds label names or class numbers
     output_dir: str = "submissions"
     tune_thresholds: bool = True
 
@@ -141,7 +146,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     config_file: str | None = None  # where it was read from (set by the parser)
-    explicit: set = field(default_factory=set)  # "section.key" set by the file or the command line
+    explicit: set = field(default_factory=set)  # "section.key" set on the command line
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -155,6 +160,22 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("config_file", "explicit")}
+
+
+class TextLoader(yaml.SafeLoader):
+    """YAML with every plain scalar kept as the text it is written as, except null (`null`, `~`, empty).
+    Each value is then coerced to its declared type: YAML 1.1 would make `no` a boolean, `010` the
+    number 8 and `1.0` a float whose text is lost, in string-typed fields and label lists alike."""
+
+
+TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text):
+    return yaml.load(text, Loader=TextLoader)  # noqa: S506 (a SafeLoader subclass: no object construction)
 
 
 def resolve_path(path):
@@ -174,7 +195,12 @@ def _type_name(tp):
     return str(tp).replace("typing.", "")
 
 
-_NULLS = ("null", "none", "~", "")
+_NULLS = ("null", "none", "~")
+
+
+def _is_null(value):
+    """None, an empty string, or a null word; a string of spaces is a value (a space delimiter)."""
+    return value is None or (isinstance(value, str) and (value == "" or value.strip().lower() in _NULLS))
 
 
 def coerce(value, tp, key):
@@ -182,7 +208,7 @@ def coerce(value, tp, key):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NULLS)):
+        if type(None) in args and _is_null(value):
             return None
         for arg in args:
             if arg is type(None):
@@ -193,8 +219,10 @@ def coerce(value, tp, key):
                 continue
         raise UserError(f"config key {key}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
-        if isinstance(value, bool):  # YAML reads a bare `no` as False
+        if isinstance(value, bool):  # a Python caller's False for `no`
             value = {False: "no", True: "yes"}[value]
+        if isinstance(value, str):
+            value = value.strip()
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -242,24 +270,28 @@ def coerce(value, tp, key):
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in (".inf", "+.inf", "-.inf", ".nan"):  # YAML's spellings
+                text = text.replace(".", "")
             try:
-                return float(value.strip())
+                return float(text)
             except ValueError:
                 pass
         raise UserError(f"config key {key}: {value!r} is not a number")
     if tp is str:
-        if isinstance(value, (list, dict)):
+        if isinstance(value, (list, dict)) or value is None:
             raise UserError(f"config key {key}: expected a string, got {value!r}")
-        if isinstance(value, bool):
+        if isinstance(value, bool):  # a Python caller's True/False
             return "true" if value else "false"
         return str(value)
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
 def _parse_scalar(text):
-    """YAML-parse an override value ('[0,1]' -> list, 'null' -> None); fall back to the text."""
+    """YAML-parse an override value ('[0,1]' -> list, 'null' -> None), scalars kept as text;
+    fall back to the text itself."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -269,8 +301,7 @@ def _override_value(raw, tp):
     if tp is str or typing.get_origin(tp) is Literal:
         return raw.strip() if tp is not str else raw
     if typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp):
-        stripped = raw.strip().lower()
-        if stripped in _NULLS:
+        if _is_null(raw):
             return None
         if not raw.strip().startswith("["):
             return raw
@@ -302,7 +333,6 @@ def _set(cfg, section, key, value, where):
     if key not in types_:
         raise _unknown_key_error(f"{section}.{key}", where)
     setattr(getattr(cfg, section), key, coerce(value, types_[key], f"{section}.{key}"))
-    cfg.explicit.add(f"{section}.{key}")
 
 
 def _apply_yaml(cfg, path):
@@ -310,7 +340,7 @@ def _apply_yaml(cfg, path):
         raise UserError(f"config file {path} not found; pass --config configs/<task>.yaml (see configs/)")
     try:
         with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+            doc = load_yaml(fh)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -355,6 +385,7 @@ def _apply_override(cfg, arg):
     if name not in types_:
         raise _unknown_key_error(f"{section}.{name}", "on the command line")
     _set(cfg, section, name, _override_value(raw, types_[name]), "on the command line")
+    cfg.explicit.add(f"{section}.{name}")
 
 
 def help_text(prog):
@@ -412,4 +443,135 @@ def parse_args(argv, prog="stage.py"):
         _apply_override(cfg, arg)
     if not cfg.data.name and config_path is not None:
         cfg.data.name = Path(config_path).stem
+        if not NAME.fullmatch(cfg.data.name):
+            raise UserError(f"data.name: the config file's name '{cfg.data.name}' cannot name an output folder; "
+                            f"set data.name=<name> ({NAME_RULE})")
+    validate(cfg)
     return cfg
+
+
+# ---------------------------------------------------------------------------- values
+
+
+# A name a user gives (data set, run, submission) is one folder or file inside its output folder:
+# no path separators, no leading '.' (so never '..', nor textclf's hidden temporary folders).
+NAME = re.compile(r"\w[\w.+=@-]{0,127}")
+NAME_RULE = "letters, digits and . _ - + = @, starting with a letter, digit or _, at most 128 characters"
+
+
+def check_name(value, key):
+    """Refuse a name that would not resolve to a plain entry inside its output folder."""
+    if not NAME.fullmatch(value):
+        raise UserError(f"config key {key}: {value!r} is not a plain name ({NAME_RULE}); it names a folder "
+                        f"inside the output folder, never a path")
+
+
+def unescape_delimiter(value):
+    """A delimiter as written in a config ('\\t' for a tab) -> the character itself."""
+    return value.encode().decode("unicode_escape") if "\\" in value else value
+
+
+def validate(cfg):
+    """What a type alone does not say: ranges, lengths, uniqueness, known encodings, one-character
+    delimiters, names that stay inside their folder. Checked before any stage writes anything."""
+    data, model, train, evaluation, ensemble = cfg.data, cfg.model, cfg.train, cfg.eval, cfg.ensemble
+
+    def need(ok, key, value, expected):
+        if not ok:
+            raise UserError(f"config key {key}: {value!r} {expected}")
+
+    def finite(x):
+        return x is not None and math.isfinite(x)
+
+    def unique(items):
+        return len(set(items)) == len(items)
+
+    for key, value in (("data.name", data.name), ("train.run", train.run), ("ensemble.name", ensemble.name)):
+        if value or key == "ensemble.name":
+            check_name(value, key)
+    if data.delimiter is not None:
+        try:
+            delimiter = unescape_delimiter(data.delimiter)
+        except UnicodeDecodeError:
+            delimiter = data.delimiter
+        need(len(delimiter) == 1 and delimiter not in "\r\n\"", "data.delimiter", data.delimiter,
+             "must be one character (e.g. ';', '|' or '\\t' for a tab)")
+    try:
+        codecs.lookup(data.encoding)
+    except LookupError:
+        raise UserError(f"config key data.encoding: {data.encoding!r} is not a known text encoding; use e.g. "
+                        f"utf-8, latin-1 or cp1252") from None
+    for key, items in (("data.text_columns", data.text_columns), ("data.columns", data.columns),
+                       ("data.label_columns", data.label_columns), ("data.labels", data.labels)):
+        if items is not None:
+            need(items and unique(items) and all(str(i).strip() for i in items), key, items,
+                 "must list distinct, non-empty names")
+    need(data.text_pair_column not in data.text_columns, "data.text_pair_column", data.text_pair_column,
+         "is one of data.text_columns; the second segment must be another column")
+    need(data.label_delimiter is None or data.label_delimiter != "", "data.label_delimiter", data.label_delimiter,
+         "must be at least one character")
+    need(not (data.label_columns and data.label_delimiter), "data.label_delimiter", data.label_delimiter,
+         "and data.label_columns are both set; a multi-label file uses one of them")
+    need(data.max_len >= 4, "data.max_len", data.max_len, "must be at least 4 (special tokens and some text)")
+    need(data.head_tokens is None or data.head_tokens >= 0, "data.head_tokens", data.head_tokens,
+         "must be 0 or more")
+    need(data.n_folds == 0 or data.n_folds >= 2, "data.n_folds", data.n_folds,
+         "must be 0 (a validation split) or >= 2 (K folds)")
+    need(not (data.n_folds >= 2 and data.valid_file), "data.n_folds", data.n_folds,
+         "and data.valid_file are both set; use folds over train or a valid file, not both")
+    need(finite(data.valid_size) and 0 < data.valid_size < 1, "data.valid_size", data.valid_size,
+         "must be between 0 and 1")
+    need(data.chunk_rows >= 1, "data.chunk_rows", data.chunk_rows, "must be at least 1")
+    for key, seed in (("data.seed", data.seed), ("train.seed", train.seed)):
+        need(0 <= seed < 2 ** 32, key, seed, "must be between 0 and 2**32 - 1")
+
+    need(model.name.strip() != "", "model.name", model.name, "must name a model")
+    for key, p in (("model.dropout", model.dropout), ("model.backbone_dropout", model.backbone_dropout)):
+        need(p is None or (finite(p) and 0 <= p < 1), key, p, "must be at least 0 and below 1")
+    need(1 <= model.multi_sample_dropout <= 64, "model.multi_sample_dropout", model.multi_sample_dropout,
+         "must be between 1 and 64")
+    need(model.freeze_layers >= 0, "model.freeze_layers", model.freeze_layers, "must be 0 or more")
+
+    need(train.folds == "all" or (train.folds and unique(train.folds) and min(train.folds) >= 0), "train.folds",
+         train.folds, "must be all or a list of distinct fold numbers, e.g. [0,1]")
+    need(finite(train.epochs) and 0 < train.epochs <= 100_000, "train.epochs", train.epochs,
+         "must be a positive number")
+    for key, n in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size),
+                   ("train.grad_accum", train.grad_accum), ("train.pad_to_multiple", train.pad_to_multiple),
+                   ("train.max_nonfinite", train.max_nonfinite), ("train.save_total_limit", train.save_total_limit),
+                   ("train.log_every_steps", train.log_every_steps), ("eval.batch_size", evaluation.batch_size)):
+        need(n >= 1, key, n, "must be positive (at least 1)")
+    for key, n in (("train.eval_every_steps", train.eval_every_steps), ("train.patience", train.patience),
+                   ("train.save_every_steps", train.save_every_steps), ("train.num_workers", train.num_workers)):
+        need(n >= 0, key, n, "must be 0 or more")
+    for key, x in (("train.lr", train.lr), ("train.head_lr", train.head_lr)):
+        need(x is None or (finite(x) and x >= 0), key, x, "must be a number, 0 or more (0 leaves the weights as they are)")
+    need(finite(train.adam_eps) and train.adam_eps > 0, "train.adam_eps", train.adam_eps, "must be a positive number")
+    for key, x in (("train.weight_decay", train.weight_decay), ("train.warmup", train.warmup),
+                   ("train.max_grad_norm", train.max_grad_norm), ("train.min_delta", train.min_delta),
+                   ("train.max_time", train.max_time)):
+        need(finite(x) and x >= 0, key, x, "must be a number, 0 or more")
+    need(finite(train.layer_lr_decay) and 0 < train.layer_lr_decay <= 1, "train.layer_lr_decay", train.layer_lr_decay,
+         "must be above 0 and at most 1")
+    need(len(train.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in train.betas), "train.betas", train.betas,
+         "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    need(finite(train.label_smoothing) and 0 <= train.label_smoothing < 1, "train.label_smoothing",
+         train.label_smoothing, "must be at least 0 and below 1")
+    if isinstance(train.class_weights, list):
+        need(train.class_weights and all(finite(w) and w >= 0 for w in train.class_weights)
+             and sum(train.class_weights) > 0, "train.class_weights", train.class_weights,
+             "must be non-negative numbers, one per label, not all 0")
+
+    metrics = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "loss")
+    if train.metric not in metrics:
+        close = difflib.get_close_matches(train.metric, metrics, n=1)
+        raise UserError(f"train.metric={train.metric} is not a metric textclf computes; choose from "
+                        f"{', '.join(metrics)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    need(evaluation.splits and unique(evaluation.splits), "eval.splits", evaluation.splits,
+         "must list distinct splits (train, valid, test)")
+    need(evaluation.folds == "all" or (evaluation.folds and unique(evaluation.folds) and min(evaluation.folds) >= 0),
+         "eval.folds", evaluation.folds, "must be all or a list of distinct fold numbers")
+    need(unique(ensemble.predictions), "ensemble.predictions", ensemble.predictions, "lists a prediction set twice")
+    need(ensemble.method != "rank" or ensemble.metric == "roc_auc", "ensemble.method", ensemble.method,
+         "ranks each class column across rows, which changes argmax and threshold decisions; it suits "
+         "ensemble.metric=roc_auc only: use weighted or mean, or set ensemble.metric=roc_auc")

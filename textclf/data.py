@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_dir, sha256_file, write_json, atomic_write_text
+from .fileio import (atomic_dir, atomic_write_text, load_json, made_by_textclf, remove_dead_temporaries, sha256_file,
+                     write_json, write_marker)
 from .premodels import quiet_transformers, resolve_model_dir
-from .rawdata import RawFile, RowReader
+from .rawdata import RawFile, RowReader, same_number_labels
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -213,21 +214,23 @@ def _int_sorted(names):
         return sorted(names)
 
 
-def _scan(reader, cfg, split, known_labels, id_hashes):
+def scan_rows(reader, cfg, split, known_labels, id_hashes):
     """Validate every row; return counts, label frequencies and the longest id."""
     rows = dropped = 0
     counts = Counter()
     id_len = 1
     hashes, pending = [], []
     for row_number, (line, values) in enumerate(reader.raw.rows()):
-        text = reader.text(values)
+        text = reader.text(values, line)
+        if reader.pair_idx is not None:
+            reader.pair(values, line)  # a pair that is not text is refused here, in pass 1
         if not text:
             if cfg.drop_empty:
                 dropped += 1
                 continue
             raise UserError(
-                f"{reader.where(line)}: the text ({', '.join(cfg.text_columns)}) is empty; fill it in, remove "
-                f"the row, or set data.drop_empty=true to drop such rows"
+                f"{reader.where(line)}: the text ({', '.join(cfg.text_columns)}) is empty (or only invisible "
+                f"characters); fill it in, remove the row, or set data.drop_empty=true to drop such rows"
             )
         row_id = reader.row_id(values, row_number)
         if not row_id:
@@ -264,7 +267,7 @@ def _check_duplicate_ids(reader, cfg, hashes):
     target = set(dup.tolist())
     seen = {}
     for row_number, (line, values) in enumerate(reader.raw.rows()):
-        if cfg.drop_empty and not reader.text(values):
+        if cfg.drop_empty and not reader.text(values, line):
             continue
         row_id = reader.row_id(values, row_number)
         if hash(row_id) in target:
@@ -283,13 +286,13 @@ def _chunks(reader, cfg, size):
     """Yield lists of (id, text, pair, labels) of at most `size` rows, empty texts dropped."""
     batch = []
     for row_number, (line, values) in enumerate(reader.raw.rows()):
-        text = reader.text(values)
+        text = reader.text(values, line)
         if not text:
             continue  # only reachable with drop_empty (pass 1 refused them otherwise)
         batch.append((
             reader.row_id(values, row_number),
             text,
-            reader.pair(values) if reader.pair_idx is not None else None,
+            reader.pair(values, line) if reader.pair_idx is not None else None,
             reader.labels(values, line) if reader.labelled else None,
         ))
         if len(batch) == size:
@@ -430,19 +433,12 @@ def process(config):
         raise UserError("data.name is not set; pass data.name=<name> (outputs go to models_input_files/<name>)")
     if not cfg.train_file:
         raise UserError("data.train_file is not set; pass data.train_file=path/to/train.csv")
-    if cfg.n_folds == 1 or cfg.n_folds < 0:
-        raise UserError(f"data.n_folds={cfg.n_folds}: use 0 for a validation split or >= 2 for K folds")
-    if cfg.n_folds >= 2 and cfg.valid_file:
-        raise UserError("data.n_folds and data.valid_file both set; use folds over train or a valid file, not both")
-    if not 0 < cfg.valid_size < 1:
-        raise UserError(f"data.valid_size={cfg.valid_size} must be between 0 and 1")
-    if cfg.chunk_rows < 1:
-        raise UserError("data.chunk_rows must be at least 1")
-    if cfg.label_columns and cfg.label_delimiter:
-        raise UserError("data.label_columns and data.label_delimiter both set; a multi-label file uses one of them")
     out = resolve_path(cfg.output_dir) / cfg.name
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} already exists; choose another data.name or set data.overwrite=true to replace it")
+    if out.exists() and not made_by_textclf(out, "data"):
+        raise UserError(f"{out} exists and was not made by data_process.py, so data.overwrite=true will not replace "
+                        f"it; choose another data.name, or move it away yourself")
 
     # The tokenizer's own threads do most of the work here (tests and forked workers turn them off).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -466,14 +462,23 @@ def process(config):
     print(f"data_process: scanning {', '.join(f'{s}={r.raw.path.name}' for s, r in readers.items())}", flush=True)
     scans = {}
     known = set(cfg.labels) if cfg.labels and not cfg.label_columns else None
-    scans["train"] = _scan(readers["train"], cfg, "train", known, None)
+    scans["train"] = scan_rows(readers["train"], cfg, "train", known, None)
     label_names = _decide_labels(cfg, scans["train"]["counts"], multi_label)
     if not multi_label and len(label_names) < 2:
         raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}); "
                         f"a classifier needs at least two")
+    clashes = same_number_labels(label_names)
+    if clashes:
+        a, b = clashes[0]
+        raise UserError(f"labels '{a}' and '{b}' in {readers['train'].raw.path} are the same number written two ways; "
+                        f"write each label one way (textclf keeps label names as written)")
+    train_rows = scans["train"]["rows"]
+    if cfg.n_folds > train_rows:
+        raise UserError(f"data.n_folds={cfg.n_folds} but the train file has {train_rows} rows; every fold needs rows: "
+                        f"use at most {train_rows} folds")
     for split in ("valid", "test"):
         if split in readers:
-            scans[split] = _scan(readers[split], cfg, split, set(label_names), None)
+            scans[split] = scan_rows(readers[split], cfg, split, set(label_names), None)
     label_index = {name: i for i, name in enumerate(label_names)}
 
     total = sum(s["rows"] for s in scans.values())
@@ -493,7 +498,9 @@ def process(config):
         label_names=label_names,
         splits={},
     )
+    remove_dead_temporaries(out.parent)  # what a killed data_process.py left
     with atomic_dir(out, replace=cfg.overwrite) as tmp:
+        write_marker(tmp, "data")
         with tqdm(total=total, desc="tokenize", unit="rows", mininterval=1.0) as progress:
             for split, reader in readers.items():
                 meta["splits"][split] = _write_split(tmp / split, reader, cfg, scans[split], encoder, label_index,
@@ -503,6 +510,11 @@ def process(config):
         else:
             labels = np.load(tmp / "train" / "labels.npy", mmap_mode="r")
             folds = assign_folds(labels, cfg.n_folds, cfg.valid_size, cfg.seed)
+            held_out = int((folds == 0).sum())
+            if held_out == 0 or held_out == len(folds):
+                raise UserError(f"data.valid_size={cfg.valid_size} holds out {held_out} of {len(folds)} train rows; a "
+                                f"validation split needs rows on both sides: add rows, change data.valid_size, or "
+                                f"give data.valid_file")
             np.save(tmp / "train" / "folds.npy", folds)
             mode = "kfold" if cfg.n_folds >= 2 else "holdout"
             meta["folds"] = dict(mode=mode, n_folds=max(cfg.n_folds, 1), seed=cfg.seed,
@@ -533,9 +545,10 @@ READING_KEYS = ("train_file", "valid_file", "test_file", "format", "delimiter", 
 
 
 def check_data_keys(config, meta, data_dir, may_differ=()):
-    """Refuse data.* keys set in this stage's config (file or command line) that differ from the
-    values the arrays in `data_dir` were made with; take the unset ones from meta.json, so the
-    config saved with a run says what its data really is."""
+    """Refuse data.* keys given on this stage's command line that differ from the values the arrays
+    in `data_dir` were made with; take every other data.* key (from the config file, which several
+    stages share, or the defaults) from meta.json, so the config saved with a run says what its data
+    really is."""
     made_with = meta.get("config", {}).get("data", {})
     for field in dataclasses.fields(config.data):
         key = field.name
@@ -557,14 +570,17 @@ def _same_value(key, value, recorded):
 
 
 def load_meta(data_dir):
+    """meta.json of a data_process output, checked to be one this version reads."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise UserError(f"{data_dir} has no meta.json; run data_process.py first (or check data.name)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON; run data_process.py again with data.overwrite=true") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} was written by another version of textclf; run data_process.py again")
-    return meta
+    fix = "run data_process.py again (data.overwrite=true replaces the folder)"
+    meta = load_json(path, "a data_process meta.json", fix, {"format_version": int})
+    if meta["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{path} was written by another version of textclf; {fix}")
+    return load_json(path, "a data_process meta.json", fix, META_KEYS)
+
+
+META_KEYS = {"format_version": int, "name": str, "model_name": str, "tokenizer": dict, "max_len": int,
+             "truncation": str, "text_columns": list, "problem_type": str, "label_names": list, "splits": dict,
+             "folds": dict, "config": dict}

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_write_text, next_version, read_json, write_json
+from .fileio import atomic_write_text, load_json, next_version, write_json
 from .metrics import HIGHER_IS_BETTER, compute
 
 SCORE_METRICS = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss")
@@ -29,9 +29,16 @@ def load_set(path):
     if not (folder / "manifest.json").is_file():
         raise UserError(f"{path} is not a prediction set (no manifest.json); pass model_predictions/<run> folders "
                         f"written by evaluate.py")
-    manifest = read_json(folder / "manifest.json")
+    fix = "run evaluate.py again for this run, or leave the set out of ensemble.predictions"
+    manifest = load_json(folder / "manifest.json", "a prediction-set manifest", fix)
     if "splits" not in manifest:
         raise UserError(f"{path} holds raw-text predictions, not a prediction set of a run; run evaluate.py with eval.run")
+    manifest = load_json(folder / "manifest.json", "a prediction-set manifest", fix,
+                         {"label_names": list, "problem_type": str, "splits": dict})
+    for name, split in manifest["splits"].items():
+        if not isinstance(split, dict) or not isinstance(split.get("ids_sha256"), str):
+            raise UserError(f"{folder / 'manifest.json'} is not a prediction-set manifest (split '{name}' has no "
+                            f"ids_sha256); {fix}")
     return folder, manifest
 
 
@@ -186,11 +193,35 @@ def read_sample(path):
     return path, header, body
 
 
-def submission_rows(header, body, ids, probs, predicted, label_names, problem_type):
+def label_format(examples, label_names, requested):
+    """How the sample's label column writes a label: "name" or "index" (class number). Labels that are
+    themselves integers (AG News' 1..4) against a number that is not one of them (a placeholder 0)
+    could mean either: that is refused unless ensemble.label_format says which."""
+    if requested != "auto":
+        return requested
+    if not examples or all(v in label_names for v in examples):
+        return "name"
+    integer = re.compile(r"-?\d+")
+    if all(integer.fullmatch(v) for v in examples):
+        if any(integer.fullmatch(name) for name in label_names):
+            raise UserError(f"the sample submission writes labels as numbers ({examples[0]!r}) and the labels are "
+                            f"themselves numbers ({', '.join(label_names[:5])}): it could mean names or class "
+                            f"indices; set ensemble.label_format=name or ensemble.label_format=index")
+        return "index"
+    return "name"
+
+
+def submission_rows(header, body, ids, probs, predicted, label_names, problem_type, requested_format="auto"):
     """Rows in the sample's order and layout: a label column (names or numbers) or one
     probability column per class."""
     index = {str(i): k for k, i in enumerate(ids)}
     sample_ids = [r[0] for r in body]
+    seen = set()
+    for sid in sample_ids:
+        if sid in seen:
+            raise UserError(f"the sample submission lists id '{sid}' twice; use the sample that belongs to this test "
+                            f"file (ids must be unique)")
+        seen.add(sid)
     missing = [i for i in sample_ids if i not in index]
     if missing or len(sample_ids) != len(ids):
         extra = len(ids) - (len(sample_ids) - len(missing))
@@ -200,7 +231,7 @@ def submission_rows(header, body, ids, probs, predicted, label_names, problem_ty
     order = [index[i] for i in sample_ids]
     columns = header[1:]
     out = [header]
-    if set(columns) == set(label_names):  # one probability column per class
+    if set(columns) == set(label_names) and len(columns) == len(label_names):  # one probability column per class
         col_index = [label_names.index(c) for c in columns]
         for sid, k in zip(sample_ids, order):
             out.append([sid, *[f"{probs[k, j]:.6f}" for j in col_index]])
@@ -208,14 +239,13 @@ def submission_rows(header, body, ids, probs, predicted, label_names, problem_ty
     if len(columns) != 1:
         raise UserError(f"the sample submission's columns {columns} are neither one label column nor one column per "
                         f"label ({', '.join(label_names)}); fix ensemble.sample_submission")
-    examples = [r[1] for r in body if r[1].strip()]
-    as_index = bool(examples) and all(re.fullmatch(r"-?\d+", v) for v in examples) and not all(
-        v in label_names for v in examples)
+    fmt = label_format([r[1].strip() for r in body if r[1].strip()], label_names, requested_format)
+    write = (lambda j: str(int(j))) if fmt == "index" else (lambda j: label_names[int(j)])
     for sid, k in zip(sample_ids, order):
         if problem_type == "multi_label":
-            value = " ".join(label_names[j] for j in np.flatnonzero(predicted[k]))
+            value = " ".join(write(j) for j in np.flatnonzero(predicted[k]))
         else:
-            value = str(int(predicted[k])) if as_index else label_names[int(predicted[k])]
+            value = write(predicted[k])
         out.append([sid, value])
     return out
 
@@ -272,7 +302,8 @@ def run(config):
 
     if ecfg.sample_submission:
         sample_path, header, body = read_sample(ecfg.sample_submission)
-        rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem_type)
+        rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem_type,
+                               ecfg.label_format)
     else:
         header = ["id", "label"]
         rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem_type == "multi_label"

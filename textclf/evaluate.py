@@ -23,18 +23,22 @@ import numpy as np
 
 from .config import resolve_path
 from .console import say
-from .data import READING_KEYS, check_data_keys, load_meta
+from .data import READING_KEYS, check_data_keys, load_meta, scan_rows
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, next_version, read_json, sha256_file, versions, write_json
+from .checkpoint import load_run_json
+from .fileio import (atomic_dir, atomic_write_text, load_json, next_version, remove_dead_temporaries, sha256_file,
+                     versions, write_json, write_marker)
 from .loader import SortedBatches, SplitArrays, make_loader
 from .metrics import compute, confusion, report
 from .model import probabilities
 from .precision import resolve_shared
-from .predict import Predictor, load_fold_models, predict_logits
+from .predict import Predictor, load_fold_models, predict_logits, recover_best, run_folds
+from .rawdata import RawFile, RowReader, clean_text
 
 
 def find_run(config):
-    """eval.run, or the newest version of checkpoints/<train.run or data.name>."""
+    """eval.run, or the newest version of checkpoints/<train.run or data.name> (refused, not
+    skipped, when that one is not finished: see predict.run_folds)."""
     if config.eval.run:
         run = resolve_path(config.eval.run)
         if not run.is_dir():
@@ -119,14 +123,17 @@ def run(config):
         return predict_raw(config, run_dir)
     from accelerate import Accelerator
 
-    choice = resolve_shared(config.eval.precision, key="eval.precision", training=False)
+    choice = resolve_shared(config.eval.precision, key="eval.precision")
     accelerator = Accelerator(mixed_precision=choice.precision)  # prepared models predict under its autocast
     main = accelerator.is_main_process
     say(accelerator, f"evaluate: {accelerator.device}, precision {choice.describe()}")
-    data_dir = Path(read_json(run_dir / "run.json")["data_dir"])
+    if main:
+        recover_best(run_dir)
+    accelerator.wait_for_everyone()
+    data_dir = Path(load_run_json(run_dir)["data_dir"])
     meta = load_meta(data_dir)
     check_data_keys(config, meta, data_dir)
-    models, spec, checkpoints = load_fold_models(run_dir, trust_remote_code=config.model.trust_remote_code)
+    models, spec, checkpoints = load_fold_models(run_dir, config.eval.folds, config.model.trust_remote_code)
     fold_models = [accelerator.prepare(model) for model in models]
     folds = [c["fold"] for c in checkpoints]
     check_arrays_fit(meta, spec, data_dir, run_dir)
@@ -150,7 +157,9 @@ def run(config):
         trained_on_meta_sha256=spec.provenance.data_meta_sha256, splits={}, config=config.to_dict(),
         precision=choice.record(),
     )
+    remove_dead_temporaries(out.parent)  # what a killed evaluate.py left
     with atomic_dir(out) as tmp:
+        write_marker(tmp, "predictions")
         for split, fold_probs in results.items():
             folder = tmp / split
             folder.mkdir()
@@ -170,13 +179,41 @@ def run(config):
         if (run_dir / "oof" / "probs.npy").is_file():
             shutil.copytree(run_dir / "oof", tmp / "oof")
             ids = np.load(tmp / "oof" / "ids.npy")
-            manifest["splits"]["oof"] = dict(rows=len(ids), ids_sha256=_ids_hash(ids),
-                                             metrics=read_json(run_dir / "oof" / "metrics.json"))
+            manifest["splits"]["oof"] = dict(rows=len(ids), ids_sha256=_ids_hash(ids), metrics=load_json(
+                run_dir / "oof" / "metrics.json", "out-of-fold metrics", "train the run again"))
         write_json(tmp / "manifest.json", manifest)
         atomic_write_text(tmp / "config.yaml", config.to_yaml())
     print(f"evaluate: wrote {out}", flush=True)
     accelerator.wait_for_everyone()
     return out
+
+
+def read_texts(config, tokenization):
+    """(texts, ids, pairs) from eval.texts (taken verbatim) or eval.input (checked row by row as
+    data_process.py checks its files: columns, empty texts, duplicate ids, ...)."""
+    if config.eval.texts is not None:
+        texts = list(config.eval.texts)
+        if not texts:
+            raise UserError("eval.texts is empty; give at least one text, e.g. eval.texts='[\"some text\"]'")
+        for number, text in enumerate(texts):
+            if not clean_text(text):
+                raise UserError(f"eval.texts item {number} is empty (or only invisible characters); give a text")
+        return texts, [str(i) for i in range(len(texts))], None
+    data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns,
+                                   text_pair_column=tokenization.text_pair_column)
+    raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
+    reader = RowReader(raw, data_cfg, need_labels=False)
+    scan_rows(reader, data_cfg, "input", None, None)  # refuses what data_process.py would refuse
+    texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
+    for row_number, (line, values) in enumerate(raw.rows()):
+        text = reader.text(values, line)
+        if not text:  # only with data.drop_empty=true
+            continue
+        texts.append(text)
+        ids.append(reader.row_id(values, row_number))
+        if pairs is not None:
+            pairs.append(reader.pair(values, line))
+    return texts, ids, pairs
 
 
 def _ids_hash(ids):
@@ -185,32 +222,19 @@ def _ids_hash(ids):
 
 def predict_raw(config, run_dir):
     """eval.texts or eval.input: classify raw texts, print them, and write a CSV of probabilities."""
-    predictor = Predictor.from_run(run_dir, batch_size=config.eval.batch_size, precision=config.eval.precision,
-                                   trust_remote_code=config.model.trust_remote_code)
-    print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
-    data_dir = Path(read_json(run_dir / "run.json")["data_dir"])
+    from .model import ModelSpec
+
+    data_dir = Path(load_run_json(run_dir)["data_dir"])
     if (data_dir / "meta.json").is_file():  # the keys that describe the new input file may differ
         check_data_keys(config, load_meta(data_dir), data_dir, may_differ=READING_KEYS)
-    tokenization = predictor.spec.tokenization
-    pairs = None
-    if config.eval.texts is not None:
-        texts = list(config.eval.texts)
-        ids = [str(i) for i in range(len(texts))]
-        if not texts:
-            raise UserError("eval.texts is empty; give at least one text, e.g. eval.texts='[\"some text\"]'")
-    else:
-        from .rawdata import RawFile, RowReader
-
-        data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns,
-                                       text_pair_column=tokenization.text_pair_column)
-        raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
-        reader = RowReader(raw, data_cfg, need_labels=False)
-        texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
-        for row_number, (line, values) in enumerate(raw.rows()):
-            texts.append(reader.text(values))
-            ids.append(reader.row_id(values, row_number))
-            if pairs is not None:
-                pairs.append(reader.pair(values))
+    recover_best(run_dir)
+    folds = run_folds(run_dir, config.eval.folds)
+    spec = ModelSpec.from_json(load_json(folds[0][1] / "head.json", "a textclf head.json", "retrain this fold"),
+                               folds[0][1] / "head.json")
+    texts, ids, pairs = read_texts(config, spec.tokenization)
+    predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
+                                   precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code)
+    print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
     out = predictor.predict(texts, pairs)
     names = predictor.label_names
     buf = io.StringIO()
@@ -225,7 +249,9 @@ def predict_raw(config, run_dir):
     if len(texts) > 50:
         print(f"... {len(texts) - 50} more rows", flush=True)
     target = next_version(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")
+    remove_dead_temporaries(target.parent)
     with atomic_dir(target) as tmp:
+        write_marker(tmp, "predictions")
         atomic_write_text(tmp / "predictions.csv", buf.getvalue())
         np.save(tmp / "probs.npy", out["probs"])
         write_json(tmp / "manifest.json", dict(run=str(run_dir), label_names=names, rows=len(texts),

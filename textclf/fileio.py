@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -34,6 +35,71 @@ def _fsync_dir(path):
             os.close(fd)
 
 
+# Every output folder textclf makes (a data set, a run, a prediction set) holds this file, naming
+# its kind: `overwrite` replaces only folders that carry it.
+MARKER = ".textclf"
+_LEGACY_MARKERS = {"data": "meta.json", "run": "run.json", "predictions": "manifest.json"}
+# Every temporary folder names the process that writes it, so that a later run can tell a dead
+# writer's leftovers from a live one's work in progress.
+_OWNER = ".textclf-writer"
+
+
+def write_marker(folder, kind):
+    write_json(Path(folder) / MARKER, {"kind": kind})
+
+
+def made_by_textclf(folder, kind):
+    """Whether `folder` is a textclf output of `kind` (its marker, or the main file of an output
+    written before markers existed)."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text(encoding="utf-8")).get("kind") == kind
+        except (OSError, ValueError, AttributeError):
+            return False
+    return (folder / _LEGACY_MARKERS[kind]).is_file()
+
+
+def replace_own_output(path, kind, key):
+    """Remove `path` for `overwrite=true`, only if textclf made it as a `kind`; else refuse."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir() or not made_by_textclf(path, kind):
+        raise UserError(f"{path} exists and was not made by textclf as a {kind} folder, so {key}=true will not "
+                        f"replace it; choose another name, or move it away yourself")
+    shutil.rmtree(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(parent):
+    """Remove the temporary folders in `parent` whose writer (a textclf process on this machine)
+    is gone: what a killed stage left. Folders of live writers, and anything textclf did not
+    make, are left alone. Returns how many were removed."""
+    parent = Path(parent)
+    removed = 0
+    for tmp in parent.glob(".*.tmp-*") if parent.is_dir() else []:
+        owner = tmp / _OWNER
+        try:
+            doc = json.loads(owner.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("host") == socket.gethostname() and not _alive(int(doc.get("pid", 0))):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final_path, replace=False):
     """Yield a temporary folder beside `final_path`; rename it into place on success.
@@ -48,6 +114,7 @@ def atomic_dir(final_path, replace=False):
     try:
         final_path.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
+        (tmp / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
     except OSError as err:
         raise UserError(_explain_os_error(err, final_path.parent)) from None
     try:
@@ -65,6 +132,7 @@ def atomic_dir(final_path, replace=False):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final_path)
+        (final_path / _OWNER).unlink(missing_ok=True)  # in place: no longer anyone's work in progress
         _fsync_dir(final_path.parent)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,9 +196,30 @@ def write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def load_json(path, what, fix, required=None):
+    """A JSON object from a file textclf wrote (run.json, meta.json, manifest.json, head.json, ...):
+    a missing, corrupt or foreign file becomes one line naming the file, what it should be, and `fix`.
+    `required` maps the keys that must be there to their type (or a tuple of types)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: it should hold {what}; {fix}") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+        raise UserError(f"{path} is not valid JSON ({reason}): it should hold {what}; {fix}") from None
+    except OSError as err:
+        raise UserError(f"{path} cannot be read ({err.strerror or err}): it should hold {what}; {fix}") from None
+    required = required or {}
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} is not {what} (it is not a JSON object); {fix}")
+    missing = [k for k in required if k not in doc]
+    wrong = [k for k, kind in required.items() if k in doc and not isinstance(doc[k], kind)]
+    if missing or wrong:
+        detail = f"it lacks {', '.join(missing)}" if missing else f"{', '.join(wrong)} has the wrong type"
+        raise UserError(f"{path} is not {what} ({detail}); {fix}")
+    return doc
 
 
 def sha256_file(path, chunk=1 << 20):

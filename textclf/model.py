@@ -124,18 +124,27 @@ def num_layers(model):
     return 1 + max((i for i in indices if i is not None), default=-1)
 
 
-def check_freeze_layers(model_dir, layers, trust_remote_code=False):
-    """Refuse model.freeze_layers outside 0..layers of the backbone, from its config alone (before
-    anything is written)."""
-    from transformers import AutoConfig
-
-    if layers == 0:
+def check_freeze(model_dir, embeddings, layers, trust_remote_code=False):
+    """Refuse model.freeze_layers / freeze_embeddings that do not fit the backbone, before anything is
+    written. The layers are counted from parameter names, as freeze() counts them, on a backbone
+    built on the meta device (no memory, no weights read)."""
+    if not embeddings and not layers:
         return
+    from transformers import AutoConfig, AutoModel
+
+    from .premodels import quiet_transformers
+
+    quiet_transformers()
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    total = next((getattr(config, k) for k in ("num_hidden_layers", "n_layers", "n_layer")
-                  if isinstance(getattr(config, k, None), int)), None)
-    if layers < 0 or (total is not None and layers > total):
+    with torch.device("meta"):
+        backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    indices = [layer_index(name) for name, _ in backbone.named_parameters()]
+    total = 1 + max((i for i in indices if i is not None), default=-1)
+    if layers > total:
         raise UserError(f"model.freeze_layers={layers}, but the backbone has {total} layers; use 0..{total}")
+    if -1 not in indices:
+        raise UserError("model.freeze_embeddings / freeze_layers: no embedding parameters found by name in this "
+                        "backbone, so nothing would be frozen; leave them off for this model")
 
 
 def freeze(model, embeddings=False, layers=0):
@@ -305,8 +314,19 @@ class ModelSpec:
                        "labels": {"names": doc["label_names"], "problem_type": doc["problem_type"]},
                        "tokenization": {f.name: doc.get(f.name) for f in dataclasses.fields(Tokenization)},
                        "provenance": {f.name: doc.get(f.name, "") for f in dataclasses.fields(Provenance)}}
-            return cls(HeadConfig(**doc["head"]), Labels(**doc["labels"]), Tokenization(**doc["tokenization"]),
+            spec = cls(HeadConfig(**doc["head"]), Labels(**doc["labels"]), Tokenization(**doc["tokenization"]),
                        Provenance(**doc["provenance"]))
+            head, labels, tokens = spec.head, spec.labels, spec.tokenization
+            checks = {"head.head": head.head in ("cls", "mean", "pooler", "fusion"),
+                      "head.n_outputs": isinstance(head.n_outputs, int) and head.n_outputs >= 1,
+                      "labels.names": isinstance(labels.names, list) and all(isinstance(n, str) for n in labels.names),
+                      "labels.problem_type": labels.problem_type in PROBLEM_TYPES,
+                      "tokenization.max_len": isinstance(tokens.max_len, int) and tokens.max_len > 0,
+                      "tokenization.truncation": tokens.truncation in ("head", "tail", "head_tail")}
+            wrong = [k for k, ok in checks.items() if not ok]
+            if wrong:
+                raise TypeError(f"bad {', '.join(wrong)}")
+            return spec
         except (AttributeError, KeyError, TypeError) as err:
             raise UserError(f"{where} is not a textclf head.json ({type(err).__name__}: {err}); retrain this fold or "
                             f"restore the file") from None
@@ -344,11 +364,10 @@ def load_classifier(folder, trust_remote_code=False):
     if not head_path.is_file() or not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder} is not a textclf checkpoint (head.json or model.safetensors missing); "
                         f"point at checkpoints/<run>/fold<k>/best")
-    try:
-        with open(head_path, encoding="utf-8") as fh:
-            spec = ModelSpec.from_json(json.load(fh), head_path)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{head_path} is not valid JSON ({err}); retrain this fold or restore the file") from None
+    from .fileio import load_json
+
+    spec = ModelSpec.from_json(load_json(head_path, "a textclf head.json", "retrain this fold or restore the file"),
+                               head_path)
     model = build_classifier(folder, spec.head, trust_remote_code, from_config_only=True)
     try:
         state = load_file(str(folder / "model.safetensors"))

@@ -51,7 +51,7 @@ class Device:
     capability: str = ""  # CPU: torch's dispatch level (AVX2, AVX512, ...); CUDA: compute capability "7.5"
     flags: tuple = ()  # CPU: the instruction sets of CPU_FLAGS that it has
     arch: str = ""  # CPU: x86_64, aarch64, ...
-    rocm: bool = False
+    rocm: bool = False  # then capability is the GPU architecture (gfx90a, ...)
     capped_isa: str = ""  # ONEDNN_MAX_CPU_ISA, when set
 
     def describe(self):
@@ -140,9 +140,11 @@ def describe_device(device):
         return cpu_device()
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
+        if torch.version.hip is not None:
+            arch = getattr(torch.cuda.get_device_properties(index), "gcnArchName", "")
+            return Device("cuda", name=torch.cuda.get_device_name(index), capability=arch.split(":")[0], rocm=True)
         major, minor = torch.cuda.get_device_capability(index)
-        return Device("cuda", name=torch.cuda.get_device_name(index), capability=f"{major}.{minor}",
-                      rocm=torch.version.hip is not None)
+        return Device("cuda", name=torch.cuda.get_device_name(index), capability=f"{major}.{minor}")
     return Device(device.type, name=str(device))
 
 
@@ -200,12 +202,13 @@ def _native_cpu_bf16(device):
 
 def _cuda_fast(device, precision):
     """(fast, why) for a CUDA or ROCm GPU."""
-    major, minor = (int(x) for x in device.capability.split(".")[:2])
-    if device.rocm:  # AMD: fp16 is native on every ROCm GPU; bf16 from MI100 / RDNA3 on
+    if device.rocm:  # AMD: fp16 is native on every ROCm GPU; bf16 on MI100 (gfx908), MI200/300, RDNA3 and later
         if precision == "bf16":
-            native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-            return native, "has native bf16" if native else "has no native bf16"
+            arch = device.capability
+            native = arch in ("gfx908", "gfx90a") or arch.startswith(("gfx94", "gfx95", "gfx11", "gfx12"))
+            return native, "has native bf16" if native else "has no native bf16 (an MI100 or RDNA3 and later has)"
         return True, "runs fp16 natively"
+    major, minor = (int(x) for x in device.capability.split(".")[:2])
     if precision == "bf16":
         if major >= 8:
             return True, "has native bf16"
@@ -225,13 +228,14 @@ def _ratio_text(probe_ms, precision):
             f"({other:.2f} ms vs {fp32:.2f} ms)")
 
 
-def choose(requested, device, probe_fn=None, key="train.precision", training=True, launcher=None):
+def choose(requested, device, probe_fn=None, key="train.precision", via_accelerate=True, launcher=None):
     """The Choice for `requested` (auto | no | fp16 | bf16) on `device` (a Device).
 
     probe_fn(precisions) -> {"no": ms, "bf16": ms, ...} times matmuls on the device; it is called
-    only where the flags leave doubt or a refusal needs its measured reason. `launcher` is the
-    precision `accelerate launch` asked for (ACCELERATE_MIXED_PRECISION), if any.
-    Raises UserError for a precision that is slow or unsupported here."""
+    only where the flags leave doubt or a refusal needs its measured reason. `via_accelerate`: the
+    autocast is Accelerate's (train.py, evaluate.py), which has none for fp16 on a CPU; the
+    Predictor autocasts itself. `launcher` is the precision `accelerate launch` asked for
+    (ACCELERATE_MIXED_PRECISION), if any. Raises UserError for a precision slow or unsupported here."""
     if launcher not in (None, "", "no"):
         if launcher not in PRECISIONS:
             raise UserError(f"accelerate launch asks for mixed precision {launcher!r}, which textclf does not run; "
@@ -260,12 +264,12 @@ def choose(requested, device, probe_fn=None, key="train.precision", training=Tru
         return Choice(requested, source, f"{where} {why}", device)
 
     if device.type == "cpu":
-        if requested == "fp16" and training:
-            raise UserError(f"{key}=fp16 on a CPU: Accelerate runs no fp16 autocast there, so the run would be fp32 "
+        if requested == "fp16" and via_accelerate:
+            raise UserError(f"{key}=fp16 on a CPU: Accelerate runs no fp16 autocast there, so it would run in fp32 "
                             f"labelled fp16; {fix}")
-        flag = "amx_fp16" if requested == "fp16" else "avx512_bf16 / amx_bf16"
-        native = _native_cpu_bf16(device) if requested != "fp16" else \
-            (("amx_fp16" in device.flags or "avx512_fp16" in device.flags) if device.flags else None)
+        wanted = ("amx_fp16", "avx512_fp16") if requested == "fp16" else ("amx_bf16", "avx512_bf16")
+        flag = ", ".join(f for f in wanted if f in device.flags)
+        native = _native_cpu_bf16(device) if requested != "fp16" else (bool(flag) if device.flags else None)
         if requested == "auto":
             if native is None:
                 measured = probe_fn(("bf16",))
@@ -302,11 +306,11 @@ def choose(requested, device, probe_fn=None, key="train.precision", training=Tru
     return Choice(requested, source, f"{where}: {_ratio_text(measured, requested)}", device, measured)
 
 
-def resolve(requested, device, key="train.precision", training=True, launcher=None):
+def resolve(requested, device, key="train.precision", via_accelerate=True, launcher=None):
     """choose() on the real device, with the real probe."""
     facts = describe_device(device)
-    return choose(requested, facts, lambda precisions: probe(device, precisions), key=key, training=training,
-                  launcher=launcher)
+    return choose(requested, facts, lambda precisions: probe(device, precisions), key=key,
+                  via_accelerate=via_accelerate, launcher=launcher)
 
 
 def launcher_precision():
@@ -320,7 +324,7 @@ def autocast(choice, device_type):
     return torch.autocast(device_type, dtype=choice.dtype or torch.float32, enabled=choice.dtype is not None)
 
 
-def resolve_shared(requested, key="train.precision", training=True):
+def resolve_shared(requested, key="train.precision"):
     """resolve() on the main process, handed to every process: they must all run one precision
     (a probe's timing could differ between them). Sets up accelerate's process state first, as
     the Accelerator made afterwards would (it reads ACCELERATE_USE_CPU; PartialState does not)."""
@@ -330,7 +334,7 @@ def resolve_shared(requested, key="train.precision", training=True):
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
     def decide():
-        return resolve(requested, state.device, key=key, training=training, launcher=launcher_precision())
+        return resolve(requested, state.device, key=key, launcher=launcher_precision())
 
     if state.num_processes == 1:
         return decide()
@@ -340,9 +344,9 @@ def resolve_shared(requested, key="train.precision", training=True):
     if state.is_main_process:
         try:
             box[0] = decide()
-        except UserError as err:
-            box[0] = err
+        except Exception as err:  # every process must leave the broadcast, with the same outcome
+            box[0] = err if isinstance(err, UserError) else RuntimeError(f"choosing the precision failed: {err!r}")
     broadcast_object_list(box)
-    if isinstance(box[0], UserError):
+    if isinstance(box[0], Exception):
         raise box[0]
     return box[0]

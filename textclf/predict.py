@@ -53,20 +53,36 @@ def predict_logits(model, loader, n_rows, accelerator=None, device=None):
 
 
 def run_folds(run_dir, folds="all"):
-    """The finished folds of a run: [(fold, best_dir)]."""
+    """The folds of a run to predict with: [(fold, best_dir)]. `folds="all"` means every fold the
+    run trains, and each must be finished; a list takes those folds only, each finished."""
+    from .checkpoint import load_run_json
+
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir} is not a training run (no run.json); pass eval.run=checkpoints/<run>")
-    for fold_dir in run_dir.glob("fold*"):
-        recover_dir(fold_dir / "best")  # a replace cut short by a kill
-    found = sorted((int(p.name[4:]), p / "best") for p in run_dir.glob("fold*")
-                   if p.name[4:].isdigit() and (p / "best" / "head.json").is_file())
-    if folds != "all":
-        found = [(f, p) for f, p in found if f in folds]
-    if not found:
-        raise UserError(f"{run_dir} has no trained fold with a best/ checkpoint; run train.py first "
-                        f"(or train.resume=auto to finish it)")
-    return found
+    planned = load_run_json(run_dir)["folds"]
+    wanted = planned if folds == "all" else list(folds)
+    unknown = [f for f in wanted if f not in planned]
+    if unknown:
+        raise UserError(f"eval.folds names fold {unknown[0]}, which {run_dir} does not train (its folds: "
+                        f"{', '.join(map(str, planned))})")
+    finished = [f for f in wanted if (run_dir / f"fold{f}" / "done.json").is_file()
+                and (run_dir / f"fold{f}" / "best" / "head.json").is_file()]
+    if not finished:
+        raise UserError(f"{run_dir} has no trained fold with a finished best/ checkpoint; run train.py first, or "
+                        f"finish it with train.resume=auto")
+    if len(finished) < len(wanted):
+        missing = ", ".join(str(f) for f in wanted if f not in finished)
+        raise UserError(f"{run_dir}: fold(s) {missing} are not finished; finish them with train.resume=auto "
+                        f"(train.run={run_dir.name}), or predict with the finished ones: eval.folds="
+                        f"[{','.join(map(str, finished))}]")
+    return [(f, run_dir / f"fold{f}" / "best") for f in finished]
+
+
+def recover_best(run_dir):
+    """Undo a replace of any fold's best/ cut short by a kill (one process: the main one)."""
+    for fold_dir in Path(run_dir).glob("fold*"):
+        recover_dir(fold_dir / "best")
 
 
 def load_fold_models(run_dir, folds="all", trust_remote_code=False):
@@ -92,7 +108,7 @@ class Predictor:
         self.models = models
         self.spec = spec
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device, key="precision", training=False)
+        self.precision = resolve_precision(precision, self.device, key="precision", via_accelerate=False)
         self.batch_size = batch_size
         self.label_names = spec.labels.names
         self.problem_type = spec.labels.problem_type
@@ -103,7 +119,9 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto"):
+        """The best model of each fold of a run (`folds`: all, which must be finished, or a list)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        recover_best(run_dir)
         models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
         tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
         return cls([m.to(device) for m in models], spec, tokenizer, device, batch_size, checkpoints, precision)
@@ -125,6 +143,9 @@ class Predictor:
         """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs)."""
         if isinstance(texts, str):
             texts = [texts]
+        if not texts:
+            return {"labels": [], "probs": np.zeros((0, len(self.label_names)), dtype=np.float32),
+                    "label_names": list(self.label_names)}
         if self.spec.tokenization.text_pair_column and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = [str(t).strip() for t in texts]

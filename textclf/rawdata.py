@@ -6,9 +6,12 @@ in memory beyond one row, so files of any size stream through.
 
 import csv
 import json
+import math
 import sys
+import unicodedata
 from pathlib import Path
 
+from .config import unescape_delimiter
 from .errors import UserError
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -54,8 +57,8 @@ class RawFile:
 
     # -- csv / tsv
     def _dialect(self):
-        delimiter = self.cfg.delimiter or ("," if self.format == "csv" else "\t")
-        delimiter = delimiter.encode().decode("unicode_escape") if "\\" in delimiter else delimiter
+        delimiter = unescape_delimiter(self.cfg.delimiter) if self.cfg.delimiter else (
+            "," if self.format == "csv" else "\t")
         quoting = self.cfg.quoting
         if quoting == "auto":
             quoting = "minimal" if self.format == "csv" else "none"
@@ -99,6 +102,10 @@ class RawFile:
         if not header or not any(h.strip() for h in header):
             raise UserError(f"{self.role} file {self.path} has no header line; add one or set data.header=false")
         header = [h.strip() for h in header]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise UserError(f"{self.role} file {self.path} has the column '{repeated[0]}' more than once in its header; "
+                            f"give every column its own name")
         if len(header) == 1:
             found = header[0]
             for name, sep in (("tab", "\t"), ("comma", ","), ("semicolon", ";"), ("pipe", "|")):
@@ -120,8 +127,16 @@ class RawFile:
         raise UserError(f"{self.role} file {self.path} has no records; it holds only blank lines")
 
     def _parse_json(self, line, number):
+        def unique_keys(pairs):
+            keys = [k for k, _ in pairs]
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise UserError(f"line {number} of {self.path} has the key '{repeated[0]}' more than once; give every "
+                                f"key once")
+            return dict(pairs)
+
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise UserError(f"line {number} of {self.path} is not valid JSON ({err.msg}); fix that line") from None
         if not isinstance(record, dict):
@@ -172,6 +187,35 @@ class RawFile:
                 yield number, [record[c] for c in self.columns]
 
 
+# Characters that show nothing: a text made only of these (and spaces) is empty.
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+
+
+def clean_text(text):
+    """The text with surrounding whitespace removed; "" when nothing visible is left (zero-width
+    spaces, joiners, byte-order marks and control characters alone are not a text)."""
+    text = text.strip()
+    if text and all(unicodedata.category(ch) in _INVISIBLE for ch in text):
+        return ""
+    return text
+
+
+def same_number_labels(names):
+    """Pairs of distinct label texts that are one number ('1' and '1.0', '01' and '1')."""
+    seen, clashes = {}, []
+    for name in names:
+        try:
+            number = float(name)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            continue
+        if number in seen and seen[number] != name:
+            clashes.append((seen[number], name))
+        seen.setdefault(number, name)
+    return clashes
+
+
 class RowReader:
     """Pulls text, text pair, label(s) and id out of the rows of one RawFile."""
 
@@ -210,18 +254,28 @@ class RowReader:
 
     @staticmethod
     def _as_text(value):
+        """A cell as text: CSV cells are text already; JSON numbers and booleans as JSON writes them."""
         if value is None:
             return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
         return value if isinstance(value, str) else str(value)
 
-    def text(self, values):
+    def _text_cell(self, values, index, line, key):
+        value = values[index]
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{self.where(line)}: {key} '{self.raw.columns[index]}' is a JSON "
+                            f"{type(value).__name__}, not a string; write the text as a JSON string")
+        return clean_text(value or "")
+
+    def text(self, values, line=None):
         if len(self.text_idx) == 1:
-            return self._as_text(values[self.text_idx[0]]).strip()
-        parts = (self._as_text(values[i]).strip() for i in self.text_idx)
+            return self._text_cell(values, self.text_idx[0], line, "the text column")
+        parts = (self._text_cell(values, i, line, "the text column") for i in self.text_idx)
         return self.cfg.text_separator.join(p for p in parts if p)
 
-    def pair(self, values):
-        return self._as_text(values[self.pair_idx]).strip()
+    def pair(self, values, line=None):
+        return self._text_cell(values, self.pair_idx, line, "the text pair column")
 
     def row_id(self, values, row_number):
         if self.id_idx is None:
@@ -241,12 +295,13 @@ class RowReader:
                     raise UserError(f"{self.where(line)}: column '{name}' is {flag!r}; multi-label columns hold 0 or 1")
             return out
         value = values[self.label_idx]
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
+            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is a JSON "
+                            f"{type(value).__name__} of objects; a label is a string, a number, or a list of them")
         if self.cfg.label_delimiter is not None or isinstance(value, list):
             items = value if isinstance(value, list) else self._as_text(value).split(self.cfg.label_delimiter)
             return sorted({self._as_text(v).strip() for v in items if self._as_text(v).strip()})
         name = self._as_text(value).strip()
-        if isinstance(value, float) and value.is_integer():
-            name = str(int(value))
         if not name:
             raise UserError(
                 f"{self.where(line)}: the label ('{self.cfg.label_column}') is empty; fill it in or remove the row"

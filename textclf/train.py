@@ -24,16 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (Log, TrainState, choose_run_dir, load_state, merge_oof, named_state, resume_state_dir,
-                         save_best, save_state, write_fold_oof)
+from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, load_run_json, load_state, merge_oof,
+                         named_state, resume_state_dir, save_best, save_state, write_fold_oof)
 from .config import resolve_path
 from .console import say
 from .data import check_data_keys, load_meta, load_tokenizer, vocab_hash
 from .errors import UserError
-from .fileio import atomic_write_text, read_json, recover_dir, sha256_file, write_json
+from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output, sha256_file,
+                     write_json, write_marker)
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
 from .metrics import available as available_metrics, compute, is_better, metric_mode, report
-from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze_layers, freeze,
+from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze, freeze,
                     make_loss, num_outputs, probabilities, resolve_problem_type)
 from .optim import describe as describe_optimizer, make_optimizer, make_scheduler
 from .precision import resolve_shared
@@ -90,9 +91,14 @@ def run(config):
 
     # Every process picks the same folder before the main process creates it.
     run_dir, resuming = choose_run_dir(train_cfg, config.data.name, train_cfg.resume)
-    recorded = None  # the precision a resumed run was started in
-    if resuming and (run_dir / "run.json").is_file():
-        recorded = read_json(run_dir / "run.json").get("precision", {}).get("precision")
+    recorded = None  # the precision a resumed run trains in
+    if resuming:
+        check_resume_path(train_cfg.resume, run_dir, [p[0] for p in plans])
+        run_info = check_resume(config, run_dir, spec)
+        recorded = run_info.get("precision", {}).get("precision") or saved_precision(run_dir)
+    elif run_dir.exists() and not made_by_textclf(run_dir, "run"):
+        raise UserError(f"{run_dir} exists and was not made by textclf as a run, so train.overwrite=true will not "
+                        f"replace it; choose another train.run, or move it away yourself")
     accelerator, choice = make_accelerator(config, recorded)
     accelerator.wait_for_everyone()
     if resuming:
@@ -100,10 +106,12 @@ def run(config):
         if recorded and choice.precision != recorded:
             say(accelerator, f"train: this run was trained in {recorded} and continues in {choice.precision} "
                              f"(train.precision={train_cfg.precision}): the continuation is not bit-exact")
+            if accelerator.is_main_process:  # a later resume continues in the new precision
+                write_json(run_dir / "run.json", {**run_info, "precision": choice.record()})
     elif accelerator.is_main_process:
-        if run_dir.exists() and train_cfg.overwrite:
-            shutil.rmtree(run_dir)
+        replace_own_output(run_dir, "run", "train.overwrite")
         run_dir.mkdir(parents=True)
+        write_marker(run_dir, "run")
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
         write_json(run_dir / "run.json", dict(
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -159,7 +167,7 @@ def check(config):
     head = HeadConfig(config.model.head, num_outputs(problem_type, len(label_names)), config.model.dropout,
                       config.model.backbone_dropout, config.model.multi_sample_dropout)
     spec = ModelSpec.for_data(head, meta, sha256_file(data_dir / "meta.json"), config.model.name, problem_type)
-    check_freeze_layers(model_dir, config.model.freeze_layers, config.model.trust_remote_code)
+    check_freeze(model_dir, config.model.freeze_embeddings, config.model.freeze_layers, config.model.trust_remote_code)
     weights = train_cfg.class_weights
     if isinstance(weights, list) and len(weights) != len(label_names):
         raise UserError(f"train.class_weights has {len(weights)} values for {len(label_names)} labels; "
@@ -168,7 +176,67 @@ def check(config):
     if train_cfg.metric not in metrics:
         raise UserError(f"train.metric={train_cfg.metric} is not computed for this problem; choose from "
                         f"{', '.join(sorted(metrics))}")
-    return data_dir, meta, model_dir, tokenizer, spec, fold_plan(meta, train_cfg, data_dir)
+    plans = fold_plan(meta, train_cfg, data_dir)
+    if train_cfg.metric == "roc_auc":  # undefined on held-out rows of one class
+        for fold, _, eval_split, eval_rows in plans:
+            labels = np.asarray(np.load(data_dir / eval_split / "labels.npy", mmap_mode="r")[eval_rows])
+            classes = len(np.unique(labels)) if labels.ndim == 1 else int(((labels.sum(0) > 0) &
+                                                                            (labels.sum(0) < len(labels))).sum())
+            if (labels.ndim == 1 and classes < 2) or (labels.ndim == 2 and classes == 0):
+                raise UserError(f"train.metric=roc_auc is undefined on fold {fold}'s held-out rows (one class only); "
+                                f"choose another train.metric, or give that split rows of both classes")
+    return data_dir, meta, model_dir, tokenizer, spec, plans
+
+
+# Keys a resumed run may change: they cannot change its result (where it runs, logging and saving
+# cadence, time budget, other stages' settings). Precision may change to move a run between
+# machines; the continuation then says it is not bit-exact.
+RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.num_workers", "train.resume", "train.overwrite",
+               "train.save_total_limit", "train.save_every_steps", "train.output_dir", "train.run", "train.precision",
+               "model.trust_remote_code", "model.premodels_dir", "data.output_dir", "data.name", "data.overwrite",
+               "data.chunk_rows", "eval.", "ensemble.")
+
+
+def saved_precision(run_dir):
+    """The precision a run made before run.json recorded it asked for, from its config.yaml (None for auto)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        value = saved["train"]["precision"]
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return None
+    return {False: "no"}.get(value, value) if value in ("no", "fp16", "bf16", False) else None
+
+
+def check_resume(config, run_dir, spec):
+    """Refuse to resume a run with other data or with settings that change its result; returns run.json."""
+    import yaml
+
+    run_info = load_run_json(run_dir)
+    if run_info["data_meta_sha256"] != spec.provenance.data_meta_sha256:
+        raise UserError(f"train.resume: {run_dir} was trained on {run_info['data_dir']}, whose meta.json differs from "
+                        f"the data given now; resume with the data it was made from, or start a new run")
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise UserError(f"{run_dir / 'config.yaml'} cannot be read ({type(err).__name__}); the run cannot be checked "
+                        f"for resuming: start a new run") from None
+    now = config.to_dict()
+    changed = []
+    for section, values in now.items():
+        before = (saved or {}).get(section) if isinstance(saved, dict) else None
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if any(name == free or (free.endswith(".") and name.startswith(free)) for free in RESUME_FREE):
+                continue
+            if isinstance(before, dict) and key in before and before[key] != value:
+                changed.append(f"{name} ({before[key]!r} then, {value!r} now)")
+    if changed:
+        raise UserError(f"train.resume: {run_dir} was started with other settings: {'; '.join(changed[:4])}"
+                        + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+                        + "; a resumed run keeps what changes its result: drop these overrides, or start a new run")
+    return run_info
 
 
 # ---------------------------------------------------------------------------- one fold
@@ -313,10 +381,11 @@ def optimizer_step(job, fold, state, window_rows):
     # step still runs then, because the scaler itself skips the update and lowers its scale
     # (accelerate's optimizer_step_was_skipped cannot tell with a fused optimizer, which takes the
     # overflow flag into its own kernel).
-    finite = bool(torch.isfinite(grad_norm))
+    finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
     if finite or accelerator.scaler is not None:
         fold.optimizer.step()
-    if finite:
+    # DeepSpeed's fp16 engine steps (or skips) inside backward and reports it here
+    if finite and not accelerator.optimizer_step_was_skipped:
         fold.scheduler.step()
         state.nonfinite_in_row = 0
     else:
@@ -337,20 +406,30 @@ def resume(job, fold, batches_per_epoch):
     """The fold's TrainState: from the last-<step> folder train.resume names, else the newest one,
     else a new one."""
     accelerator = job.accelerator
-    recover_dir(fold.dir / "best")  # a process killed mid-write can leave a half-replaced best/
-    for stale in fold.dir.glob(".last-*.tmp-*") if fold.dir.exists() else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    if accelerator.is_main_process:
+        recover_dir(fold.dir / "best")  # a process killed mid-write can leave a half-replaced best/
+        for stale in fold.dir.glob(".last-*.tmp-*") if fold.dir.exists() else []:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
     state_dir = resume_state_dir(fold.dir, job.config.train.resume)
     if state_dir is None:
         if accelerator.is_main_process:
             fold.dir.mkdir(parents=True, exist_ok=True)
-        return TrainState(fold=fold.index)
+        return TrainState(fold=fold.index, processes=accelerator.num_processes)
     state = load_state(accelerator, state_dir, fold.model, fold.optimizer, fold.scheduler)
     later = [p for p in sorted(fold.dir.glob("last-*")) if p.name > state_dir.name]
     if later and accelerator.is_main_process:  # states of the steps being redone: a later resume must not pick them
         for path in later:
             shutil.rmtree(path, ignore_errors=True)
         say(accelerator, f"fold {fold.index}: removed the later states {', '.join(p.name for p in later)}")
+    best_step = best_saved_step(fold.dir)
+    if best_step is not None and best_step > state.step:  # best/ comes from the steps being redone
+        if accelerator.is_main_process:
+            shutil.rmtree(fold.dir / "best", ignore_errors=True)
+        state.best = state.best_step = None
+        say(accelerator, f"fold {fold.index}: best/ held step {best_step}, after {state_dir.name}; removed, the best "
+                         f"is chosen again from here")
+    accelerator.wait_for_everyone()
     if state.batch_in_epoch >= batches_per_epoch:  # saved at an epoch's end by an earlier version
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     say(accelerator, f"fold {fold.index}: resuming from {state_dir.name} (epoch {state.epoch}, "
@@ -374,6 +453,15 @@ def banner(job, fold, n_train, n_eval, steps_per_epoch, frozen, sped_up):
     if sped_up:
         parts.append(f"cpu speed-ups: {', '.join(sped_up)}")
     return " | ".join(parts)
+
+
+def best_saved_step(fold_dir):
+    """The step of the weights in fold<k>/best/, from its metrics.json (None without one)."""
+    path = fold_dir / "best" / "metrics.json"
+    if not path.is_file():
+        return None
+    step = load_json(path, "the metrics of a best/ checkpoint", f"delete {path.parent} and resume").get("step")
+    return step if isinstance(step, int) else None
 
 
 def score(job, fold):
@@ -529,8 +617,13 @@ def make_accelerator(config, recorded=None):
 
     requested = config.train.precision
     if requested == "auto" and recorded:
-        requested = recorded
-    choice = resolve_shared(requested)
+        try:
+            choice = resolve_shared(recorded)
+        except UserError as err:
+            raise UserError(f"train.resume: this run trained in {recorded}, and {str(err).split('; ')[0]}; to continue "
+                            f"in another precision (not bit-exact), pass it, e.g. train.precision=no") from None
+    else:
+        choice = resolve_shared(requested)
     log_with = None
     try:
         import tensorboard  # noqa: F401  (optional: logged through Accelerate's tracker when present)
@@ -543,7 +636,9 @@ def make_accelerator(config, recorded=None):
                                   log_with=log_with, project_dir=str(resolve_path(config.train.output_dir)),
                                   dataloader_config=DataLoaderConfiguration(even_batches=True))
     except ValueError as err:
-        raise UserError(f"cannot set up training: {str(err).splitlines()[0]}; use train.precision=auto or no") from None
+        message = str(err).splitlines()[0]
+        hint = "; use train.precision=auto or no" if any(w in message for w in ("precision", "fp16", "bf16")) else ""
+        raise UserError(f"cannot set up training: {message}{hint}") from None
     return accelerator, choice
 
 
