@@ -56,3 +56,43 @@ def test_two_processes_train_and_evaluate_like_one(stage, premodels, tmp_path):
     assert np.allclose(np.load(a / "probs.npy"), np.load(b / "probs.npy"), atol=1e-6)
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
     assert not list((tmp_path / "two").glob(".*"))  # nothing half-written by another process
+
+
+SHARDS = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from accelerate import Accelerator
+from textclf.loader import LengthGroupedBatches, SplitArrays, make_loader
+accelerator = Accelerator(cpu=True)
+dataset = SplitArrays(sys.argv[2], np.arange(int(sys.argv[3])))
+sampler = LengthGroupedBatches(dataset.lengths(), 8, 42)
+loader = accelerator.prepare(make_loader(dataset, sampler))
+seen = []
+for epoch in range(4):
+    sampler.epoch = epoch
+    rows = [batch["index"].tolist() for batch in loader]
+    seen.append({"rows": rows, "batches": len(rows), "len": len(loader)})
+print("SHARD " + json.dumps({"process": accelerator.process_index, "epochs": seen}), flush=True)
+"""
+
+
+def test_two_processes_see_every_row_of_every_epoch(stage, premodels, tmp_path):
+    """Length-grouped batches in shuffled order, sharded over two processes: every row in every
+    epoch, as many batches as len(loader) says (a short batch mid-epoch used to drop a pair)."""
+    rows = toy_rows(58)  # 7 batches of 8 and one of 2
+    write(tmp_path / "train.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    assert stage("data_process", f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}",
+                 "data.name=toy", f"data.train_file={tmp_path / 'train.csv'}", "data.valid_size=0.1").code == 0
+    n = json.loads((tmp_path / "data" / "toy" / "meta.json").read_text())["splits"]["train"]["rows"]
+    script = write(tmp_path / "shards.py", SHARDS)
+    proc = launch(str(script), ROOT, tmp_path / "data" / "toy" / "train", n)
+    shards = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("SHARD ")]
+    assert len(shards) == 2
+    for epoch in range(4):
+        covered = set()
+        for shard in shards:
+            record = shard["epochs"][epoch]
+            assert record["batches"] == record["len"] == 4, (epoch, record)
+            covered.update(i for batch in record["rows"] for i in batch)
+        assert covered == set(range(n)), (epoch, sorted(set(range(n)) - covered))

@@ -15,11 +15,13 @@ Every folder is written under a temporary name and renamed into place (fileio.at
 process killed mid-write leaves the previous state intact.
 """
 
+import contextlib
 import dataclasses
 import json
 import random
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -139,8 +141,39 @@ def resume_state_dir(fold_dir, resume):
 # ---------------------------------------------------------------------------- resumable state
 
 
+def sharding(accelerator):
+    """"fsdp" or "deepspeed" where each process holds its own part of the optimizer state, else None."""
+    from accelerate.utils import DistributedType
+
+    return {DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed"}.get(accelerator.distributed_type)
+
+
+@contextlib.contextmanager
+def shared_atomic_dir(accelerator, final_path):
+    """atomic_dir for a folder that every process writes into: the main process makes the temporary
+    folder, hands its name to the others, and renames it into place once all of them are done."""
+    if accelerator.num_processes == 1:
+        with atomic_dir(final_path, replace=True) as tmp:
+            yield tmp
+        return
+    from accelerate.utils import broadcast_object_list
+
+    if accelerator.is_main_process:
+        with atomic_dir(final_path, replace=True) as tmp:
+            broadcast_object_list([str(tmp)])
+            yield tmp
+            accelerator.wait_for_everyone()  # every process has written its part
+    else:
+        box = [None]
+        broadcast_object_list(box)
+        yield Path(box[0])
+        accelerator.wait_for_everyone()
+
+
 def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep):
-    """Write fold<k>/last-<step>/ (atomically; every process takes part) and keep the newest `keep`."""
+    """Write fold<k>/last-<step>/ (atomically; every process takes part) and keep the newest `keep`.
+    Under FSDP the optimizer state is gathered from every process's shard (Accelerate's FSDP state
+    API); under DeepSpeed each process writes its own shard (the engine's checkpoint API)."""
     from safetensors.torch import save_file
 
     rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
@@ -154,16 +187,25 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep):
     else:
         all_rng = [rng]
     full_state = accelerator.get_state_dict(model)  # every process takes part in the gather
-    if accelerator.is_main_process:
-        with atomic_dir(fold_dir / f"last-{state.step:08d}", replace=True) as tmp:
+    sharded = sharding(accelerator)
+    with shared_atomic_dir(accelerator, fold_dir / f"last-{state.step:08d}") as tmp:
+        if sharded == "fsdp":
+            from accelerate.utils import save_fsdp_optimizer
+
+            save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(tmp))
+        elif sharded == "deepspeed":
+            model.save_checkpoint(str(tmp / "deepspeed"))
+        if accelerator.is_main_process:
             weights = {k: v.detach().cpu().contiguous() for k, v in full_state.items()}
             save_file(weights, str(tmp / "model.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if sharded is None:
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if accelerator.scaler is not None:
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             torch.save(all_rng, tmp / "rng.pt")
             write_json(tmp / "state.json", state.to_json())
+    if accelerator.is_main_process:
         for old in sorted(fold_dir.glob("last-*"))[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -193,9 +235,19 @@ def load_state(accelerator, state_dir, model, optimizer, scheduler):
         raise UserError(f"{state_dir} was saved by {state.processes} process(es) and this run has "
                         f"{accelerator.num_processes}; resume with as many (accelerate launch --num_processes "
                         f"{state.processes}), or start a new run")
+    sharded = sharding(accelerator)
     try:
-        accelerator.unwrap_model(model).load_state_dict(weights)
-        optimizer.load_state_dict(load_pt(state_dir / "optimizer.pt"))
+        if sharded == "deepspeed":  # the engine reads its own weight and optimizer shards (see save_state)
+            model.load_checkpoint(str(state_dir / "deepspeed"), load_optimizer_states=True,
+                                  load_lr_scheduler_states=False)
+        else:
+            load_weights(accelerator, model, weights)
+        if sharded == "fsdp":
+            from accelerate.utils import load_fsdp_optimizer
+
+            load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(state_dir))
+        elif sharded is None:
+            optimizer.load_state_dict(load_pt(state_dir / "optimizer.pt"))
         scheduler.load_state_dict(load_pt(state_dir / "scheduler.pt"))
     except (RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"{state_dir} does not fit this model or optimizer ({str(err).splitlines()[0][:120]}); "
@@ -209,6 +261,23 @@ def load_state(accelerator, state_dir, model, optimizer, scheduler):
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return state
+
+
+def load_weights(accelerator, model, weights):
+    """Load a full state dict (every tensor whole) into the prepared model, on every process. FSDP
+    shards the parameters, so the load goes through FSDP's full-state-dict API there."""
+    if sharding(accelerator) != "fsdp":
+        accelerator.unwrap_model(model).load_state_dict(weights)
+        return
+    if accelerator.state.fsdp_plugin.fsdp_version == 2:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+
+    with FullyShardedDataParallel.state_dict_type(model, StateDictType.FULL_STATE_DICT):
+        model.load_state_dict(weights)
 
 
 def save_best(accelerator, fold_dir, model, spec, tokenizer, metrics, config_yaml):

@@ -95,8 +95,8 @@ class LengthGroupedBatches:
     """Seeded training batches of similar length, in shuffled order.
 
     Each epoch: shuffle the rows, cut them into mega-batches of `group` batches, sort every
-    mega-batch by length and split it into batches, then shuffle the batch order. Padding
-    nearly vanishes while the data order stays random. `epoch` is set before each epoch, and
+    mega-batch by length and split it into batches, then shuffle the batch order (the one short
+    batch, if any, last). Padding nearly vanishes while the data order stays random. `epoch` is set before each epoch, and
     the order depends only on (seed, epoch): a resumed run sees the same batches.
     """
 
@@ -122,6 +122,9 @@ class LengthGroupedBatches:
             batches.pop()
         if self.grouped:
             batches = [batches[i] for i in rng.permutation(len(batches))]
+            # The one short batch goes last, as in any plain loader: Accelerate's sharding over several
+            # processes takes a short batch for the epoch's end, and drops a pair of batches otherwise.
+            batches.sort(key=lambda batch: len(batch) < self.batch_size)
         return batches
 
     def __iter__(self):

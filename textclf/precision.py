@@ -244,7 +244,8 @@ def choose(requested, device, probe_fn=None, key="train.precision", via_accelera
             raise UserError(f"accelerate launch says --mixed_precision {launcher} but {key}={requested}; they must "
                             f"agree: launch with --mixed_precision no (the sample configs do) and let {key} decide")
         requested = launcher
-    source = "auto" if requested == "auto" else ("accelerate launch" if launcher == requested else "requested")
+    launched = launcher not in (None, "", "no") and launcher == requested
+    source = "auto" if requested == "auto" else ("accelerate launch" if launched else "requested")
     fix = f"use {key}=auto (picks the fastest precision here) or {key}=no"
     where = device.describe()
 

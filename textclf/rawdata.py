@@ -200,6 +200,13 @@ def clean_text(text):
     return text
 
 
+def _json_kind(value):
+    """A parsed JSON value's type in JSON's own words."""
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
 def same_number_labels(names):
     """Pairs of distinct label texts that are one number ('1' and '1.0', '01' and '1')."""
     seen, clashes = {}, []
@@ -264,8 +271,8 @@ class RowReader:
     def _text_cell(self, values, index, line, key):
         value = values[index]
         if value is not None and not isinstance(value, str):
-            raise UserError(f"{self.where(line)}: {key} '{self.raw.columns[index]}' is a JSON "
-                            f"{type(value).__name__}, not a string; write the text as a JSON string")
+            raise UserError(f"{self.where(line)}: {key} '{self.raw.columns[index]}' is a JSON {_json_kind(value)}, "
+                            f"not a string; write the text as a JSON string")
         return clean_text(value or "")
 
     def text(self, values, line=None):
@@ -296,8 +303,9 @@ class RowReader:
             return out
         value = values[self.label_idx]
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
-            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is a JSON "
-                            f"{type(value).__name__} of objects; a label is a string, a number, or a list of them")
+            kind = _json_kind(value) if isinstance(value, dict) else "array holding arrays or objects"
+            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is a JSON {kind}; a label is "
+                            f"a string, a number, or (multi-label) an array of them")
         if self.cfg.label_delimiter is not None or isinstance(value, list):
             items = value if isinstance(value, list) else self._as_text(value).split(self.cfg.label_delimiter)
             return sorted({self._as_text(v).strip() for v in items if self._as_text(v).strip()})

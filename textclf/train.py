@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, load_run_json, load_state, merge_oof,
-                         named_state, resume_state_dir, save_best, save_state, write_fold_oof)
+                         load_weights, named_state, resume_state_dir, save_best, save_state, write_fold_oof)
 from .config import resolve_path
 from .console import say
 from .data import check_data_keys, load_meta, load_tokenizer, vocab_hash
@@ -505,8 +505,7 @@ def finish_fold(job, fold, state):
 
     accelerator = job.accelerator
     accelerator.wait_for_everyone()
-    best = load_file(str(fold.dir / "best" / "model.safetensors"))
-    accelerator.unwrap_model(fold.model).load_state_dict(best)
+    load_weights(accelerator, fold.model, load_file(str(fold.dir / "best" / "model.safetensors")))
     results, probs = score(job, fold)
     if accelerator.is_main_process:
         ids = np.load(job.data_dir / fold.eval_split / "ids.npy", mmap_mode="r")[fold.eval_rows]

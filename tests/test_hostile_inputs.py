@@ -1,0 +1,450 @@
+"""Careless and hostile input, by class. Every case below stops with one line that names the
+thing and the fix, exit code 2, no traceback, and leaves every output folder byte-for-byte as it
+was (the shared world and the case's own folder are both compared before and after).
+
+Classes: names that would be paths; values out of range; input semantics; corrupt or foreign
+state files; resumes with another config; submissions; evaluate; and, after the table, the inputs
+that must now work (YAML words kept as text, a space delimiter, a torn log line, ...)."""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import run_stage, write
+from test_bad_inputs import expect_refusal
+from test_train import toy_rows
+
+ROWS = "".join(f"r{i},row {i} is {'ab'[i % 2]} {'ab'[i % 2]},{'ab'[i % 2]}\n" for i in range(24))
+
+
+@dataclass
+class World:
+    root: object
+    model: object
+    base: list = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, premodels):
+    """Data sets, finished runs and prediction sets that every case may read and none may change."""
+    root = tmp_path_factory.mktemp("world")
+    model = premodels("bert")
+    base = [f"model.name={model}", f"data.output_dir={root / 'data'}", f"train.output_dir={root / 'ck'}",
+            f"eval.output_dir={root / 'mp'}", f"ensemble.output_dir={root / 'subs'}", "train.precision=no",
+            "eval.precision=no"]
+    write(root / "in" / "train.csv", "id,text,label\n" + ROWS)
+    write(root / "in" / "test.csv", "id,text\n" + "".join(f"t{i},row {i}\n" for i in range(6)))
+    write(root / "in" / "sample.csv", "id,label\n" + "".join(f"t{i},a\n" for i in range(6)))
+    ag = "".join(f'{i},row {i} is {"wxyz"[i % 4]},{i % 4 + 1}\n' for i in range(24))
+    write(root / "in" / "ag.csv", "id,text,label\n" + ag)
+    write(root / "in" / "ag_test.csv", "id,text\n" + "".join(f"q{i},row {i}\n" for i in range(6)))
+    write(root / "in" / "ag_sample.csv", "id,label\n" + "".join(f"q{i},0\n" for i in range(6)))
+    steps = [("data_process", "data.name=ds", f"data.train_file={root / 'in' / 'train.csv'}",
+              f"data.test_file={root / 'in' / 'test.csv'}", "data.id_column=id"),
+             ("train", "data.name=ds", "train.epochs=1", "train.batch_size=8", "train.save_total_limit=3",
+              "train.save_every_steps=1"),
+             ("evaluate", "data.name=ds", f"eval.run={root / 'ck' / 'ds'}"),
+             ("data_process", "data.name=ds2", f"data.train_file={root / 'in' / 'train.csv'}", "data.id_column=id",
+              "data.n_folds=2"),
+             ("train", "data.name=ds2", "train.epochs=1", "train.batch_size=8"),
+             ("data_process", "data.name=ag", f"data.train_file={root / 'in' / 'ag.csv'}",
+              f"data.test_file={root / 'in' / 'ag_test.csv'}", "data.id_column=id"),
+             ("train", "data.name=ag", "train.epochs=1", "train.batch_size=8"),
+             ("evaluate", "data.name=ag", f"eval.run={root / 'ck' / 'ag'}")]
+    for name, *args in steps:
+        result = run_stage(name, *base, *args)
+        assert result.code == 0, (name, args, result)
+    os.makedirs(root / "ck" / "foreign")
+    write(root / "ck" / "foreign" / "notes.txt", "a user's own folder, not a run")
+    os.makedirs(root / "data" / "foreign")
+    write(root / "data" / "foreign" / "notes.txt", "a user's own folder, not a data set")
+    return World(root, model, base)
+
+
+def snapshot(*roots):
+    """Every file and folder under the roots, with the sha256 of each file."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            out[dirpath] = "dir"
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as fh:
+                    out[path] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------------------- case set-ups
+
+
+def copy_run(world, tmp, name="ds"):
+    shutil.copytree(world.root / "ck" / name, tmp / "ck" / name)
+    return tmp / "ck" / name
+
+
+def edit_json(path, change):
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(change(doc)) if callable(change) else change)
+
+
+def corrupt(relative, content):
+    """A set-up that copies the run and replaces one of its files."""
+    def setup(world, tmp):
+        run = copy_run(world, tmp)
+        (run / relative).write_text(content)
+    return setup
+
+
+def corrupt_meta(change):
+    def setup(world, tmp):
+        shutil.copytree(world.root / "data" / "ds", tmp / "data" / "ds")
+        edit_json(tmp / "data" / "ds" / "meta.json", change)
+    return setup
+
+
+def corrupt_manifest(change):
+    def setup(world, tmp):
+        shutil.copytree(world.root / "mp" / "ds", tmp / "mp" / "ds")
+        edit_json(tmp / "mp" / "ds" / "manifest.json", change)
+    return setup
+
+
+def unfinished_fold(world, tmp):
+    run = copy_run(world, tmp, "ds2")
+    (run / "fold1" / "done.json").unlink()
+
+
+def stopped_run(world, tmp):
+    """A run of ds stopped after its first step, resumable."""
+    result = run_stage("train", *world.base, "data.name=ds", f"train.output_dir={tmp / 'ck'}", "train.epochs=2",
+                       "train.batch_size=8", "train.max_time=0.000001")
+    assert result.code == 0, result
+
+
+def stopped_run_with(change):
+    def setup(world, tmp):
+        stopped_run(world, tmp)
+        state = next((tmp / "ck" / "ds" / "fold0").glob("last-*")) / "state.json"
+        edit_json(state, change)
+    return setup
+
+
+def other_data(world, tmp):
+    """A stopped run of ds, then data ds re-made from other rows under the same name in the case's folder."""
+    shutil.copytree(world.root / "data" / "ds", tmp / "data" / "ds")
+    result = run_stage("train", *world.base, "data.name=ds", f"data.output_dir={tmp / 'data'}",
+                       f"train.output_dir={tmp / 'ck'}", "train.epochs=2", "train.batch_size=8",
+                       "train.max_time=0.000001")
+    assert result.code == 0, result
+    write(tmp / "other.csv", "id,text,label\n" + ROWS.replace(" is ", " was "))
+    result = run_stage("data_process", *world.base, "data.name=ds", f"data.output_dir={tmp / 'data'}",
+                       f"data.train_file={tmp / 'other.csv'}", "data.id_column=id", "data.overwrite=true")
+    assert result.code == 0, result
+
+
+@dataclass
+class Case:
+    id: str
+    stage: str
+    args: list
+    phrases: list
+    files: dict = field(default_factory=dict)
+    setup: object = None
+
+
+TRAIN = ["data.name=ds", "train.epochs=1", "train.batch_size=8"]
+DATA = ["data.name=new", "data.train_file={t}/t.csv"]
+GOOD_CSV = "text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(12))
+ENSEMBLE = ["ensemble.predictions=[{w}/mp/ds]", "ensemble.sample_submission={w}/in/sample.csv"]
+
+CASES = [
+    # 1. names are plain names, inside their output folder
+    *[Case(f"name {key}={value}", stage, [f"{key}={value}", *extra], ["is not a plain name", key])
+      for key, value, stage, extra in [
+          ("train.run", "../../x", "train", TRAIN), ("train.run", "/tmp/x", "train", TRAIN),
+          ("train.run", "..", "train", TRAIN), ("train.run", ".hidden", "train", TRAIN),
+          ("train.run", "a/b", "train", TRAIN), ("train.run", "two words", "train", TRAIN),
+          ("train.run", "x" * 200, "train", TRAIN), ("data.name", ".", "data_process", ["data.train_file={t}/t.csv"]),
+          ("data.name", "../other", "data_process", ["data.train_file={t}/t.csv"]),
+          ("data.name", "/tmp/x", "data_process", ["data.train_file={t}/t.csv"]),
+          ("ensemble.name", "../../x", "ensemble_and_submit", ENSEMBLE),
+          ("ensemble.name", "team/final", "ensemble_and_submit", ENSEMBLE),
+          ("ensemble.name", "", "ensemble_and_submit", ENSEMBLE)]],
+    Case("overwrite a folder textclf did not make (run)", "train", [*TRAIN, "train.run=foreign", "train.overwrite=true"],
+         ["was not made by textclf", "train.overwrite"]),
+    Case("overwrite a folder textclf did not make (data)", "data_process",
+         ["data.name=foreign", "data.train_file={t}/t.csv", "data.overwrite=true"],
+         ["was not made by data_process.py", "data.overwrite"], {"t.csv": GOOD_CSV}),
+    Case("config file whose name is not a plain name", "data_process", ["--config", "{t}/my config.yaml"],
+         ["cannot name an output folder", "data.name=<name>"], {"my config.yaml": "data:\n  max_len: 32\n"}),
+
+    # 2. values checked before anything is written
+    *[Case(f"value {arg}", stage, [*extra, arg], [arg.split("=")[0], *more])
+      for stage, extra, arg, more in [
+          ("train", TRAIN, "model.dropout=1.5", ["below 1"]), ("train", TRAIN, "model.dropout=-0.1", []),
+          ("train", TRAIN, "model.backbone_dropout=1", []), ("train", TRAIN, "model.multi_sample_dropout=0", []),
+          ("train", TRAIN, "train.betas=[0.9]", ["two numbers"]), ("train", TRAIN, "train.betas=[0.9,1.5]", []),
+          ("train", TRAIN, "train.epochs=inf", ["positive"]), ("train", TRAIN, "train.epochs=0", []),
+          ("train", TRAIN, "train.epochs=nan", []), ("train", TRAIN, "train.epochs=.inf", []),
+          ("train", TRAIN, "train.log_every_steps=0", ["at least 1"]),
+          ("train", TRAIN, "train.eval_batch_size=0", []), ("train", TRAIN, "train.folds=[]", ["distinct"]),
+          ("train", TRAIN, "train.folds=[0,0]", []), ("train", TRAIN, "train.folds=[-1]", []),
+          ("train", TRAIN, "train.seed=-3", ["2**32"]), ("train", TRAIN, "train.seed=8589934592", []),
+          ("train", TRAIN, "train.lr=-1", ["0 or more"]), ("train", TRAIN, "train.lr=inf", []),
+          ("train", TRAIN, "train.head_lr=-0.1", []), ("train", TRAIN, "train.weight_decay=-1", []),
+          ("train", TRAIN, "train.warmup=-2", []), ("train", TRAIN, "train.max_grad_norm=-1", []),
+          ("train", TRAIN, "train.label_smoothing=1", []), ("train", TRAIN, "train.class_weights=[1,-1]", []),
+          ("train", TRAIN, "train.class_weights=[0,0]", ["not all 0"]),
+          ("train", TRAIN, "train.layer_lr_decay=0", []), ("train", TRAIN, "train.layer_lr_decay=2", []),
+          ("train", TRAIN, "train.adam_eps=0", []), ("train", TRAIN, "train.max_time=-5", []),
+          ("train", TRAIN, "train.save_total_limit=0", []), ("train", TRAIN, "train.grad_accum=0", []),
+          ("train", TRAIN, "train.pad_to_multiple=0", []), ("train", TRAIN, "train.max_nonfinite=0", []),
+          ("train", TRAIN, "train.patience=-1", []), ("train", TRAIN, "model.freeze_layers=-1", []),
+          ("train", TRAIN, "train.metric=brierr", ["choose from"]),
+          ("evaluate", ["data.name=ds"], "eval.batch_size=0", []),
+          ("evaluate", ["data.name=ds"], "eval.splits=[test,test]", ["distinct"]),
+          ("evaluate", ["data.name=ds"], "eval.splits=[holdout]", ["not one of"]),
+          ("evaluate", ["data.name=ds"], "eval.folds=[]", []),
+          ("data_process", DATA, "data.encoding=utf-99", ["known text encoding"]),
+          ("data_process", DATA, "data.delimiter=ab", ["one character"]),
+          ("data_process", DATA, "data.seed=-1", []), ("data_process", DATA, "data.valid_size=1.5", []),
+          ("data_process", DATA, "data.valid_size=0", []), ("data_process", DATA, "data.n_folds=1", [">= 2"]),
+          ("data_process", DATA, "data.max_len=2", []), ("data_process", DATA, "data.head_tokens=-1", []),
+          ("data_process", DATA, "data.labels=[a,a]", ["distinct"]),
+          ("data_process", DATA, "data.text_columns=[]", []),
+          ("data_process", DATA, "data.text_columns=[text,text]", []),
+          ("data_process", DATA, "data.text_pair_column=text", ["another column"]),
+          ("data_process", DATA, "data.chunk_rows=0", []),
+          ("ensemble_and_submit", ENSEMBLE, "ensemble.method=rank", ["roc_auc"])]],
+    Case("a prediction set listed twice", "ensemble_and_submit", ["ensemble.predictions=[{w}/mp/ds,{w}/mp/ds]"],
+         ["ensemble.predictions", "twice"]),
+    Case("fp16 through Accelerate on a CPU", "train", [*TRAIN, "train.precision=fp16"], ["no fp16 autocast"]),
+
+    # 3. input semantics
+    *[Case(f"input {name}", "data_process", ["data.name=new", f"data.train_file={{t}}/{fname}", *extra], phrases,
+           {fname: content})
+      for name, fname, content, extra, phrases in [
+          ("duplicate column", "t.csv", "text,label,text\n" + "".join(f"a {i},b,c\n" for i in range(6)), [],
+           ["column 'text' more than once"]),
+          ("jsonl duplicate key", "t.jsonl", '{"text": "a", "label": "x", "text": "b"}\n', [],
+           ["key 'text' more than once"]),
+          ("jsonl text is a list", "t.jsonl", '{"text": ["a", "b"], "label": "x"}\n{"text": "c", "label": "y"}\n', [],
+           ["line 1", "JSON array", "JSON string"]),
+          ("jsonl text is an object", "t.jsonl", '{"text": {"a": 1}, "label": "x"}\n', [], ["JSON object"]),
+          ("jsonl text is a number", "t.jsonl", '{"text": 12, "label": "x"}\n{"text": "c", "label": "y"}\n', [],
+           ["JSON number"]),
+          ("jsonl label is an object", "t.jsonl", '{"text": "a b", "label": {"x": 1}}\n', [], ["label", "JSON object"]),
+          ("zero-width text", "t.csv", GOOD_CSV + "\u200b\u200b,a\n", [], ["line 14", "invisible"]),
+          ("BOM and joiner text", "t.csv", GOOD_CSV + "\ufeff\u200d ,b\n", [], ["line 14", "empty"]),
+          ("labels 1 and 1.0", "t.csv", "text,label\n" + "".join(f"t {i},{['1', '1.0', '2'][i % 3]}\n"
+                                                                for i in range(9)), [],
+           ["'1' and '1.0'", "same number"]),
+          ("labels 1 and 1.0 in JSONL", "t.jsonl", "".join(f'{{"text": "t {i}", "label": {[1, 1.0, 2][i % 3]}}}\n'
+                                                           for i in range(9)), [], ["same number"]),
+          ("labels 01 and 1", "t.csv", "text,label\n" + "".join(f"t {i},{['01', '1', '2'][i % 3]}\n"
+                                                              for i in range(9)), [], ["same number"]),
+          ("more folds than rows", "t.csv", "text,label\na b,x\nc d,y\ne f,x\n", ["data.n_folds=5"],
+           ["data.n_folds=5", "3 rows"]),
+          ("a holdout with no rows", "t.csv", "text,label\na b,x\nc d,y\n", [], ["holds out 0", "data.valid_size"]),
+      ]],
+
+    # 4. corrupt or foreign state files
+    Case("run.json not JSON", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
+         ["run.json is not valid JSON"], setup=corrupt("run.json", "{ torn")),
+    Case("run.json a list", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
+         ["run.json is not a textclf run.json", "not a JSON object"], setup=corrupt("run.json", "[1, 2]")),
+    Case("run.json without data_dir", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
+         ["lacks data_dir"], setup=corrupt("run.json", '{"folds": [0]}')),
+    Case("head.json not JSON", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
+         ["head.json is not valid JSON"], setup=corrupt("fold0/best/head.json", "{")),
+    Case("head.json foreign", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
+         ["not a textclf head.json"], setup=corrupt("fold0/best/head.json", '{"format": 2, "head": {}}')),
+    Case("head.json wrong types", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
+         ["not a textclf head.json", "labels.names"],
+         setup=lambda w, t: edit_json(copy_run(w, t) / "fold0" / "best" / "head.json",
+                                      lambda d: {**d, "labels": {"names": 3, "problem_type": "single_label"}})),
+    Case("meta.json without label_names", "train", [*TRAIN, "data.output_dir={t}/data", "train.output_dir={t}/ck"],
+         ["meta.json is not a data_process meta.json", "label_names"],
+         setup=corrupt_meta(lambda d: {k: v for k, v in d.items() if k != "label_names"})),
+    Case("meta.json of another version", "train", [*TRAIN, "data.output_dir={t}/data", "train.output_dir={t}/ck"],
+         ["another version"], setup=corrupt_meta(lambda d: {**d, "format_version": 99})),
+    Case("meta.json a string", "train", [*TRAIN, "data.output_dir={t}/data", "train.output_dir={t}/ck"],
+         ["not a data_process meta.json"], setup=corrupt_meta('"meta"')),
+    Case("manifest.json not JSON", "ensemble_and_submit", ["ensemble.predictions=[{t}/mp/ds]"],
+         ["manifest.json is not valid JSON", "evaluate.py"], setup=corrupt_manifest("{")),
+    Case("manifest.json without label_names", "ensemble_and_submit", ["ensemble.predictions=[{t}/mp/ds]"],
+         ["lacks label_names"], setup=corrupt_manifest(lambda d: {k: v for k, v in d.items() if k != "label_names"})),
+    Case("manifest.json split without ids", "ensemble_and_submit", ["ensemble.predictions=[{t}/mp/ds]"],
+         ["no ids_sha256"], setup=corrupt_manifest(lambda d: {**d, "splits": {"test": {}}})),
+    Case("state.json not JSON", "train", [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume=auto"],
+         ["state.json is not valid JSON", "earlier state"], setup=stopped_run_with("{")),
+    Case("state.json with a foreign key", "train",
+         [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume=auto"],
+         ["not a textclf training state", "surprise"], setup=stopped_run_with(lambda d: {**d, "surprise": 1})),
+    Case("state.json with a wrong type", "train",
+         [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume=auto"],
+         ["not a textclf training state", "step"], setup=stopped_run_with(lambda d: {**d, "step": "three"})),
+    Case("state of another process count", "train",
+         [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume=auto"],
+         ["saved by 2 process(es)", "--num_processes 2"], setup=stopped_run_with(lambda d: {**d, "processes": 2})),
+
+    # 5. resume keeps what changes the result
+    Case("resume with another lr", "train", [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume=auto",
+                                              "train.lr=5e-4"], ["train.lr", "then", "start a new run"],
+         setup=stopped_run),
+    Case("resume with another batch size", "train", ["data.name=ds", "train.epochs=2", "train.batch_size=4",
+                                                    "train.output_dir={t}/ck", "train.resume=auto"],
+         ["train.batch_size (8 then, 4 now)"], setup=stopped_run),
+    Case("resume on other data", "train", [*TRAIN, "train.epochs=2", "data.output_dir={t}/data",
+                                           "train.output_dir={t}/ck", "train.resume=auto"],
+         ["meta.json differs", "start a new run"], setup=other_data),
+    Case("resume from a path inside the run that is no state", "train",
+         [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume={t}/ck/ds/fold0"],
+         ["name the run", "last-<step>"], setup=stopped_run),
+    Case("resume from a fold the run does not train", "train",
+         [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume={t}/ck/ds/fold7/last-00000001"],
+         ["k in 0"], setup=stopped_run),
+
+    # 6. submissions
+    Case("integer labels and a 0 placeholder", "ensemble_and_submit",
+         ["ensemble.predictions=[{w}/mp/ag]", "ensemble.sample_submission={w}/in/ag_sample.csv"],
+         ["could mean names or class indices", "ensemble.label_format"]),
+    Case("sample with an id twice", "ensemble_and_submit",
+         ["ensemble.predictions=[{w}/mp/ds]", "ensemble.sample_submission={t}/s.csv"], ["'t0' twice"],
+         {"s.csv": "id,label\n" + "".join(f"t{i},a\n" for i in [0, 0, 1, 2, 3, 4])}),
+    Case("sample with another id set", "ensemble_and_submit",
+         ["ensemble.predictions=[{w}/mp/ds]", "ensemble.sample_submission={t}/s.csv"], ["ids do not match"],
+         {"s.csv": "id,label\n" + "".join(f"t{i},a\n" for i in [0, 1, 2, 3, 4, 9])}),
+
+    # 7. evaluate
+    Case("a run with an unfinished fold", "evaluate", ["data.name=ds2", "eval.run={t}/ck/ds2", "eval.output_dir={t}/mp"],
+         ["fold(s) 1 are not finished", "eval.folds=[0]"], setup=unfinished_fold),
+    Case("eval.folds names a fold the run lacks", "evaluate",
+         ["data.name=ds", "eval.run={w}/ck/ds", "eval.folds=[5]"], ["fold 5", "its folds: 0"]),
+    Case("eval.texts of invisible characters", "evaluate",
+         ["data.name=ds", "eval.run={w}/ck/ds", 'eval.texts=["\u200b", "ok"]'], ["item 0 is empty"]),
+    Case("eval.input with an empty text", "evaluate", ["data.name=ds", "eval.run={w}/ck/ds", "eval.input={t}/in.csv"],
+         ["line 3", "empty"], {"in.csv": "id,text\n1,fine\n2,\n"}),
+    Case("eval.input with a duplicate id", "evaluate",
+         ["data.name=ds", "eval.run={w}/ck/ds", "eval.input={t}/in.csv", "data.id_column=id"],
+         ["id '1'", "unique"], {"in.csv": "id,text\n1,fine\n1,again\n"}),
+    Case("eval.input with a duplicate column", "evaluate",
+         ["data.name=ds", "eval.run={w}/ck/ds", "eval.input={t}/in.csv"], ["more than once"],
+         {"in.csv": "text,text\na,b\n"}),
+    Case("a data.* key that differs from the arrays", "evaluate", ["data.name=ds", "data.max_len=16"],
+         ["data.max_len=16 differs", "data_process.py"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_refused_with_one_line_and_nothing_changed(world, stage, tmp_path, case):
+    for name, content in case.files.items():
+        write(tmp_path / name, content)
+    if case.setup:
+        case.setup(world, tmp_path)
+    before = snapshot(world.root, tmp_path)
+    args = [a.format(w=world.root, t=tmp_path) for a in case.args]
+    result = stage(case.stage, *world.base, *args)
+    expect_refusal(result, *case.phrases)
+    assert snapshot(world.root, tmp_path) == before, "a refused input changed an output folder"
+
+
+def test_the_table_covers_every_class_with_enough_cases():
+    assert len(CASES) >= 80
+
+
+# ---------------------------------------------------------------------------- what must work
+
+
+def data_process_ok(stage, world, tmp_path, *args):
+    result = stage("data_process", *world.base, "data.name=new", f"data.output_dir={tmp_path / 'data'}", *args)
+    assert result.code == 0, result
+    return json.loads((tmp_path / "data" / "new" / "meta.json").read_text())
+
+
+def test_yaml_words_stay_label_names(stage, world, tmp_path):
+    write(tmp_path / "t.csv", "text,label\n" + "".join(f"text {i},{['no', 'yes'][i % 2]}\n" for i in range(12)))
+    config = write(tmp_path / "c.yaml", "data:\n  labels: [no, yes]\n  label_column: label\n")
+    meta = data_process_ok(stage, world, tmp_path, "--config", config, f"data.train_file={tmp_path / 't.csv'}")
+    assert meta["label_names"] == ["no", "yes"]
+
+
+def test_a_space_label_delimiter_splits_multi_labels(stage, world, tmp_path):
+    write(tmp_path / "t.csv", "text,label\n" + "".join(f"text {i},{['x y', 'y', 'x'][i % 3]}\n" for i in range(12)))
+    meta = data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}", "data.label_delimiter= ")
+    assert meta["problem_type"] == "multi_label" and meta["label_names"] == ["x", "y"]
+
+
+def test_jsonl_and_csv_give_the_same_labels(stage, world, tmp_path):
+    rows = [(f"text {i}", ["1.0", "2.0"][i % 2]) for i in range(12)]
+    write(tmp_path / "t.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write(tmp_path / "t.jsonl", "".join(json.dumps({"text": t, "label": float(l)}) + "\n" for t, l in rows))
+    csv_meta = data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}")
+    shutil.rmtree(tmp_path / "data")
+    jsonl_meta = data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.jsonl'}")
+    assert csv_meta["label_names"] == jsonl_meta["label_names"] == ["1.0", "2.0"]
+
+
+def test_a_killed_stage_leaves_nothing_the_next_run_keeps(stage, world, tmp_path):
+    stale = tmp_path / "data" / ".new.tmp-0badc0de"
+    stale.mkdir(parents=True)
+    write(stale / ".textclf-writer", json.dumps({"pid": 2 ** 22 + 12345, "host": os.uname().nodename}))
+    alive = tmp_path / "data" / ".other.tmp-0000beef"
+    alive.mkdir()
+    write(alive / ".textclf-writer", json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    write(tmp_path / "t.csv", GOOD_CSV)
+    data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}")
+    assert not stale.exists() and alive.exists()  # a dead writer's folder goes; a live one's stays
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".other.tmp-0000beef", "new"]
+    assert json.loads((tmp_path / "data" / "new" / ".textclf").read_text())["kind"] == "data"
+
+
+def test_a_torn_last_log_line_does_not_block_resume(stage, world, tmp_path):
+    stopped_run(world, tmp_path)
+    log = tmp_path / "ck" / "ds" / "metrics.jsonl"
+    log.write_bytes(log.read_bytes() + b'{"type": "train", "st')  # killed mid-append
+    result = stage("train", *world.base, *TRAIN, "train.epochs=2", f"train.output_dir={tmp_path / 'ck'}",
+                   "train.resume=auto", "train.max_time=0")  # max_time may change on resume
+    assert result.code == 0, result
+    lines = log.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # the torn line is gone, every line whole
+
+
+def test_integer_labels_are_written_as_names_when_asked(stage, world, tmp_path):
+    result = stage("ensemble_and_submit", *world.base, "ensemble.predictions=[" + str(world.root / "mp" / "ag") + "]",
+                   f"ensemble.sample_submission={world.root / 'in' / 'ag_sample.csv'}", "ensemble.label_format=name",
+                   f"ensemble.output_dir={tmp_path / 'subs'}")
+    assert result.code == 0, result
+    rows = list(csv.reader((tmp_path / "subs" / "submission.csv").open()))
+    assert {r[1] for r in rows[1:]} <= {"1", "2", "3", "4"}
+
+
+def test_eval_texts_are_taken_verbatim(stage, world, tmp_path):
+    result = stage("evaluate", *world.base, "data.name=ds", f"eval.run={world.root / 'ck' / 'ds'}",
+                   f"eval.output_dir={tmp_path / 'mp'}", "eval.texts=[yes, no, 010]")
+    assert result.code == 0, result
+    shown = [line.split()[-1] for line in result.out.splitlines() if "p=" in line]
+    assert shown == ["yes", "no", "010"]
+
+
+def test_eval_folds_predicts_with_the_finished_folds(stage, world, tmp_path):
+    unfinished_fold(world, tmp_path)
+    result = stage("evaluate", *world.base, "data.name=ds2", f"eval.run={tmp_path / 'ck' / 'ds2'}",
+                   f"eval.output_dir={tmp_path / 'mp'}", "eval.folds=[0]", "eval.splits=[train]")
+    assert result.code == 0, result
+    manifest = json.loads((tmp_path / "mp" / "ds2" / "manifest.json").read_text())
+    assert [c["fold"] for c in manifest["checkpoints"]] == [0]
+    assert json.loads((tmp_path / "mp" / "ds2" / ".textclf").read_text())["kind"] == "predictions"
+
+
+def test_overwrite_replaces_a_folder_textclf_made(stage, world, tmp_path):
+    write(tmp_path / "t.csv", GOOD_CSV)
+    data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}")
+    data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}", "data.max_len=24",
+                    "data.overwrite=true")
+    assert json.loads((tmp_path / "data" / "new" / "meta.json").read_text())["max_len"] == 24
