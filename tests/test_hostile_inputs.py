@@ -338,6 +338,10 @@ CASES = [
          {"in.csv": "text,text\na,b\n"}),
     Case("a data.* key that differs from the arrays", "evaluate", ["data.name=ds", "data.max_len=16"],
          ["data.max_len=16 differs", "data_process.py"]),
+    Case("the newest run is an unfinished stub", "evaluate", ["data.name=ds", "train.output_dir={t}/ck"],
+         ["newest run", "no finished fold", "eval.run="], setup=lambda w, t: (
+             copy_run(w, t), shutil.copytree(t / "ck" / "ds", t / "ck" / "ds-v2"),
+             [shutil.rmtree(p) for p in (t / "ck" / "ds-v2").glob("fold*")])),
 ]
 
 

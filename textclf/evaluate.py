@@ -49,6 +49,10 @@ def find_run(config):
     runs = [p for _, p in versions(base, name) if (p / "run.json").is_file()]
     if not runs:
         raise UserError(f"no run '{name}' in {base}; train first or pass eval.run=checkpoints/<run>")
+    finished = [p for p in runs if any(p.glob("fold*/done.json"))]
+    if runs[-1] not in finished and finished:  # never fall back silently to an older run
+        raise UserError(f"the newest run {runs[-1]} has no finished fold; finish it with train.resume=auto, or "
+                        f"evaluate the older finished run with eval.run={finished[-1]}")
     return runs[-1]
 
 
