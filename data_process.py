@@ -6,15 +6,12 @@
 Writes models_input_files/<data.name>/ (see textclf/data.py for the layout).
 """
 
-from textclf.config import parse_args
+from textclf import cli
 from textclf.errors import run_cli
 
 
 def main(argv):
-    config = parse_args(argv, prog="data_process.py")
-    from textclf.data import process
-
-    process(config)
+    cli.process(argv, prog="data_process.py")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,12 @@
 Writes submissions/<ensemble.name>.csv and a .json with the blend's validation score.
 """
 
-from textclf.config import parse_args
+from textclf import cli
 from textclf.errors import run_cli
 
 
 def main(argv):
-    config = parse_args(argv, prog="ensemble_and_submit.py")
-    from textclf.ensemble import run
-
-    run(config)
+    cli.submit(argv, prog="ensemble_and_submit.py")
 
 
 if __name__ == "__main__":

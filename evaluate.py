@@ -8,15 +8,12 @@
 Writes model_predictions/<run>/ (see textclf/evaluate.py for the layout).
 """
 
-from textclf.config import parse_args
+from textclf import cli
 from textclf.errors import run_cli
 
 
 def main(argv):
-    config = parse_args(argv, prog="evaluate.py")
-    from textclf.evaluate import run
-
-    run(config)
+    cli.evaluate(argv, prog="evaluate.py")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,12 @@
 Writes checkpoints/<run>/ (see textclf/train.py for the layout).
 """
 
-from textclf.config import parse_args
+from textclf import cli
 from textclf.errors import run_cli
 
 
 def main(argv):
-    config = parse_args(argv, prog="train.py")
-    from textclf.train import run
-
-    run(config)
+    cli.train(argv, prog="train.py")
 
 
 if __name__ == "__main__":

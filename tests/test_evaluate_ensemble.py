@@ -51,6 +51,8 @@ def test_evaluate_writes_probabilities_keyed_by_id(toy_run):
     assert np.array_equal(probs, np.load(out / "test" / "fold0.npy"))
     assert (out / "test" / "report.txt").read_text().count("neg") >= 1
     assert (out / "test" / "confusion.txt").is_file()
+    for picture in ("confusion.png", "roc_pr.png"):  # binary: the ROC / PR curves too
+        assert (out / "test" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy" in json.loads((out / "test" / "metrics.json").read_text())
     assert np.load(out / "oof" / "probs.npy").shape[1] == 2
 
@@ -246,3 +248,27 @@ def test_classic_config_runs_end_to_end(stage, premodels, tmp_path, name, setup)
         assert (tmp_path / "subs" / "paper_binary.csv").read_text().splitlines()[0] == "id,label"
     meta = json.loads((tmp_path / "data" / name / "meta.json").read_text())
     assert meta["name"] == name
+
+
+def test_embeddings_from_evaluate_and_predictor(toy_run, stage):
+    from textclf import Predictor
+
+    tmp, common = toy_run["tmp"], toy_run["common"]
+    result = stage("evaluate", *common, f"eval.run={tmp / 'ck' / 'a'}", "eval.embeddings=true",
+                   "eval.hidden_states=true", "eval.splits=[test]", f"eval.output_dir={tmp / 'emb'}")
+    assert result.code == 0, result
+    out = next((tmp / "emb").iterdir()) / "test"
+    vectors, hidden, lengths = (np.load(out / f"{n}.npy") for n in ("embeddings", "hidden_states", "lengths"))
+    width = hidden.shape[1]  # the split's array width
+    assert vectors.shape == (21, 32) and hidden.shape == (21, width, 32) and width == lengths.max()
+    assert np.all(hidden[np.arange(width)[None, :] >= lengths[:, None]] == 0)  # zero at padding
+    # run "a" has the mean head: its vector is the mean of the token states
+    np.testing.assert_allclose(vectors, hidden.sum(1) / lengths[:, None], atol=1e-5)
+    manifest = json.loads((out.parent / "manifest.json").read_text())
+    assert manifest["splits"]["test"]["embeddings"] == {"fold": 0, "dim": 32, "hidden_states": True}
+    texts = [t for t, _ in toy_run["test_rows"]]
+    one = Predictor.from_run(tmp / "ck" / "b", device="cpu", batch_size=1, precision="no").embed(texts)
+    many = Predictor.from_run(tmp / "ck" / "b", device="cpu", batch_size=64, precision="no").embed(texts)
+    assert one["embeddings"].shape == (21, 32) and one["fold"] == 0
+    np.testing.assert_allclose(one["embeddings"], many["embeddings"], atol=1e-5)  # batching does not change them
+    assert stage("evaluate", *common, f"eval.run={tmp / 'ck' / 'a'}", "eval.hidden_states=true").code == 2

@@ -225,7 +225,7 @@ def fp16_with_a_scaler(monkeypatch):
 
     import textclf.train as training
 
-    def make_accelerator(config, recorded=None):
+    def make_accelerator(config, run_dir, recorded=None):
         accelerator = Accelerator(mixed_precision="fp16", gradient_accumulation_steps=config.train.grad_accum)
         accelerator.native_amp = True  # autocast forward in fp16, unscale before clipping
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24, growth_interval=1000)

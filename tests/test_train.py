@@ -387,3 +387,51 @@ def test_the_banner_says_how_many_lr_groups(stage, premodels, tmp_path):
     # 2 layers + embeddings + head: 4 LRs, each with and without weight decay
     assert "8 parameter groups, 4 LR(s)" in result.out
     assert "precision fp32 (requested: train.precision=no)" in result.out
+
+
+# ---------------------------------------------------------------------------- what a run shows at its end
+
+
+def test_max_steps_sets_the_schedule_and_the_stop(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path)
+    result = train(stage, tmp_path, base, "train.epochs=5", "train.max_steps=3", "train.batch_size=8",
+                   "train.folds=[0]", "train.warmup=0", "train.scheduler=linear")
+    run_dir = tmp_path / "ck" / "toy"
+    done = json.loads((run_dir / "fold0" / "done.json").read_text())
+    assert done["steps"] == 3
+    assert [r["step"] for r in records(run_dir, "train")] == [1, 2, 3]
+    assert records(run_dir, "start")[0]["total_steps"] == 3
+    lrs = [r["lr"] for r in records(run_dir, "train")]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[0] > lrs[1] > 0  # linear decay over 3 steps, not 5 epochs
+    assert "train.max_steps=3" in result.out
+
+
+def test_run_ends_with_test_metrics_texts_curves_times_and_a_profile(stage, premodels, tmp_path):
+    rows = toy_rows(48)
+    test_rows = toy_rows(20, seed=3)
+    write(tmp_path / "train.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write(tmp_path / "test.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in test_rows))
+    base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}", "data.name=toy"]
+    assert stage("data_process", *base, f"data.train_file={tmp_path / 'train.csv'}",
+                 f"data.test_file={tmp_path / 'test.csv'}", "data.max_len=32").code == 0
+    result = train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=8", "train.profile_steps=2",
+                   "eval.texts=[\"good great film\", \"awful bad\"]", "train.report_to=tensorboard")
+    run_dir = tmp_path / "ck" / "toy"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"]["rows"] == 20 and 0 <= summary["test"]["accuracy"] <= 1
+    assert "precision" in (run_dir / "test_report.txt").read_text()  # the per-class report
+    assert [t["text"] for t in summary["texts"]] == ["good great film", "awful bad"]
+    assert all(abs(sum(t["probs"].values()) - 1) < 1e-5 and t["label"] in ("0", "1") for t in summary["texts"])
+    assert "test split (20 rows" in result.out and "good great film" in result.out
+    assert summary["fold_seconds"]["0"] > 0 and summary["seconds"] >= summary["fold_seconds"]["0"]
+    assert json.loads((run_dir / "fold0" / "done.json").read_text())["seconds"] > 0
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(f.parent)).Reload() for f in (run_dir / "tensorboard").rglob("events.out.tfevents.*")]
+    losses = [e.Scalars("fold0/train/loss") for e in events if "fold0/train/loss" in e.Tags()["scalars"]]
+    assert losses and [s.step for s in losses[0]][:2] == [1, 2]  # TensorBoard has every logged step
+    traces = list((run_dir / "profile").glob("*.pt.trace.json"))
+    assert len(traces) == 1
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    assert any("aten::" in e.get("name", "") for e in events)  # real operator spans, viewable in Perfetto

@@ -49,13 +49,15 @@ class TrainState:
     nonfinite_total: int = 0
     stopped_early: bool = False
     processes: int = 1  # batch_in_epoch counts each process's batches: a resume needs as many processes
+    seconds: float = 0.0  # wall time spent training this fold, over every session
 
     def to_json(self):
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, doc, where):
-        kinds = {"best": (int, float, type(None)), "best_step": (int, type(None)), "stopped_early": bool}
+        kinds = {"best": (int, float, type(None)), "best_step": (int, type(None)), "stopped_early": bool,
+                 "seconds": (int, float)}
         fields = [f.name for f in dataclasses.fields(cls)]
         wrong = [k for k in doc if k not in fields or not isinstance(doc[k], kinds.get(k, int))
                  or (kinds.get(k, int) is int and isinstance(doc[k], bool))]
@@ -349,8 +351,9 @@ class Log:
     """metrics.jsonl (every record) and metrics.csv (evaluations), written by the main process;
     scalars also go to the tracker (TensorBoard) when one is set up."""
 
-    def __init__(self, accelerator, run_dir):
+    def __init__(self, accelerator, run_dir, start_trackers=None):
         self.accelerator = accelerator
+        self.start_trackers = start_trackers  # called before the first record reaches the trackers
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
         self.eval_rows = []  # a resumed run continues the table it wrote before
@@ -369,6 +372,9 @@ class Log:
             lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in self.eval_rows]
             atomic_write_text(self.csv, "\n".join(lines) + "\n")
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("time", "step", "fold")}
+        if self.start_trackers is not None and self.accelerator.log_with:
+            self.start_trackers()
+            self.start_trackers = None
         if self.accelerator.trackers:
             self.accelerator.log({f"fold{record.get('fold', 0)}/{record.get('type', 'train')}/{k}": v
                                   for k, v in scalars.items()}, step=record.get("step"))

@@ -23,9 +23,27 @@ import yaml
 
 from .errors import UserError
 
-# Relative paths in a config resolve against the project root (the folder that holds the
-# stage scripts), so a stage gives the same result from any working directory.
-ROOT = Path(__file__).resolve().parent.parent
+# The folder above the package: a checkout when it holds the stage scripts.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def project_root():
+    """The folder relative config paths resolve against.
+
+    In a checkout (train.py and data_process.py beside textclf/) it is the checkout, so a stage
+    gives the same result from any working directory. An installed package (site-packages) has
+    no project folder of its own: there it is the current working directory, read at each call.
+    """
+    if (CHECKOUT / "train.py").is_file() and (CHECKOUT / "data_process.py").is_file():
+        return CHECKOUT
+    return Path.cwd()
+
+
+def __getattr__(name):
+    # `ROOT` was a constant before the package could be installed; old importers get the root now.
+    if name == "ROOT":
+        return project_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -80,6 +98,7 @@ class TrainConfig:
     output_dir: str = "checkpoints"
     folds: list[int] | Literal["all"] = "all"
     epochs: float = 3.0
+    max_steps: int = 0  # > 0: exactly this many optimizer steps per fold (overrides epochs for the schedule and the stop)
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
@@ -111,6 +130,8 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 42
     log_every_steps: int = 20
+    report_to: str | list[str] | None = "tensorboard"  # tensorboard | wandb | mlflow | none, or a list of them
+    profile_steps: int = 0  # > 0: a torch profiler trace of this many steps of the first fold, in <run>/profile/
     overwrite: bool = False  # false: a run name that exists gets a new version folder
 
 
@@ -122,7 +143,9 @@ class EvalConfig:
     folds: list[int] | Literal["all"] = "all"  # the run's folds to predict with; all of them must be finished
     batch_size: int = 128
     precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # as train.precision, for prediction
-    texts: list[str] | None = None  # raw texts to classify
+    texts: list[str] | None = None  # raw texts to classify (train.py also predicts them at its end)
+    embeddings: bool = False  # also write each row's pooled vector (the head's input), keyed by id
+    hidden_states: bool = False  # with embeddings: also the last hidden layer, (rows, max_len, hidden) with lengths
     input: str | None = None  # a raw csv/tsv/jsonl file to classify
 
 
@@ -181,7 +204,7 @@ def load_yaml(text):
 def resolve_path(path):
     """A config path as an absolute Path: relative paths resolve against the project root."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else ROOT / p
+    return p if p.is_absolute() else project_root() / p
 
 
 # ---------------------------------------------------------------------------- coercion
@@ -389,8 +412,9 @@ def _apply_override(cfg, arg):
 
 
 def help_text(prog):
+    command = f"python {prog}" if prog.endswith(".py") else prog  # a script, or an installed textclf-* command
     lines = [
-        f"usage: python {prog} --config configs/<task>.yaml [section.key=value ...]",
+        f"usage: {command} --config configs/<task>.yaml [section.key=value ...]",
         "",
         "Keys (section.key: type = default):",
     ]
@@ -436,7 +460,7 @@ def parse_args(argv, prog="stage.py"):
     if config_path is not None:
         path = Path(config_path)
         if not path.is_absolute() and not path.exists():
-            path = ROOT / path
+            path = project_root() / path
         _apply_yaml(cfg, path)
         cfg.config_file = str(config_path)
     for arg in overrides:
@@ -542,7 +566,8 @@ def validate(cfg):
                    ("train.log_every_steps", train.log_every_steps), ("eval.batch_size", evaluation.batch_size)):
         need(n >= 1, key, n, "must be positive (at least 1)")
     for key, n in (("train.eval_every_steps", train.eval_every_steps), ("train.patience", train.patience),
-                   ("train.save_every_steps", train.save_every_steps), ("train.num_workers", train.num_workers)):
+                   ("train.save_every_steps", train.save_every_steps), ("train.num_workers", train.num_workers),
+                   ("train.max_steps", train.max_steps), ("train.profile_steps", train.profile_steps)):
         need(n >= 0, key, n, "must be 0 or more")
     for key, x in (("train.lr", train.lr), ("train.head_lr", train.head_lr)):
         need(x is None or (finite(x) and x >= 0), key, x, "must be a number, 0 or more (0 leaves the weights as they are)")
@@ -571,6 +596,8 @@ def validate(cfg):
          "must list distinct splits (train, valid, test)")
     need(evaluation.folds == "all" or (evaluation.folds and unique(evaluation.folds) and min(evaluation.folds) >= 0),
          "eval.folds", evaluation.folds, "must be all or a list of distinct fold numbers")
+    need(not evaluation.hidden_states or evaluation.embeddings, "eval.hidden_states", evaluation.hidden_states,
+         "comes with the embeddings: set eval.embeddings=true too")
     need(unique(ensemble.predictions), "ensemble.predictions", ensemble.predictions, "lists a prediction set twice")
     need(ensemble.method != "rank" or ensemble.metric == "roc_auc", "ensemble.method", ensemble.method,
          "ranks each class column across rows, which changes argmax and threshold decisions; it suits "

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from .config import ROOT
+from .config import project_root
 from .errors import UserError, run_cli
 from .fileio import atomic_write_text
 
@@ -68,7 +68,8 @@ def export_r8(target):
 
 def stage(step, title, script, *args):
     print(f"\n=== [{step}/6] {title}\n$ python {script} --config {CONFIG} {' '.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, str(ROOT / script), "--config", CONFIG, *args], cwd=ROOT)
+    root = project_root()
+    proc = subprocess.run([sys.executable, str(root / script), "--config", CONFIG, *args], cwd=root)
     if proc.returncode != 0:
         raise UserError(f"{script} failed (exit code {proc.returncode}); see its message above")
 
@@ -95,10 +96,14 @@ def parse_seed(argv):
 
 def main(argv):
     seed = parse_seed(argv)
+    root = project_root()
+    if not (root / CONFIG).is_file() or not (root / "train.py").is_file():
+        raise UserError(f"the demo runs the stage scripts of a textclf checkout with {CONFIG}, and {root} lacks them; "
+                        f"run it from a clone of the repository (make demo)")
     started = time.time()
-    data_dir = ROOT / "demo_data" / "r8"
-    for old in [ROOT / "models_input_files" / "demo", *ROOT.glob("checkpoints/demo-*"),
-                *ROOT.glob("model_predictions/demo-*"), *ROOT.glob("submissions/demo*")]:
+    data_dir = root / "demo_data" / "r8"
+    for old in [root / "models_input_files" / "demo", *root.glob("checkpoints/demo-*"),
+                *root.glob("model_predictions/demo-*"), *root.glob("submissions/demo*")]:
         if old.is_dir():
             shutil.rmtree(old)
         elif old.exists():
@@ -114,7 +119,7 @@ def main(argv):
         stage(4, f"predict the test file with {name}", "evaluate.py", f"eval.run=checkpoints/{name}")
     members = ",".join(f"model_predictions/{name}" for name, _, _ in RUNS)
     stage(5, "blend and write the submission", "ensemble_and_submit.py", f"ensemble.predictions=[{members}]")
-    submission = ROOT / "submissions" / "demo.csv"
+    submission = root / "submissions" / "demo.csv"
     accuracy = score(submission, data_dir / "test_labels.csv")
     elapsed = time.time() - started
     print(f"\n=== [6/6] score\nsubmissions/demo.csv: R8 test accuracy {accuracy:.4f} "

@@ -7,7 +7,9 @@
 Layout of model_predictions/<run>/ (a new version folder if it exists):
     manifest.json, config.yaml
     <split>/ids.npy, probs.npy (fold mean), fold<k>.npy, labels.npy + metrics.json,
-            report.txt, confusion.txt, confusion.png (labelled splits)
+            report.txt, confusion.txt, confusion.png (labelled splits), roc_pr.png (labelled binary)
+            embeddings.npy (eval.embeddings: the first fold's pooled vectors, row order as ids.npy),
+            hidden_states.npy + lengths.npy (eval.hidden_states)
     oof/ids.npy, probs.npy, labels.npy, folds.npy      out-of-fold probabilities of the train rows
 """
 
@@ -32,7 +34,8 @@ from .loader import SortedBatches, SplitArrays, make_loader
 from .metrics import compute, confusion, report
 from .model import probabilities
 from .precision import resolve_shared
-from .predict import Predictor, load_fold_models, predict_logits, recover_best, run_folds
+from .predict import (Predictor, features_of, hidden_of, load_fold_models, predict_logits, predict_rows,
+                      recover_best, run_folds)
 from .rawdata import RawFile, RowReader, clean_text
 
 
@@ -70,29 +73,6 @@ def check_arrays_fit(meta, spec, data_dir, run_dir):
                         f"was trained with max_len={tokenization.max_len}, truncation={tokenization.truncation}")
 
 
-def save_figure(matrix, label_names, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(label_names), 1.0 + 0.6 * len(label_names)))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(label_names)), label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def write_metrics(folder, probs, labels, problem_type, label_names, split):
     results = compute(probs, labels, problem_type)
     text = report(probs, labels, problem_type, label_names)
@@ -101,12 +81,24 @@ def write_metrics(folder, probs, labels, problem_type, label_names, split):
     print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
     print(text, flush=True)
     if problem_type != "multi_label":
-        matrix_text, matrix = confusion(probs, labels, label_names)
+        matrix_text, _ = confusion(probs, labels, label_names)
         atomic_write_text(folder / "confusion.txt", matrix_text + "\n")
         print(matrix_text, flush=True)
-        if not save_figure(matrix, label_names, folder / "confusion.png"):
-            print("  (confusion.png skipped: install matplotlib to draw it)", flush=True)
+        draw(folder, probs, labels, label_names, split)
     return results
+
+
+def draw(folder, probs, labels, label_names, split):
+    """confusion.png, and roc_pr.png for a binary problem (where both classes occur)."""
+    try:
+        from .figures import confusion_matrix, roc_pr_curves
+
+        confusion_matrix(labels, probs.argmax(axis=1), label_names, folder / "confusion.png", split)
+        if len(label_names) == 2 and roc_pr_curves(labels, probs[:, 1], label_names[1], folder / "roc_pr.png",
+                                                   split) is None:
+            print(f"  (roc_pr.png skipped: the {split} labels hold one class only)", flush=True)
+    except ImportError:
+        print("  (confusion.png skipped: install matplotlib to draw it)", flush=True)
 
 
 def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type):
@@ -119,6 +111,20 @@ def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem
         logits = predict_logits(model, loader, len(dataset), accelerator)
         out.append(probabilities(logits, problem_type).numpy().astype(np.float32))
     return np.stack(out)
+
+
+def embed_split(accelerator, model, data_dir, split, batch_size, hidden_states=False):
+    """{"embeddings": (rows, dim)} for a whole split, in row order, and with hidden_states the last
+    hidden layer (rows, max_len, hidden; zero at padding) with "lengths"."""
+    dataset = SplitArrays(data_dir / split, with_labels=False)
+    loader = accelerator.prepare(make_loader(dataset, SortedBatches(dataset.lengths(), batch_size)))
+    out = {"embeddings": predict_rows(model, loader, len(dataset), accelerator, compute=features_of).numpy()}
+    if hidden_states:
+        width = int(np.load(data_dir / split / "input_ids.npy", mmap_mode="r").shape[1])
+        out["hidden_states"] = predict_rows(model, loader, len(dataset), accelerator, compute=hidden_of,
+                                            width=width).numpy()
+        out["lengths"] = np.asarray(dataset.lengths())
+    return out
 
 
 def run(config):
@@ -149,6 +155,11 @@ def run(config):
         say(accelerator, f"evaluate: {data_dir.name} has no {', '.join(missing)} split; skipped")
     results = {s: predict_split(accelerator, fold_models, data_dir, s, config.eval.batch_size, problem_type)
                for s in splits}
+    vectors = {}
+    if config.eval.embeddings:  # from the first fold's model: each fold's vectors live in a space of their own
+        say(accelerator, f"evaluate: embeddings from fold {folds[0]}")
+        vectors = {s: embed_split(accelerator, accelerator.unwrap_model(fold_models[0]), data_dir, s,
+                                  config.eval.batch_size, config.eval.hidden_states) for s in splits}
     if not main:
         accelerator.wait_for_everyone()
         return None
@@ -179,6 +190,11 @@ def run(config):
                 np.save(folder / "labels.npy", labels)
                 entry["metrics"] = write_metrics(folder, fold_probs.mean(axis=0), labels, problem_type, label_names,
                                                  split)
+            for name, array in vectors.get(split, {}).items():
+                np.save(folder / f"{name}.npy", array)
+            if split in vectors:
+                entry["embeddings"] = dict(fold=folds[0], dim=int(vectors[split]["embeddings"].shape[1]),
+                                           hidden_states=config.eval.hidden_states)
             manifest["splits"][split] = entry
         if (run_dir / "oof" / "probs.npy").is_file():
             shutil.copytree(run_dir / "oof", tmp / "oof")
@@ -258,6 +274,12 @@ def predict_raw(config, run_dir):
         write_marker(tmp, "predictions")
         atomic_write_text(tmp / "predictions.csv", buf.getvalue())
         np.save(tmp / "probs.npy", out["probs"])
+        if config.eval.embeddings:
+            vectors = predictor.embed(texts, pairs, hidden_states=config.eval.hidden_states)
+            np.save(tmp / "ids.npy", np.asarray(ids))
+            for name in ("embeddings", "hidden_states", "lengths"):
+                if name in vectors:
+                    np.save(tmp / f"{name}.npy", vectors[name])
         write_json(tmp / "manifest.json", dict(run=str(run_dir), label_names=names, rows=len(texts),
                                                checkpoints=predictor.checkpoints, problem_type=predictor.problem_type,
                                                precision=predictor.precision.record()))

@@ -58,7 +58,8 @@ def made_by_textclf(folder, kind):
             return json.loads(marker.read_text(encoding="utf-8")).get("kind") == kind
         except (OSError, ValueError, AttributeError):
             return False
-    return (folder / _LEGACY_MARKERS[kind]).is_file()
+    legacy = _LEGACY_MARKERS.get(kind)
+    return legacy is not None and (folder / legacy).is_file()
 
 
 def replace_own_output(path, kind, key):

@@ -20,13 +20,9 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .hf_remote.modeling_textclf import pool, uses_token_types
 
 PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label")
-
-
-def uses_token_types(config):
-    """DistilBERT ignores token_type_ids and RoBERTa/DeBERTa have one type: pass them only when used."""
-    return getattr(config, "type_vocab_size", 0) >= 2 and config.model_type != "distilbert"
 
 
 def resolve_problem_type(requested, meta_problem, n_labels):
@@ -69,21 +65,7 @@ class Classifier(nn.Module):
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
         if self.pass_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.backbone(**kwargs)
-        hidden = out.last_hidden_state
-        mean = pooled = None
-        if self.head in ("mean", "fusion"):
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        if self.head in ("pooler", "fusion"):
-            pooled = self.pooler(hidden[:, 0]) if self.pooler is not None else out.pooler_output
-        if self.head == "cls":
-            return hidden[:, 0], None
-        if self.head == "mean":
-            return mean, None
-        if self.head == "pooler":
-            return pooled, None
-        return mean, pooled
+        return pool(self.head, self.backbone(**kwargs), attention_mask, self.pooler)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         main, extra = self.features(input_ids, attention_mask, token_type_ids)
@@ -222,14 +204,30 @@ def auto_class_weights(labels, problem_type, n_labels):
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
+def read_encoder_config(model_dir, trust_remote_code=False):
+    """The encoder's config: config.json of a premodels/ folder, or the `encoder` block of a textclf
+    folder's config.json (best/ and exported folders)."""
+    from transformers import AutoConfig
+
+    path = Path(model_dir) / "config.json"
+    if path.is_file():
+        from .fileio import load_json
+
+        doc = load_json(path, "a model config.json", "restore the file from the model's source")
+        if doc.get("model_type") == "textclf":
+            encoder = dict(doc.get("encoder") or {})
+            return AutoConfig.for_model(encoder.pop("model_type", ""), **encoder)
+    return AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+
+
 def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, backbone_dropout=None):
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     from .premodels import quiet_transformers
 
     quiet_transformers()
     try:
-        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        config = read_encoder_config(model_dir, trust_remote_code)
         if backbone_dropout is not None:
             for key in DROPOUT_KEYS:
                 if hasattr(config, key):
@@ -338,16 +336,48 @@ def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=
     return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout)
 
 
+REMOTE_CODE = ("configuration_textclf.py", "modeling_textclf.py")
+
+
+def hf_config(encoder_config, spec, members=1):
+    """config.json of a textclf folder, which Hugging Face's AutoModelForSequenceClassification loads
+    with trust_remote_code=True (the model class is in the folder's modeling_textclf.py): the
+    encoder's config as a block, the head, the labels and the problem type."""
+    from .hf_remote.configuration_textclf import TextclfConfig
+
+    names = list(spec.labels.names)
+    multi = spec.labels.problem_type == "multi_label"
+    config = TextclfConfig(encoder=encoder_config.to_dict(), head=spec.head.head, n_outputs=spec.head.n_outputs,
+                           textclf_problem_type=spec.labels.problem_type, members=members,
+                           id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
+                           problem_type="multi_label_classification" if multi else "single_label_classification")
+    config.auto_map = {"AutoConfig": "configuration_textclf.TextclfConfig",
+                       "AutoModelForSequenceClassification": "modeling_textclf.TextclfForSequenceClassification"}
+    config.architectures = ["TextclfForSequenceClassification"]
+    return config
+
+
+def write_hf_config(folder, encoder_config, spec, members=1):
+    """config.json and the two remote-code files beside it."""
+    import shutil
+
+    hf_config(encoder_config, spec, members).save_pretrained(str(folder))
+    for name in REMOTE_CODE:
+        shutil.copyfile(Path(__file__).parent / "hf_remote" / name, Path(folder) / name)
+
+
 def save_classifier(model, folder, spec, tokenizer=None, state_dict=None):
-    """Write weights (safetensors), the backbone config, head.json (the ModelSpec) and the tokenizer.
-    `state_dict` is the full state gathered by accelerator.get_state_dict under FSDP/DeepSpeed."""
+    """Write weights (safetensors), config.json with the encoder's config and the labels (a folder
+    that transformers loads with trust_remote_code=True, and refuses without it), head.json (the
+    ModelSpec) and the tokenizer. `state_dict` is the full state gathered by
+    accelerator.get_state_dict under FSDP/DeepSpeed."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     state = state_dict if state_dict is not None else model.state_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    model.backbone.config.save_pretrained(str(folder))
+    write_hf_config(folder, model.backbone.config, spec)
     with open(folder / "head.json", "w", encoding="utf-8") as fh:
         json.dump(spec.to_json(), fh, indent=2)
     if tokenizer is not None:

@@ -15,38 +15,66 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import TextTokenizer, load_tokenizer
+from .data import load_tokenizer
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
 from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier, probabilities
 from .precision import autocast, resolve as resolve_precision
+from .tokenization import TextTokenizer
+
+
+def logits_of(model, batch):
+    return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()
+
+
+def features_of(model, batch):
+    """The pooled vector the head takes (fusion: its two inputs side by side)."""
+    main, extra = model.features(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return (main if extra is None else torch.cat([main, extra], -1)).float()
+
+
+def hidden_of(model, batch):
+    """The encoder's last hidden layer, (rows, length, hidden), zero at padding."""
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if model.pass_token_types:
+        kwargs["token_type_ids"] = batch["token_type_ids"]
+    hidden = model.backbone(**kwargs).last_hidden_state.float()
+    return hidden * batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+
+
+def predict_logits(model, loader, n_rows, accelerator=None, device=None):
+    """Logits for every row of the loader's dataset, in row order (see predict_rows)."""
+    return predict_rows(model, loader, n_rows, accelerator, device, logits_of)
 
 
 @torch.no_grad()
-def predict_logits(model, loader, n_rows, accelerator=None, device=None):
-    """Logits for every row of the loader's dataset, in row order, whatever the batching: each
-    batch carries the `index` of its rows. With an accelerator, the processes' shares are gathered
-    and the padding rows of uneven shards dropped; without one, batches go to `device`."""
+def predict_rows(model, loader, n_rows, accelerator=None, device=None, compute=logits_of, width=None):
+    """compute(model, batch) for every row of the loader's dataset, in row order, whatever the
+    batching: each batch carries the `index` of its rows. With an accelerator, the processes'
+    shares are gathered and the padding rows of uneven shards dropped; without one, batches go to
+    `device`. Per-token outputs (rows, length, ...) are zero-padded to `width` tokens."""
     training = model.training
     model.eval()
     chunks, indices = [], []
     for batch in loader:
         if device is not None:
             batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()
+        values = compute(model, batch)
+        if width is not None and values.shape[1] < width:
+            values = torch.nn.functional.pad(values, (0, 0, 0, width - values.shape[1]))
         index = batch["index"]
         if accelerator is not None:
-            logits = accelerator.pad_across_processes(logits, dim=0)
+            values = accelerator.pad_across_processes(values, dim=0)
             index = accelerator.pad_across_processes(index, dim=0, pad_index=-1)
-            logits, index = accelerator.gather((logits, index))
-        chunks.append(logits.cpu())
+            values, index = accelerator.gather((values, index))
+        chunks.append(values.cpu())
         indices.append(index.cpu())
     model.train(training)
-    logits, index = torch.cat(chunks), torch.cat(indices)
+    values, index = torch.cat(chunks), torch.cat(indices)
     keep = index >= 0
-    out = torch.full((n_rows, logits.shape[1]), float("nan"))
-    out[index[keep]] = logits[keep]  # rows repeated to even out the shards write identical values
+    out = torch.full((n_rows, *values.shape[1:]), float("nan"))
+    out[index[keep]] = values[keep]  # rows repeated to even out the shards write identical values
     if torch.isnan(out).any():
         raise RuntimeError("some rows got no prediction; this is a bug in batching")
     return out
@@ -114,7 +142,7 @@ class Predictor:
         self.problem_type = spec.labels.problem_type
         self.checkpoints = checkpoints or []
         tokenization = spec.tokenization
-        self.tokenizer = TextTokenizer(tokenizer, tokenization.max_len, tokenization.truncation,
+        self.tokenizer = TextTokenizer.from_hf(tokenizer, tokenization.max_len, tokenization.truncation,
                                        tokenization.head_tokens)
 
     @classmethod
@@ -137,6 +165,36 @@ class Predictor:
             with autocast(self.precision, self.device.type):
                 logits = predict_logits(model, loader, len(lengths), device=self.device)
             out[k] = probabilities(logits, self.problem_type).numpy()
+        return out
+
+    def embed(self, texts, pairs=None, fold=None, hidden_states=False):
+        """The pooled vector each text gets from one fold's model (the head's input; `fold` is a
+        fold number of the run, default the first one loaded): {"embeddings": (rows, dim),
+        "fold": k}, and with hidden_states=True also "hidden_states" (rows, max_len, hidden),
+        zero beyond each row's "lengths"."""
+        if isinstance(texts, str):
+            texts = [texts]
+        folds = [c["fold"] for c in self.checkpoints] or list(range(len(self.models)))
+        if fold is not None and fold not in folds:
+            raise UserError(f"fold {fold} is not among the loaded folds {folds}")
+        model = self.models[folds.index(fold) if fold is not None else 0]
+        ids, types, lengths, _ = self.tokenizer.encode([str(t).strip() for t in texts],
+                                                       None if pairs is None else [str(p).strip() for p in pairs])
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
+        out = {"fold": fold if fold is not None else folds[0], "lengths": lengths}
+        out.update(self.embed_arrays(model, ids, mask, types, lengths, hidden_states))
+        return out
+
+    def embed_arrays(self, model, input_ids, attention_mask, token_type_ids, lengths, hidden_states=False):
+        dataset = SplitArrays.in_memory({"input_ids": input_ids, "attention_mask": attention_mask,
+                                         "token_type_ids": token_type_ids, "lengths": lengths})
+        loader = make_loader(dataset, SortedBatches(lengths, self.batch_size))
+        with autocast(self.precision, self.device.type):
+            out = {"embeddings": predict_rows(model, loader, len(lengths), device=self.device,
+                                              compute=features_of).numpy()}
+            if hidden_states:
+                out["hidden_states"] = predict_rows(model, loader, len(lengths), device=self.device,
+                                                    compute=hidden_of, width=input_ids.shape[1]).numpy()
         return out
 
     def predict(self, texts, pairs=None):

@@ -41,6 +41,7 @@ from .precision import resolve_shared
 from .predict import predict_logits
 from .premodels import resolve_model_dir
 from .speedups import apply as apply_speedups
+from .trackers import accelerator_kwargs as tracker_kwargs, check as check_trackers, flat as flat_config
 
 
 @dataclasses.dataclass
@@ -58,6 +59,7 @@ class Job:
     log: Log
     stop: "StopRequest"
     started: float
+    profiled: bool = False  # train.profile_steps: the first fold trained in this session is profiled
 
 
 @dataclasses.dataclass
@@ -99,7 +101,7 @@ def run(config):
     elif run_dir.exists() and not made_by_textclf(run_dir, "run"):
         raise UserError(f"{run_dir} exists and was not made by textclf as a run, so train.overwrite=true will not "
                         f"replace it; choose another train.run, or move it away yourself")
-    accelerator, choice = make_accelerator(config, recorded)
+    accelerator, choice = make_accelerator(config, run_dir, recorded)
     accelerator.wait_for_everyone()
     if resuming:
         say(accelerator, f"train: resuming run {run_dir}")
@@ -120,11 +122,10 @@ def run(config):
             fold_mode=meta["folds"]["mode"], precision=choice.record()))
         say(accelerator, f"train: run folder {run_dir}")
     accelerator.wait_for_everyone()
-    if accelerator.log_with:
-        accelerator.init_trackers(run_dir.name, config={k: v for k, v in vars(train_cfg).items()
-                                                        if isinstance(v, (int, float, str, bool))})
-    job = Job(config, accelerator, choice, data_dir, model_dir, tokenizer, spec, run_dir, Log(accelerator, run_dir),
-              StopRequest(), started)
+    # Trackers start with the first log record, once every check of the resumed state has passed.
+    log = Log(accelerator, run_dir, start_trackers=lambda: accelerator.init_trackers(
+        run_dir.name, config=flat_config(config.to_dict())))
+    job = Job(config, accelerator, choice, data_dir, model_dir, tokenizer, spec, run_dir, log, StopRequest(), started)
     job.stop.install()
 
     for plan in plans:
@@ -141,9 +142,80 @@ def run(config):
         score = merge_oof(run_dir, [p[0] for p in plans], plans[0][2], spec.labels.problem_type)
         say(accelerator, "train: out-of-fold " + " ".join(f"{k} {v:.4f}" for k, v in score.items())
             + f" -> {run_dir / 'oof'}")
+        finish_run(job, [p[0] for p in plans], score, meta)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def finish_run(job, folds, oof_score, meta):
+    """The end of a run (main process): the labelled test split and eval.texts predicted by the
+    fold mean, the training curves as a PNG, wall times; all of it in summary.json."""
+    summary = {"oof": oof_score, "fold_seconds": {}, "test": None, "texts": None}
+    for fold in folds:
+        done = load_json(job.run_dir / f"fold{fold}" / "done.json", "a fold's done.json", "train the fold again")
+        summary["fold_seconds"][str(fold)] = done.get("seconds")
+    test = meta["splits"].get("test")
+    texts = job.config.eval.texts
+    if (test and test["labelled"]) or texts:
+        from .predict import Predictor, load_fold_models
+
+        models, spec, checkpoints = load_fold_models(job.run_dir, folds, job.config.model.trust_remote_code)
+        device = job.accelerator.device
+        predictor = Predictor([m.to(device) for m in models], spec, job.tokenizer, device,
+                              job.config.train.eval_batch_size, checkpoints, job.precision.precision)
+        if test and test["labelled"]:
+            summary["test"] = test_metrics(job, predictor)
+        if texts:
+            out = predictor.predict(list(texts))
+            summary["texts"] = [{"text": t, "label": label, "probs": dict(zip(out["label_names"], map(float, p)))}
+                                for t, label, p in zip(texts, out["labels"], out["probs"])]
+            say(job.accelerator, "train: eval.texts predicted by the fold mean")
+            for item, p in zip(summary["texts"], out["probs"]):
+                shown = item["text"] if len(item["text"]) <= 70 else item["text"][:67] + "..."
+                say(job.accelerator, f"{item['label']!s:>12}  p={p.max():.3f}  {shown}")
+        del models, predictor
+    curves = draw_curves(job)
+    if curves:
+        summary["curves"] = curves.name
+    summary["seconds"] = round(time.time() - job.started, 1)
+    write_json(job.run_dir / "summary.json", summary)
+    say(job.accelerator, "train: wall time " + ", ".join(f"fold {k} {v:.1f} s" for k, v in summary["fold_seconds"].items()
+                                                         if v is not None)
+        + f"; this session {summary['seconds']:.1f} s -> {job.run_dir / 'summary.json'}")
+
+
+def test_metrics(job, predictor):
+    """The fold mean on the data's labelled test split: metrics and the per-class report."""
+    split = job.data_dir / "test"
+    arrays = {name: np.load(split / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "attention_mask",
+                                                                             "token_type_ids", "lengths")}
+    probs = predictor.fold_probs(np.asarray(arrays["input_ids"]), np.asarray(arrays["attention_mask"]),
+                                 np.asarray(arrays["token_type_ids"]), np.asarray(arrays["lengths"])).mean(axis=0)
+    labels = np.load(split / "labels.npy")
+    problem_type, names = job.spec.labels.problem_type, job.spec.labels.names
+    results = compute(probs, labels, problem_type)
+    text = report(probs, labels, problem_type, names)
+    say(job.accelerator, f"train: test split ({len(labels)} rows, fold mean): "
+        + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    say(job.accelerator, text)
+    atomic_write_text(job.run_dir / "test_report.txt", text + "\n")
+    return {"rows": int(len(labels)), **results}
+
+
+def draw_curves(job):
+    """curves.png: loss, learning rate and the eval metric per fold, from metrics.jsonl."""
+    from .checkpoint import read_log
+
+    path = job.run_dir / "curves.png"
+    try:
+        from .figures import training_curves
+
+        training_curves(read_log(job.run_dir / "metrics.jsonl"), path, job.config.train.metric)
+    except ImportError:
+        say(job.accelerator, "train: curves.png skipped: install matplotlib to draw it")
+        return None
+    return path
 
 
 def check(config):
@@ -154,6 +226,7 @@ def check(config):
         raise UserError("train.batch_size, train.grad_accum and train.epochs must be positive")
     if not config.data.name:
         raise UserError("data.name is not set; pass --config configs/<task>.yaml or data.name=<name>")
+    check_trackers(train_cfg.report_to)
     data_dir = resolve_path(config.data.output_dir) / config.data.name
     meta = load_meta(data_dir)
     check_data_keys(config, meta, data_dir)
@@ -191,7 +264,7 @@ def check(config):
 # Keys a resumed run may change: they cannot change its result (where it runs, logging and saving
 # cadence, time budget, other stages' settings). Precision may change to move a run between
 # machines; the continuation then says it is not bit-exact.
-RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.num_workers", "train.resume", "train.overwrite",
+RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.report_to", "train.profile_steps", "train.num_workers", "train.resume", "train.overwrite",
                "train.save_total_limit", "train.save_every_steps", "train.output_dir", "train.run", "train.precision",
                "model.trust_remote_code", "model.premodels_dir", "data.output_dir", "data.name", "data.overwrite",
                "data.chunk_rows", "eval.", "ensemble.")
@@ -285,7 +358,7 @@ def train_fold(job, plan):
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     # Counted after prepare: each process now sees 1/num_processes of the batches.
     steps_per_epoch = math.ceil(len(train_loader) / train_cfg.grad_accum)
-    total_steps = max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
+    total_steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
     # Not passed to prepare: a prepared scheduler steps once per process per call.
     scheduler = make_scheduler(optimizer, train_cfg, total_steps)
     fold = Fold(index, fold_dir, model, optimizer, scheduler, loss_fn, sampler, train_loader, eval_loader,
@@ -312,6 +385,8 @@ def fit(job, fold, state):
                    "processes": accelerator.num_processes,
                    "total_batch": train_cfg.batch_size * train_cfg.grad_accum * accelerator.num_processes,
                    "precision": job.precision.precision, "precision_reason": job.precision.reason})
+    profiler = start_profiler(job)
+    session_start, earlier_seconds = time.time(), state.seconds
     fold.model.train()
     while state.step < fold.total_steps and not state.stopped_early:
         fold.sampler.epoch = state.epoch  # the batches depend only on (seed, epoch)
@@ -338,6 +413,9 @@ def fit(job, fold, state):
             grad_norm = optimizer_step(job, fold, state, meter.take_window_rows())
             bar.update(1)
             last = state.step >= fold.total_steps
+            state.seconds = earlier_seconds + time.time() - session_start
+            if profiler is not None:
+                profiler = step_profiler(job, profiler, last)
 
             # log
             if state.step % train_cfg.log_every_steps == 0 or last:
@@ -358,13 +436,50 @@ def fit(job, fold, state):
                 break
             reason = stop_reason(job, state)
             if reason:
+                step_profiler(job, profiler, True)
                 if not saved:
                     save_state(accelerator, fold.dir, fold.model, fold.optimizer, fold.scheduler, state,
                                train_cfg.save_total_limit)
                 bar.close()
                 return reason
     bar.close()
+    step_profiler(job, profiler, True)
     return "done"
+
+
+def start_profiler(job):
+    """train.profile_steps=N: a torch profiler over one warm-up step and then N optimizer steps of
+    the first fold trained in this session, written as a Chrome trace (open it in Perfetto,
+    chrome://tracing, or TensorBoard's profiler plugin) under <run>/profile/."""
+    steps = job.config.train.profile_steps
+    if not steps or job.profiled:
+        return None
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    job.profiled = True
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    folder = job.run_dir / "profile"
+    profiler = profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+                       on_trace_ready=tensorboard_trace_handler(str(folder), worker_name=f"rank{job.accelerator.process_index}"),
+                       record_shapes=True, profile_memory=True)
+    profiler.start()
+    profiler.steps_left = steps + 1
+    return profiler
+
+
+def step_profiler(job, profiler, last):
+    """One optimizer step done: the profiler moves on; it stops (writing its trace) after its
+    steps or when the fold stops. Returns the profiler, or None once stopped."""
+    if profiler is None:
+        return None
+    profiler.steps_left -= 1
+    if profiler.steps_left > 0 and not last:
+        profiler.step()
+        return profiler
+    profiler.step()
+    profiler.stop()
+    say(job.accelerator, f"train: profiler trace of {job.config.train.profile_steps} step(s) in {job.run_dir / 'profile'}")
+    return None
 
 
 def optimizer_step(job, fold, state, window_rows):
@@ -444,7 +559,8 @@ def banner(job, fold, n_train, n_eval, steps_per_epoch, frozen, sped_up):
     parts = [f"fold {fold.index}: {n_train} train rows, {n_eval} eval rows ({fold.eval_split})",
              f"batch {train_cfg.batch_size} x {train_cfg.grad_accum} accumulation x {accelerator.num_processes} "
              f"process(es) = {total_batch}",
-             f"{fold.total_steps} optimizer steps ({steps_per_epoch}/epoch, {train_cfg.epochs:g} epochs)",
+             f"{fold.total_steps} optimizer steps ({steps_per_epoch}/epoch, "
+             + (f"train.max_steps={train_cfg.max_steps})" if train_cfg.max_steps else f"{train_cfg.epochs:g} epochs)"),
              f"{accelerator.device}, precision {job.precision.describe()}", describe_optimizer(fold.optimizer)]
     if frozen:
         layers = job.config.model.freeze_layers
@@ -515,7 +631,8 @@ def finish_fold(job, fold, state):
         write_json(fold.dir / "done.json", {"fold": fold.index, "split": fold.eval_split, "best": state.best,
                                             "best_step": state.best_step, "metrics": results, "steps": state.step,
                                             "nonfinite_total": state.nonfinite_total,
-                                            "stopped_early": state.stopped_early})
+                                            "stopped_early": state.stopped_early, "seconds": round(state.seconds, 1)})
+        say(accelerator, f"fold {fold.index}: trained in {state.seconds:.1f} s")
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drops Accelerate's references to this fold's model and optimizer
 
@@ -608,7 +725,7 @@ def clip_gradients(accelerator, model, max_norm):
 # ---------------------------------------------------------------------------- setup and stopping
 
 
-def make_accelerator(config, recorded=None):
+def make_accelerator(config, run_dir, recorded=None):
     """The Accelerator, in the precision train.precision resolves to on this device (the same on
     every process). A resumed run with precision auto keeps the precision it was started in."""
     from accelerate import Accelerator
@@ -623,17 +740,11 @@ def make_accelerator(config, recorded=None):
                             f"in another precision (not bit-exact), pass it, e.g. train.precision=no") from None
     else:
         choice = resolve_shared(requested)
-    log_with = None
     try:
-        import tensorboard  # noqa: F401  (optional: logged through Accelerate's tracker when present)
-        log_with = "tensorboard"
-    except ImportError:
-        pass
-    try:
-        # TensorBoard writes under checkpoints/<run>/ (the tracker is named after the run folder)
+        # train.report_to: TensorBoard writes under checkpoints/<run>/tensorboard/
         accelerator = Accelerator(mixed_precision=choice.precision, gradient_accumulation_steps=config.train.grad_accum,
-                                  log_with=log_with, project_dir=str(resolve_path(config.train.output_dir)),
-                                  dataloader_config=DataLoaderConfiguration(even_batches=True))
+                                  dataloader_config=DataLoaderConfiguration(even_batches=True),
+                                  **tracker_kwargs(config.train.report_to, run_dir))
     except ValueError as err:
         message = str(err).splitlines()[0]
         hint = "; use train.precision=auto or no" if any(w in message for w in ("precision", "fp16", "bf16")) else ""

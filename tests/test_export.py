@@ -1,0 +1,197 @@
+"""Models that leave textclf: best/ and exported Hugging Face folders, ONNX graphs and the
+torch-free ONNX Runtime predictor, all checked against textclf's own probabilities."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_stage, write
+from test_train import toy_rows
+from textclf import export
+from textclf.data import load_tokenizer
+from textclf.errors import UserError, run_cli
+from textclf.model import HeadConfig, Labels, ModelSpec, Provenance, Tokenization, build_classifier, save_classifier
+from textclf.predict import Predictor
+
+TEXTS = ["good great film", "awful bad dull", "a plot", "great " * 30 + "bad", "cancer tumor cell cell"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, premodels):
+    """A two-fold run (mean head) and a one-fold run (pooler head), both on BERT."""
+    tmp = tmp_path_factory.mktemp("export_run")
+    rows = toy_rows(48)
+    write(tmp / "train.csv", "id,text,label\n" + "".join(f"r{i},{t},{'neg pos'.split()[l]}\n"
+                                                       for i, (t, l) in enumerate(rows)))
+    common = [f"model.name={premodels('bert')}", f"data.output_dir={tmp / 'data'}", "data.name=toy",
+              f"train.output_dir={tmp / 'ck'}", "train.precision=no"]
+    assert run_stage("data_process", *common, f"data.train_file={tmp / 'train.csv'}", "data.id_column=id",
+                     "data.max_len=24", "data.n_folds=2").code == 0
+    for run, head in (("two", "mean"), ("pool", "pooler")):
+        folds = "all" if run == "two" else "[0]"
+        result = run_stage("train", *common, f"train.run={run}", f"model.head={head}", "train.epochs=2",
+                           "train.batch_size=8", "train.lr=2e-3", f"train.folds={folds}")
+        assert result.code == 0, result
+    return tmp
+
+
+def predictor(run_dir, folds="all"):
+    return Predictor.from_run(run_dir, folds=folds, device="cpu", precision="no")
+
+
+def test_best_folder_refuses_plain_transformers_and_loads_exactly_with_remote_code(toy_run, monkeypatch):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setattr("builtins.input", lambda *a: "n")  # transformers asks on a terminal; the answer is no
+    best = toy_run / "ck" / "two" / "fold0" / "best"
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForSequenceClassification.from_pretrained(best)
+    model = AutoModelForSequenceClassification.from_pretrained(best, trust_remote_code=True).eval()
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    tokenizer = AutoTokenizer.from_pretrained(best, trust_remote_code=True)
+    enc = tokenizer(TEXTS[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1).numpy()
+    want = predictor(toy_run / "ck" / "two", folds=[0]).predict(TEXTS[:3])["probs"]
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("fold", ["mean", "0"])
+def test_hf_export_equals_predictor_through_pipeline(toy_run, fold):
+    from transformers import pipeline
+
+    out = toy_run / f"hf-{fold}"
+    export.export(toy_run / "ck" / "two", "hf", out, fold=fold)
+    report = json.loads((out / "export.json").read_text())
+    assert report["folders"][0]["max_difference"] <= 1e-5
+    config = json.loads((out / "config.json").read_text())
+    assert config["members"] == (2 if fold == "mean" else 1)  # the fold mean is one exact model
+    assert config["problem_type"] == "single_label_classification" and config["label2id"] == {"neg": 0, "pos": 1}
+    want = predictor(toy_run / "ck" / "two", folds="all" if fold == "mean" else [0]).predict(TEXTS)
+    pipe = pipeline("text-classification", model=str(out), trust_remote_code=True, top_k=None)
+    got = pipe(TEXTS, truncation=True)
+    probs = np.array([[next(s["score"] for s in row if s["label"] == name) for name in ("neg", "pos")] for row in got])
+    np.testing.assert_allclose(probs, want["probs"], atol=1e-5)
+    assert [max(row, key=lambda s: s["score"])["label"] for row in got] == want["labels"]
+
+
+def test_pooler_head_on_bert_exports_as_the_native_class(toy_run):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    out = toy_run / "hf-native"
+    export.export(toy_run / "ck" / "pool", "hf", out)
+    assert not (out / "modeling_textclf.py").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(out)  # no remote code
+    assert type(model).__name__ == "BertForSequenceClassification"
+    pipe = pipeline("text-classification", model=str(out), top_k=None)
+    got = pipe(TEXTS, truncation=True)
+    probs = np.array([[next(s["score"] for s in row if s["label"] == name) for name in ("neg", "pos")] for row in got])
+    np.testing.assert_allclose(probs, predictor(toy_run / "ck" / "pool").predict(TEXTS)["probs"], atol=1e-5)
+
+
+def test_each_fold_gets_its_own_folder(toy_run):
+    out = toy_run / "hf-each"
+    report = export.export(toy_run / "ck" / "two", "hf", out, fold="each")
+    assert [e["folder"] for e in report["folders"]] == ["fold0", "fold1"]
+    assert all((out / f"fold{k}" / "model.safetensors").is_file() for k in (0, 1))
+
+
+def test_onnx_export_and_torch_free_predictor_equal_predictor(toy_run):
+    from textclf.onnx_predict import OnnxPredictor
+
+    out = toy_run / "onnx"
+    report = export.export(toy_run / "ck" / "two", "onnx", out, int8=True)
+    entry = report["folders"][0]
+    assert entry["max_difference"] <= 1e-4
+    assert entry["int8"]["rows"] == 48 and 0 <= entry["int8"]["accuracy_int8"] <= 1
+    want = predictor(toy_run / "ck" / "two").predict(TEXTS)
+    got = OnnxPredictor.from_export(out).predict(TEXTS)
+    np.testing.assert_allclose(got["probs"], want["probs"], atol=1e-4)
+    assert got["labels"] == want["labels"]
+    assert OnnxPredictor.from_export(out, int8=True).predict(TEXTS)["probs"].shape == (len(TEXTS), 2)
+    # The same predictions in a process where torch and transformers cannot be imported.
+    code = ("import sys, json\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+            "            raise ImportError(f'{name} is blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from textclf.onnx_predict import OnnxPredictor\n"
+            f"out = OnnxPredictor.from_export({str(out)!r}).predict(json.loads(sys.argv[1]))\n"
+            "assert 'torch' not in sys.modules\n"
+            "print(json.dumps(out['probs'].tolist()))\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.array(json.loads(result.stdout)), want["probs"], atol=1e-4)
+
+
+def test_export_refuses_before_writing(toy_run, capsys):
+    with pytest.raises(UserError, match="--int8"):
+        export.export(toy_run / "ck" / "two", "hf", toy_run / "x", int8=True)
+    with pytest.raises(UserError, match="fold number"):
+        export.export(toy_run / "ck" / "two", "hf", toy_run / "x", fold="last")
+    with pytest.raises(UserError, match="does not train"):
+        export.export(toy_run / "ck" / "two", "hf", toy_run / "x", fold="7")
+    with pytest.raises(UserError, match="inside the run"):
+        export.export(toy_run / "ck" / "two", "hf", toy_run / "ck" / "two" / "exported")
+    foreign = toy_run / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists"):
+        export.export(toy_run / "ck" / "two", "hf", foreign, overwrite=True)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    assert not (toy_run / "x").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(export.main, ["--run", str(toy_run / "ck" / "two"), "--format", "hf", "--out", str(foreign)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "already exists" in err
+
+
+# ---------------------------------------------------------------------------- every head and family
+
+
+@pytest.mark.parametrize("problem_type", ["single_label", "binary_bce", "multi_label"])
+def test_every_head_and_family_exports_exactly(premodels, families, tmp_path, problem_type):
+    """For each family x head, the exported HF folder gives textclf's probabilities (atol 1e-5),
+    and the native class is used exactly where the pooler head has one."""
+    from transformers import AutoModelForSequenceClassification
+
+    names = ["neg", "pos"] if problem_type == "binary_bce" else ["a", "b", "c"]
+    for family in families:
+        model_dir = premodels(family)
+        tokenizer = load_tokenizer(model_dir)
+        for head in ("cls", "mean", "pooler", "fusion"):
+            torch.manual_seed(0)
+            head_config = HeadConfig(head=head, n_outputs=1 if problem_type == "binary_bce" else 3)
+            model = build_classifier(model_dir, head_config).eval()
+            with torch.no_grad():  # tiny random encoders give nearly one output for all rows: spread them
+                for param in model.parameters():
+                    param.add_(torch.randn_like(param) * 0.2)
+            spec = ModelSpec(head_config, Labels(names, problem_type),
+                             Tokenization(20, "head", None, ["text"], None, ""), Provenance("toy", "", family))
+            folder = tmp_path / f"{family}-{head}"
+            folder.mkdir()
+            save_classifier(model, folder, spec, tokenizer)
+            out = tmp_path / f"{family}-{head}-hf"
+            out.mkdir()
+            config = export.read_encoder_config(folder)
+            kind, diff = export.write_hf(out, [model], spec, config, load_tokenizer(folder))
+            assert diff <= 1e-5, (family, head, diff)
+            native = head == "pooler" and family in ("bert", "roberta", "deberta-v2")
+            assert kind.startswith("Textclf") != native, (family, head, kind)
+            loaded = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=not native).eval()
+            ids, mask, types = export.check_rows(spec, tokenizer)
+            with torch.no_grad():
+                logits = loaded(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+                raw = model(ids, mask, types)
+            # logits too (probabilities of a random head barely move): [0, z] for binary_bce's one logit z
+            want = torch.cat([torch.zeros_like(raw), raw], -1) if problem_type == "binary_bce" else raw
+            assert float((logits - want).abs().max()) <= 1e-4, (family, head)
+            assert float(raw.std(0).mean()) > 1e-2  # the rows get different outputs: the comparison has teeth

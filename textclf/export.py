@@ -1,0 +1,396 @@
+"""Take a trained run out of textclf: a Hugging Face folder or an ONNX graph.
+
+    python -m textclf.export --run checkpoints/sst2 --format hf --out exported/sst2-hf
+    python -m textclf.export --run checkpoints/sst2 --fold 0 --format onnx --out exported/sst2-onnx --int8
+
+hf    A folder for `AutoModelForSequenceClassification.from_pretrained(out)` and
+      `pipeline("text-classification", model=out)`: the weights, a config with id2label,
+      label2id and problem_type, and the tokenizer with model_max_length = the run's max_len.
+      The pooler head on BERT, RoBERTa and DeBERTa-v2 is exactly their native
+      *ForSequenceClassification class, so that folder loads with plain transformers; every
+      other head (and the fold mean) carries its own modeling file, loaded with
+      trust_remote_code=True (and refused without it).
+onnx  model.onnx (dynamic batch and length, outputs the probabilities), the tokenizer and
+      textclf_onnx.json beside it; `--int8` adds model.int8.onnx (dynamic quantisation) and
+      reports its accuracy on the run's held-out rows. textclf.onnx_predict.OnnxPredictor
+      predicts from that folder without torch.
+
+--fold k exports fold k; --fold mean (the default for a run of several folds) exports the fold
+mean as one model, which is exact: the model averages the folds' probabilities, as evaluate.py
+does. --fold each writes one folder per fold (out/fold<k>).
+
+Every export is checked before it is moved into place: its probabilities are compared with
+textclf's own on random token rows of every length up to max_len, with padding.
+"""
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import resolve_path
+from .console import say
+from .errors import UserError, run_cli
+from .fileio import atomic_dir, made_by_textclf, write_json, write_marker
+from .model import REMOTE_CODE, hf_config, probabilities, read_encoder_config
+from .predict import load_fold_models, recover_best
+from .tokenization import TextTokenizer
+
+# Heads that are exactly a native Hugging Face class: model_type -> (class, encoder prefix).
+NATIVE = {"bert": ("BertForSequenceClassification", "bert"),
+          "roberta": ("RobertaForSequenceClassification", "roberta"),
+          "deberta-v2": ("DebertaV2ForSequenceClassification", "deberta")}
+HF_TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-4
+
+
+class FoldMean(torch.nn.Module):
+    """The mean of the fold models' probabilities (what evaluate.py and Predictor compute)."""
+
+    def __init__(self, models, problem_type, pass_token_types):
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+        self.problem_type = problem_type
+        self.pass_token_types = pass_token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        probs = [probabilities(m(input_ids, attention_mask, token_type_ids), self.problem_type) for m in self.members]
+        return torch.stack(probs).mean(0)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_rows(spec, tokenizer, rows=24, seed=0):
+    """Token rows to compare an export with textclf on: every length from the shortest to max_len,
+    random ordinary tokens inside the model's special-token template, padded to the longest."""
+    rng = np.random.default_rng(seed)
+    encoder = TextTokenizer.from_hf(tokenizer, spec.tokenization.max_len, spec.tokenization.truncation,
+                                    spec.tokenization.head_tokens)
+    pre, post = encoder.single
+    special = set(tokenizer.all_special_ids)
+    ordinary = np.array([i for i in range(len(tokenizer)) if i not in special])
+    budget = spec.tokenization.max_len - len(pre) - len(post)
+    lengths = np.unique(np.linspace(1, budget, rows).astype(int))
+    ids = np.full((len(lengths), spec.tokenization.max_len), encoder.pad_id, dtype=np.int64)
+    for row, n in enumerate(lengths):
+        seq = pre + rng.choice(ordinary, n).tolist() + post
+        ids[row, :len(seq)] = seq
+    total = lengths + len(pre) + len(post)
+    mask = (np.arange(ids.shape[1])[None, :] < total[:, None]).astype(np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.zeros_like(torch.from_numpy(ids))
+
+
+@torch.no_grad()
+def reference_probs(models, spec, batch):
+    ids, mask, types = batch
+    return torch.stack([probabilities(m(ids, mask, types), spec.labels.problem_type) for m in models]).mean(0)
+
+
+def require_close(got, want, tolerance, what):
+    diff = float(np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64)).max())
+    if not diff <= tolerance:
+        raise UserError(f"the {what} export differs from textclf's probabilities by {diff:.2e} (> {tolerance:g}); "
+                        f"nothing was written. Please report this with the run's head and model family")
+    return diff
+
+
+# ---------------------------------------------------------------------------- Hugging Face
+
+
+def native_state(model, spec, config):
+    """The weights of `model` under a native *ForSequenceClassification's names, or None where its
+    head has no exact native class."""
+    kind = NATIVE.get(config.model_type)
+    if kind is None or spec.head.head != "pooler":
+        return None
+    prefix = kind[1]
+    state = model.state_dict()
+    weight, bias = state["fc.weight"], state["fc.bias"]
+    if spec.labels.problem_type == "binary_bce":  # one logit z -> [0, z]: softmax gives [1 - p, p]
+        weight = torch.cat([torch.zeros_like(weight), weight])
+        bias = torch.cat([torch.zeros_like(bias), bias])
+    out = {}
+    if config.model_type == "bert":
+        out = {f"{prefix}.{k[len('backbone.'):]}": v for k, v in state.items() if k.startswith("backbone.")}
+        out.update({"classifier.weight": weight, "classifier.bias": bias})
+    elif config.model_type == "roberta":
+        out = {f"{prefix}.{k[len('backbone.'):]}": v for k, v in state.items()
+               if k.startswith("backbone.") and not k.startswith("backbone.pooler.")}
+        out.update({"classifier.dense.weight": state["backbone.pooler.dense.weight"],
+                    "classifier.dense.bias": state["backbone.pooler.dense.bias"],
+                    "classifier.out_proj.weight": weight, "classifier.out_proj.bias": bias})
+    else:  # deberta-v2: textclf's own pooler (dense + tanh) is its ContextPooler with tanh
+        out = {f"{prefix}.{k[len('backbone.'):]}": v for k, v in state.items() if k.startswith("backbone.")}
+        out.update({"pooler.dense.weight": state["pooler.0.weight"], "pooler.dense.bias": state["pooler.0.bias"],
+                    "classifier.weight": weight, "classifier.bias": bias})
+    return out
+
+
+def native_config(config, spec):
+    names = list(spec.labels.names)
+    native = hf_config(config, spec)  # labels and problem_type as the remote-code config has them
+    encoder = config.to_dict()
+    encoder.update(id2label=native.id2label, label2id=native.label2id, problem_type=native.problem_type,
+                   architectures=[NATIVE[config.model_type][0]])
+    if config.model_type == "deberta-v2":
+        encoder.update(pooler_hidden_act="tanh", pooler_hidden_size=config.hidden_size)
+    from transformers import AutoConfig
+
+    model_type = encoder.pop("model_type")
+    out = AutoConfig.for_model(model_type, **encoder)
+    out.num_labels = len(names)
+    out.id2label, out.label2id = native.id2label, native.label2id
+    return out
+
+
+def save_tokenizer(tokenizer, spec, folder):
+    """The tokenizer, truncating as textclf did (head: right, tail: left) to max_len by default."""
+    tokenizer.model_max_length = spec.tokenization.max_len
+    tokenizer.truncation_side = "left" if spec.tokenization.truncation == "tail" else "right"
+    tokenizer.save_pretrained(str(folder))
+
+
+def write_hf(folder, models, spec, config, tokenizer):
+    """Write one model (or the fold mean of several) as a Hugging Face folder; returns
+    (kind, max difference from textclf)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForSequenceClassification
+
+    native = native_state(models[0], spec, config) if len(models) == 1 else None
+    if native is not None:
+        model = getattr(__import__("transformers"), NATIVE[config.model_type][0])(native_config(config, spec))
+        missing, unexpected = model.load_state_dict(native, strict=False)
+        if missing or unexpected:
+            raise UserError(f"cannot map the pooler head onto {NATIVE[config.model_type][0]} (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}); export with another head or report this")
+        model.save_pretrained(str(folder))
+        kind = NATIVE[config.model_type][0]
+    else:
+        if len(models) == 1:
+            state = models[0].state_dict()
+        else:
+            state = {f"members.{k}.{name}": t for k, m in enumerate(models) for name, t in m.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        config_out = hf_config(config, spec, members=len(models))
+        config_out.save_pretrained(str(folder))
+        for name in REMOTE_CODE:
+            shutil.copyfile(Path(__file__).parent / "hf_remote" / name, folder / name)
+        kind = "TextclfForSequenceClassification (trust_remote_code=True)"
+    save_tokenizer(tokenizer, spec, folder)
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=native is None).eval()
+    batch = check_rows(spec, tokenizer)
+    with torch.no_grad():
+        logits = loaded(input_ids=batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits.float()
+    got = logits.sigmoid() if spec.labels.problem_type == "multi_label" else logits.softmax(-1)
+    return kind, require_close(got.numpy(), reference_probs(models, spec, batch).numpy(), HF_TOLERANCE, "Hugging Face")
+
+
+# ---------------------------------------------------------------------------- ONNX
+
+
+def write_onnx(folder, models, spec, tokenizer):
+    """model.onnx (inputs input_ids, attention_mask and, where the encoder uses them,
+    token_type_ids; output probs), the tokenizer, textclf_onnx.json; returns the max difference."""
+    import onnxruntime as ort
+
+    pass_types = models[0].pass_token_types
+    module = FoldMean(models, spec.labels.problem_type, pass_types).eval()
+    batch = check_rows(spec, tokenizer)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if pass_types else [])
+    # The example must hold padding: a mask of ones would let the encoder skip its mask code
+    # while the graph is traced, and padded rows would then be wrong.
+    example = tuple(t[:4] for t in batch[:len(names)])
+    batch_dim, length_dim = torch.export.Dim("batch"), torch.export.Dim("length", max=spec.tokenization.max_len)
+    dynamic = {name: {0: batch_dim, 1: length_dim} for name in names}
+    path = folder / "model.onnx"
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), input_names=names, output_names=["probs"],
+                          dynamic_shapes=dynamic, dynamo=True, opset_version=18, external_data=False)
+    save_tokenizer(tokenizer, spec, folder)
+    encoder = TextTokenizer.from_hf(tokenizer, spec.tokenization.max_len, spec.tokenization.truncation,
+                                    spec.tokenization.head_tokens)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: t.numpy() for name, t in zip(names, batch)}
+    return encoder, require_close(session.run(None, feeds)[0], reference_probs(models, spec, batch).numpy(),
+                                  ONNX_TOLERANCE, "ONNX")
+
+
+def quantize(folder):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    return folder / "model.int8.onnx"
+
+
+def held_out_rows(run_dir, folds):
+    """The run's rows held out by the exported folds: (split folder, rows, labels) or None where the
+    run's data is gone."""
+    from .checkpoint import load_run_json
+
+    run = load_run_json(run_dir)
+    data_dir = resolve_path(run["data_dir"])
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta["folds"]["mode"] == "valid_file":
+        split = data_dir / "valid"
+        rows = np.arange(meta["splits"]["valid"]["rows"])
+    else:
+        split = data_dir / "train"
+        rows = np.flatnonzero(np.isin(np.load(split / "folds.npy"), folds))
+    if not len(rows) or not (split / "labels.npy").is_file():
+        return None
+    return split, rows, np.load(split / "labels.npy", mmap_mode="r")[rows]
+
+
+def accuracy(probs, labels, problem_type):
+    if problem_type == "multi_label":
+        return float(((probs >= 0.5) == (np.asarray(labels) > 0)).all(axis=1).mean())
+    return float((probs.argmax(1) == np.asarray(labels)).mean())
+
+
+def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_size=64):
+    """Accuracy of model.onnx and model.int8.onnx on the held-out rows, and their largest difference."""
+    import onnxruntime as ort
+
+    arrays = {name: np.load(split / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "token_type_ids", "lengths")}
+    out = {}
+    for name in ("model.onnx", "model.int8.onnx"):
+        session = ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+        probs = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            lengths = np.asarray(arrays["lengths"][chunk])
+            width = int(lengths.max())
+            feeds = {"input_ids": np.asarray(arrays["input_ids"][chunk, :width], dtype=np.int64),
+                     "attention_mask": (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64),
+                     "token_type_ids": np.asarray(arrays["token_type_ids"][chunk, :width], dtype=np.int64)}
+            probs.append(session.run(None, {k: feeds[k] for k in input_names})[0])
+        out[name] = np.concatenate(probs)
+    fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
+    return {"rows": int(len(rows)), "accuracy_fp32": accuracy(fp32, labels, problem_type),
+            "accuracy_int8": accuracy(int8, labels, problem_type),
+            "max_prob_difference": float(np.abs(fp32 - int8).max())}
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def choose_folds(run_dir, fold):
+    from .checkpoint import load_run_json
+
+    planned = load_run_json(run_dir)["folds"]
+    if fold in ("mean", "each"):
+        return planned
+    try:
+        k = int(fold)
+    except ValueError:
+        raise UserError(f"--fold {fold!r}: use a fold number ({', '.join(map(str, planned))}), mean or each") from None
+    return [k]
+
+
+def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_remote_code=False):
+    run_dir = resolve_path(run_dir)
+    out = resolve_path(out)
+    if fmt not in ("hf", "onnx"):
+        raise UserError(f"--format {fmt!r}: use hf or onnx")
+    if int8 and fmt != "onnx":
+        raise UserError("--int8 quantises an ONNX graph; add --format onnx")
+    if out.exists() and not (overwrite and made_by_textclf(out, "export")):
+        raise UserError(f"{out} already exists; choose another --out, or pass --overwrite to replace an earlier "
+                        f"export (only a folder textclf exported is replaced)")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out} is inside the run {run_dir}; export somewhere else")
+    folds = choose_folds(run_dir, fold)
+    recover_best(run_dir)
+    models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
+    from .data import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
+    config = read_encoder_config(checkpoints[0]["path"], trust_remote_code)
+    groups = [[k] for k in range(len(models))] if fold == "each" else [list(range(len(models)))]
+    started = time.time()
+    notes = []
+    if spec.tokenization.truncation == "head_tail":
+        notes.append("the run truncated long texts head_tail; the exported tokenizer keeps the head only, so texts "
+                     f"longer than max_len={spec.tokenization.max_len} tokens differ (OnnxPredictor keeps head_tail)")
+    if spec.tokenization.text_pair_column:
+        notes.append("the run used text pairs: pass {'text': ..., 'text_pair': ...} to the pipeline")
+    with atomic_dir(out, replace=out.exists()) as tmp:
+        report = {"run": str(run_dir), "format": fmt, "fold": fold, "folders": []}
+        for group in groups:
+            folder = tmp if len(groups) == 1 else tmp / f"fold{checkpoints[group[0]]['fold']}"
+            folder.mkdir(exist_ok=True)
+            members = [models[k] for k in group]
+            entry = {"folder": folder.name if folder != tmp else ".",
+                     "folds": [checkpoints[k]["fold"] for k in group],
+                     "checkpoints": [checkpoints[k] for k in group]}
+            if fmt == "hf":
+                entry["class"], entry["max_difference"] = write_hf(folder, members, spec, config, tokenizer)
+            else:
+                encoder, entry["max_difference"] = write_onnx(folder, members, spec, tokenizer)
+                names = ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else [])
+                onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
+                            "inputs": names, "outputs": ["probs"], "tokenization": encoder.to_json(),
+                            "text_pair_column": spec.tokenization.text_pair_column,
+                            "models": {"fp32": "model.onnx"}}
+                if int8:
+                    quantize(folder)
+                    onnx_doc["models"]["int8"] = "model.int8.onnx"
+                    held = held_out_rows(run_dir, entry["folds"])
+                    if held is None:
+                        entry["int8"] = "not measured: the run's data folder is gone"
+                    else:
+                        entry["int8"] = compare_int8(folder, *held, spec.labels.problem_type, names)
+                        if len(group) > 1:
+                            entry["int8"]["note"] = ("rows held out by one fold each; the other folds of the mean "
+                                                     "trained on them, so the accuracy is optimistic")
+                write_json(folder / "textclf_onnx.json", onnx_doc)
+            report["folders"].append(entry)
+        report["notes"] = notes
+        report["seconds"] = round(time.time() - started, 1)
+        write_json(tmp / "export.json", report)
+        write_marker(tmp, "export")
+    return report
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="python -m textclf.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="checkpoints/<run>")
+    parser.add_argument("--format", required=True, choices=["hf", "onnx"])
+    parser.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    parser.add_argument("--fold", default="mean", help="a fold number, mean (default: the fold mean as one model) "
+                        "or each (one folder per fold)")
+    parser.add_argument("--int8", action="store_true", help="onnx: also write a dynamically quantised model.int8.onnx")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    report = export(args.run, args.format, args.out, args.fold, args.int8, args.overwrite, args.trust_remote_code)
+    for entry in report["folders"]:
+        where = Path(args.out) / entry["folder"]
+        what = entry.get("class", "ONNX graph + tokenizer")
+        say(f"exported fold(s) {entry['folds']} -> {where}: {what}; max |p - textclf p| = {entry['max_difference']:.1e}")
+        if isinstance(entry.get("int8"), dict):
+            q = entry["int8"]
+            say(f"  int8 on {q['rows']} held-out rows: accuracy {q['accuracy_int8']:.4f} (fp32 {q['accuracy_fp32']:.4f}),"
+                f" max |p_int8 - p_fp32| = {q['max_prob_difference']:.3f}")
+        elif entry.get("int8"):
+            say(f"  int8: {entry['int8']}")
+    for note in report["notes"]:
+        say(f"note: {note}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,133 @@
+"""A textclf classifier as a Hugging Face model (copied beside its weights).
+
+The parameter names are textclf's own (`backbone.*`, `fc.*`, ...), so one safetensors file
+serves textclf and transformers alike. `pool` is the head textclf trains with.
+"""
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .configuration_textclf import TextclfConfig
+
+
+def uses_token_types(config):
+    """DistilBERT ignores token_type_ids and RoBERTa/DeBERTa have one type: pass them only when used."""
+    return getattr(config, "type_vocab_size", 0) >= 2 and config.model_type != "distilbert"
+
+
+def pool(head, out, attention_mask, pooler=None):
+    """The head's features from the encoder output: (main, extra); extra only for fusion.
+    `pooler` replaces the encoder's own pooler where the encoder has none."""
+    hidden = out.last_hidden_state
+    mean = pooled = None
+    if head in ("mean", "fusion"):
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if head in ("pooler", "fusion"):
+        pooled = pooler(hidden[:, 0]) if pooler is not None else out.pooler_output
+    if head == "cls":
+        return hidden[:, 0], None
+    if head == "mean":
+        return mean, None
+    if head == "pooler":
+        return pooled, None
+    return mean, pooled
+
+
+def encoder_config(config):
+    encoder = dict(config.encoder)
+    return AutoConfig.for_model(encoder.pop("model_type"), **encoder)
+
+
+def build(owner, config):
+    """Give `owner` one classifier's modules: the encoder, the pooler where the head needs one the
+    encoder lacks, and the output layer(s)."""
+    owner.backbone = AutoModel.from_config(encoder_config(config))
+    owner.head = config.head
+    owner.pass_token_types = uses_token_types(owner.backbone.config)
+    hidden = owner.backbone.config.hidden_size
+    wants_pooler = config.head in ("pooler", "fusion")
+    has_pooler = getattr(owner.backbone, "pooler", None) is not None
+    if not wants_pooler and has_pooler:
+        owner.backbone.pooler = None
+    owner.pooler = None
+    if wants_pooler and not has_pooler:
+        owner.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
+    owner.fc = nn.Linear(hidden, config.n_outputs)
+    owner.fc_pooler = nn.Linear(hidden, config.n_outputs) if config.head == "fusion" else None
+
+
+def classify(owner, input_ids, attention_mask, token_type_ids=None):
+    """The raw outputs of one classifier built by `build` (dropout is off at evaluation)."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
+    if owner.pass_token_types and token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    main, extra = pool(owner.head, owner.backbone(**kwargs), attention_mask, owner.pooler)
+    logits = owner.fc(main)
+    if extra is not None:
+        logits = logits + owner.fc_pooler(extra)
+    return logits
+
+
+class Member(nn.Module):
+    """One fold's classifier inside a fold-mean model."""
+
+    def __init__(self, config):
+        super().__init__()
+        build(self, config)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return classify(self, input_ids, attention_mask, token_type_ids)
+
+
+class TextclfForSequenceClassification(PreTrainedModel):
+    """Logits in Hugging Face's convention: softmax of them gives the class probabilities
+    (single_label; binary_bce's one logit z becomes [0, z]), sigmoid gives them for multi_label.
+    With members > 1 the output is the fold mean, as logits whose softmax (or sigmoid) is the
+    mean of the members' probabilities."""
+
+    config_class = TextclfConfig
+    base_model_prefix = "textclf"
+    _no_split_modules = []
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.members == 1:
+            build(self, config)
+        else:
+            self.members = nn.ModuleList(Member(config) for _ in range(config.members))
+        self.post_init()
+
+    def _probs(self, logits):
+        if self.config.textclf_problem_type == "single_label":
+            return logits.float().softmax(-1)
+        if self.config.textclf_problem_type == "binary_bce":
+            p = logits.float().squeeze(-1).sigmoid()
+            return torch.stack([1 - p, p], dim=-1)
+        return logits.float().sigmoid()
+
+    def _to_logits(self, raw):
+        if self.config.textclf_problem_type == "binary_bce":
+            return torch.cat([torch.zeros_like(raw), raw], dim=-1)
+        return raw
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.config.members == 1:
+            logits = self._to_logits(classify(self, input_ids, attention_mask, token_type_ids))
+        else:
+            probs = torch.stack([self._probs(m(input_ids, attention_mask, token_type_ids)) for m in self.members])
+            probs = probs.mean(0).clamp(1e-12, 1 - 1e-7)
+            # softmax(log p) = p when p sums to 1; sigmoid(log p - log(1 - p)) = p
+            multi = self.config.textclf_problem_type == "multi_label"
+            logits = probs.log() - (1 - probs).log() if multi else probs.log()
+        loss = None
+        if labels is not None:
+            if self.config.textclf_problem_type == "multi_label":
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            else:
+                loss = nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,85 @@
+"""Predict from an ONNX export with ONNX Runtime: no torch, no transformers.
+
+    from textclf.onnx_predict import OnnxPredictor
+    predictor = OnnxPredictor.from_export("exported/sst2-onnx")          # or int8=True
+    out = predictor.predict(["a gripping film", "two hours I will not get back"])
+    out["labels"], out["probs"]
+
+The same interface as textclf.Predictor. Texts are tokenized exactly as data_process.py did
+(textclf.tokenization with the run's templates and truncation, from textclf_onnx.json), rows are
+batched longest first and each batch is cut to its longest row. Needs numpy, tokenizers and
+onnxruntime only.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .tokenization import TextTokenizer
+
+
+class OnnxPredictor:
+    def __init__(self, session, doc, tokenizer, batch_size=64):
+        self.session = session
+        self.label_names = list(doc["labels"])
+        self.problem_type = doc["problem_type"]
+        self.inputs = list(doc["inputs"])
+        self.pairs = bool(doc.get("text_pair_column"))
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_export(cls, folder, int8=False, batch_size=64, threads=None):
+        """The model in an export folder written by `python -m textclf.export --format onnx`."""
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        doc_path = folder / "textclf_onnx.json"
+        if not doc_path.is_file():
+            raise UserError(f"{folder} is not a textclf ONNX export (no textclf_onnx.json); export with "
+                            f"python -m textclf.export --format onnx")
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+        name = doc["models"].get("int8" if int8 else "fp32")
+        if name is None:
+            raise UserError(f"{folder} has no int8 model; export again with --int8")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+        backend = (folder / "tokenizer.json").read_text(encoding="utf-8")
+        return cls(session, doc, TextTokenizer.from_json(backend, doc["tokenization"]), batch_size)
+
+    def probs(self, input_ids, token_type_ids, lengths):
+        """Probabilities (rows, classes) in row order; rows batched longest first."""
+        order = np.argsort(-lengths, kind="stable")
+        out = np.zeros((len(lengths), len(self.label_names)), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            width = int(lengths[rows].max())
+            feeds = {"input_ids": input_ids[rows, :width].astype(np.int64),
+                     "attention_mask": (np.arange(width)[None, :] < lengths[rows, None]).astype(np.int64),
+                     "token_type_ids": token_type_ids[rows, :width].astype(np.int64)}
+            out[rows] = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
+        return out
+
+    def predict(self, texts, pairs=None):
+        """Labels and probabilities for raw texts (and second segments, if the run used pairs)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return {"labels": [], "probs": np.zeros((0, len(self.label_names)), dtype=np.float32),
+                    "label_names": list(self.label_names)}
+        if self.pairs and pairs is None:
+            raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
+        texts = [str(t).strip() for t in texts]
+        pairs = None if pairs is None else [str(p).strip() for p in pairs]
+        ids, types, lengths, _ = self.tokenizer.encode(texts, pairs)
+        probs = self.probs(ids, types, lengths)
+        return {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
+
+    def decide(self, probs, threshold=0.5):
+        if self.problem_type == "multi_label":
+            return [[self.label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
+        return [self.label_names[j] for j in probs.argmax(axis=1)]

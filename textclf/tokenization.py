@@ -1,0 +1,135 @@
+"""Texts to token rows, exactly as data_process.py made the training arrays.
+
+Needs only numpy and the `tokenizers` library (no torch, no transformers), so the ONNX Runtime
+predictor can use it; a transformers tokenizer is needed only to read the special-token
+templates once (TextTokenizer.from_hf), which then travel as JSON (to_json / from_json).
+"""
+
+import numpy as np
+
+from .errors import UserError
+
+
+class TextTokenizer:
+    """The model's tokenizer, wrapped to turn texts (and optional second segments) into token rows
+    of at most max_len, truncated one of three ways.
+
+    Texts are tokenized without special tokens in one batched call; truncation and the
+    special-token template (read off the tokenizer itself) are applied here, so `head`,
+    `tail` and `head_tail` behave the same for every model family.
+    """
+
+    def __init__(self, backend_json, pad_id, single, pair, max_len, truncation="head", head_tokens=None):
+        # The Rust tokenizer directly, on a private copy without the truncation or padding a
+        # tokenizer.json may carry: the transformers wrapper costs as much again per row.
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(backend_json)
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.max_len = max_len
+        self.truncation = truncation
+        self.pad_id = pad_id
+        self.single = tuple(list(part) for part in single)
+        self.pair = (list(pair[0]), list(pair[1]), list(pair[2]), int(pair[3]))
+        n_special = len(self.single[0]) + len(self.single[1])
+        if max_len <= len(self.pair[0]) + len(self.pair[1]) + len(self.pair[2]) + 1:
+            raise UserError(f"data.max_len={max_len} leaves no room for text after the special tokens; raise it")
+        budget = max_len - n_special
+        self.head_tokens = head_tokens if head_tokens is not None else budget // 4
+        if truncation == "head_tail" and not 0 <= self.head_tokens <= budget:
+            raise UserError(f"data.head_tokens={head_tokens} must be between 0 and {budget} (max_len minus special tokens)")
+
+    @classmethod
+    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None):
+        """From a transformers fast tokenizer, reading its special-token templates off it."""
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        single, pair = cls._templates(tokenizer)
+        return cls(tokenizer.backend_tokenizer.to_str(), pad_id, single, pair, max_len, truncation, head_tokens)
+
+    def to_json(self):
+        """Everything but the vocabulary (tokenizer.json) that encoding needs, for from_json."""
+        return {"max_len": self.max_len, "truncation": self.truncation, "head_tokens": self.head_tokens,
+                "pad_id": self.pad_id, "single": list(self.single), "pair": list(self.pair)}
+
+    @classmethod
+    def from_json(cls, backend_json, doc):
+        return cls(backend_json, doc["pad_id"], doc["single"], doc["pair"], doc["max_len"], doc["truncation"],
+                   doc["head_tokens"])
+
+    @staticmethod
+    def _templates(tokenizer):
+        """Special tokens before/between/after segments, and the segment token types."""
+        a_txt, b_txt = "hello", "world"
+        a = tokenizer(a_txt, add_special_tokens=False)["input_ids"]
+        b = tokenizer(b_txt, add_special_tokens=False)["input_ids"]
+        one = tokenizer(a_txt)
+        two = tokenizer(a_txt, b_txt)
+
+        def find(seq, sub, start=0):
+            for i in range(start, len(seq) - len(sub) + 1):
+                if seq[i:i + len(sub)] == sub:
+                    return i
+            raise UserError(f"cannot read the special-token template of tokenizer {type(tokenizer).__name__}")
+
+        ids = one["input_ids"]
+        i = find(ids, a)
+        single = (ids[:i], ids[i + len(a):])
+        ids2 = two["input_ids"]
+        i = find(ids2, a)
+        j = find(ids2, b, i + len(a))
+        types2 = two.get("token_type_ids") or [0] * len(ids2)
+        pair = (ids2[:i], ids2[i + len(a):j], ids2[j + len(b):], types2[j] if j < len(types2) else 0)
+        # token type of everything from the second segment on (its separator included)
+        return single, pair
+
+    def _cut(self, ids, budget):
+        if len(ids) <= budget:
+            return ids
+        if self.truncation == "head":
+            return ids[:budget]
+        if self.truncation == "tail":
+            return ids[len(ids) - budget:] if budget else []
+        head = min(self.head_tokens, budget)
+        tail = budget - head
+        return ids[:head] + (ids[len(ids) - tail:] if tail else [])
+
+    def encode(self, texts, pairs=None):
+        """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, n_truncated)."""
+        first = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        second = None
+        if pairs is not None:
+            second = [e.ids for e in self.backend.encode_batch(pairs, add_special_tokens=False)]
+        n = len(texts)
+        input_ids = np.full((n, self.max_len), self.pad_id, dtype=np.int32)
+        token_types = np.zeros((n, self.max_len), dtype=np.uint8)
+        lengths = np.zeros(n, dtype=np.int32)
+        truncated = 0
+        if second is None:
+            pre, post = self.single
+            budget = self.max_len - len(pre) - len(post)
+            for row, ids in enumerate(first):
+                truncated += len(ids) > budget
+                seq = pre + self._cut(ids, budget) + post
+                input_ids[row, :len(seq)] = seq
+                lengths[row] = len(seq)
+        else:
+            pre, mid, post, type_b = self.pair
+            budget = self.max_len - len(pre) - len(mid) - len(post)
+            for row, (ids_a, ids_b) in enumerate(zip(first, second)):
+                la, lb = len(ids_a), len(ids_b)
+                if la + lb > budget:  # longest first: trim the longer segment, then both evenly
+                    truncated += 1
+                    short = min(la, lb)
+                    if short * 2 <= budget:
+                        keep_a, keep_b = (la, budget - la) if la == short else (budget - lb, lb)
+                    else:
+                        keep_a = keep_b = budget // 2
+                        keep_a += budget - keep_a - keep_b
+                    ids_a, ids_b = self._cut(ids_a, keep_a), self._cut(ids_b, keep_b)
+                seq_a = pre + ids_a + mid
+                seq = seq_a + ids_b + post
+                input_ids[row, :len(seq)] = seq
+                token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
+                lengths[row] = len(seq)
+        return input_ids, token_types, lengths, truncated
