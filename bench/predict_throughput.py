@@ -16,7 +16,8 @@ runs each (median reported):
     (d) textclf.onnx_predict.OnnxPredictor, fp32 graph
     (e) the same with the int8 (dynamically quantised) graph
 Accuracy of every contender on SST-2 dev (872 sentences) is measured in the same children.
-Writes bench/results/predict_throughput.json. A benchmark, not a test.
+Writes bench/results/predict_throughput.json (predict_throughput-bs<B>.json for another batch
+size). A benchmark, not a test.
 """
 
 import argparse
@@ -75,8 +76,8 @@ def prepare():
                         "model.head=pooler", "train.lr=5e-5", "train.batch_size=32", "train.report_to=none"],
                        check=True, capture_output=True)
     for fmt in ("hf", "onnx"):
-        if not (WORK / fmt / "export.json").is_file():
-            export(run, fmt, WORK / fmt, int8=fmt == "onnx", overwrite=True)
+        if not (WORK / f"export-{fmt}" / "export.json").is_file():
+            export(run, fmt, WORK / f"export-{fmt}", int8=fmt == "onnx", overwrite=True)
     return run
 
 
@@ -87,7 +88,7 @@ def child(contender, n, batch_size, precision):
     torch.set_grad_enabled(False)
     data = texts(n)
     dev, dev_labels = sst2("dev.tsv")
-    run, hf_dir = WORK / "ck" / "bench-sst2", WORK / "hf"
+    run, hf_dir = WORK / "ck" / "bench-sst2", WORK / "export-hf"
     if contender == "a":
         from textclf import Predictor
 
@@ -100,7 +101,7 @@ def child(contender, n, batch_size, precision):
     elif contender in ("d", "e"):
         from textclf.onnx_predict import OnnxPredictor
 
-        predictor = OnnxPredictor.from_export(WORK / "onnx", int8=contender == "e", batch_size=batch_size)
+        predictor = OnnxPredictor.from_export(WORK / "export-onnx", int8=contender == "e", batch_size=batch_size)
         started = time.time()
         out = predictor.predict(data)
         seconds = time.time() - started
@@ -205,7 +206,7 @@ def main():
                                            target=">= 3x pipeline at <= 0.5 point accuracy loss on SST-2 dev")
         print(f"ONNX int8: {c['e']['speedup_vs_b']:.2f}x pipeline, accuracy loss {loss:.2f} points "
               f"({'met' if results['target_onnx_int8']['met'] else 'MISSED'})", flush=True)
-    _common.save(results)
+    _common.save(results, "" if args.batch_size == 64 else f"-bs{args.batch_size}")
 
 
 if __name__ == "__main__":

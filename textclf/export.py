@@ -229,7 +229,10 @@ def write_onnx(folder, models, spec, tokenizer):
 def quantize(folder):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    # Per-channel scales: on SST-2 dev the per-tensor default lost 1.4 points of accuracy, per channel 0.5
+    # (bench/predict_throughput.py); the speed is the same.
+    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True)
     return folder / "model.int8.onnx"
 
 
