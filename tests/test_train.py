@@ -435,3 +435,11 @@ def test_run_ends_with_test_metrics_texts_curves_times_and_a_profile(stage, prem
     assert len(traces) == 1
     events = json.loads(traces[0].read_text())["traceEvents"]
     assert any("aten::" in e.get("name", "") for e in events)  # real operator spans, viewable in Perfetto
+
+
+def test_end_of_run_texts_are_checked_before_training(stage, premodels, tmp_path):
+    base = make_data(stage, premodels, tmp_path)
+    for texts, message in (('["fine", "\u200b "]', "item 1 is empty"), ("[]", "eval.texts is empty")):
+        result = stage("train", *base, f"train.output_dir={tmp_path / 'ck'}", f"eval.texts={texts}")
+        assert result.code == 2 and message in result.err and result.err.count("\n") == 1, result
+        assert not (tmp_path / "ck").exists()

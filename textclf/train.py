@@ -229,6 +229,7 @@ def check(config):
     check_trackers(train_cfg.report_to)
     data_dir = resolve_path(config.data.output_dir) / config.data.name
     meta = load_meta(data_dir)
+    check_end_texts(config.eval.texts, meta)
     check_data_keys(config, meta, data_dir)
     model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
@@ -268,6 +269,22 @@ RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.report_to", "tr
                "train.save_total_limit", "train.save_every_steps", "train.output_dir", "train.run", "train.precision",
                "model.trust_remote_code", "model.premodels_dir", "data.output_dir", "data.name", "data.overwrite",
                "data.chunk_rows", "eval.", "ensemble.")
+
+
+def check_end_texts(texts, meta):
+    """eval.texts, predicted at the end of the run, checked before it starts (as evaluate.py checks them)."""
+    if texts is None:
+        return
+    from .rawdata import clean_text
+
+    if not texts:
+        raise UserError("eval.texts is empty; give at least one text, e.g. eval.texts='[\"some text\"]', or leave it out")
+    for number, text in enumerate(texts):
+        if not clean_text(text):
+            raise UserError(f"eval.texts item {number} is empty (or only invisible characters); give a text")
+    if meta.get("text_pair_column"):
+        raise UserError("eval.texts: this data has text pairs, and eval.texts gives single texts; predict pairs with "
+                        "evaluate.py eval.input=<file with both columns> after training")
 
 
 def saved_precision(run_dir):
