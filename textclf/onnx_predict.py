@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .tokenization import TextTokenizer
+from .tokenization import TextTokenizer, decide
 
 
 class OnnxPredictor:
@@ -80,6 +80,4 @@ class OnnxPredictor:
         return {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
 
     def decide(self, probs, threshold=0.5):
-        if self.problem_type == "multi_label":
-            return [[self.label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
-        return [self.label_names[j] for j in probs.argmax(axis=1)]
+        return decide(probs, self.label_names, self.problem_type, threshold)

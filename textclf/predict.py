@@ -21,7 +21,7 @@ from .fileio import recover_dir, sha256_file
 from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier, probabilities
 from .precision import autocast, resolve as resolve_precision
-from .tokenization import TextTokenizer
+from .tokenization import TextTokenizer, decide
 
 
 def logits_of(model, batch):
@@ -213,6 +213,4 @@ class Predictor:
         return {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
 
     def decide(self, probs, threshold=0.5):
-        if self.problem_type == "multi_label":
-            return [[self.label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
-        return [self.label_names[j] for j in probs.argmax(axis=1)]
+        return decide(probs, self.label_names, self.problem_type, threshold)

@@ -133,3 +133,11 @@ class TextTokenizer:
                 token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
                 lengths[row] = len(seq)
         return input_ids, token_types, lengths, truncated
+
+
+def decide(probs, label_names, problem_type, threshold=0.5):
+    """Labels from probabilities (rows, classes): the argmax, or for multi-label every class at or
+    above the threshold. Shared by Predictor and OnnxPredictor."""
+    if problem_type == "multi_label":
+        return [[label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
+    return [label_names[j] for j in probs.argmax(axis=1)]
