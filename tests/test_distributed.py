@@ -96,3 +96,26 @@ def test_two_processes_see_every_row_of_every_epoch(stage, premodels, tmp_path):
             assert record["batches"] == record["len"] == 4, (epoch, record)
             covered.update(i for batch in record["rows"] for i in batch)
         assert covered == set(range(n)), (epoch, sorted(set(range(n)) - covered))
+
+
+def test_two_processes_with_fgm_and_ema_step_like_one_process_accumulating(stage, premodels, tmp_path):
+    """FGM perturbs along each batch's own gradient, so two processes with a batch each take the
+    same steps as one process accumulating those two batches; the EMA follows the same weights."""
+    rows = toy_rows(72)  # 64 train rows: 16 full batches of 4, 8 per process
+    write(tmp_path / "train.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    common = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}", "data.name=toy",
+              "train.log_every_steps=1", "train.precision=no", "train.epochs=1", "train.batch_size=4",
+              "train.lr=1e-3", "train.sampler=random", "model.backbone_dropout=0", "model.dropout=0",
+              "train.adversarial=fgm", "train.ema_decay=0.5"]
+    assert stage("data_process", *common, f"data.train_file={tmp_path / 'train.csv'}").code == 0
+    launch("train.py", *common, f"train.output_dir={tmp_path / 'two'}")
+    launch("train.py", *common, "train.grad_accum=2", f"train.output_dir={tmp_path / 'one'}", processes=1)
+    logs = {}
+    for name in ("one", "two"):
+        lines = (tmp_path / name / "toy" / "metrics.jsonl").read_text().splitlines()
+        logs[name] = [json.loads(line) for line in lines if json.loads(line)["type"] in ("train", "eval")]
+    assert [r["step"] for r in logs["one"]] == [r["step"] for r in logs["two"]] and len(logs["one"]) == 9
+    for a, b in zip(logs["one"], logs["two"]):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and abs(a.get("grad_norm", 0) - b.get("grad_norm", 0)) < 1e-3
+    probs = [np.load(tmp_path / name / "toy" / "oof" / "probs.npy") for name in ("one", "two")]
+    assert np.allclose(*probs, atol=1e-4)

@@ -172,7 +172,7 @@ def shared_atomic_dir(accelerator, final_path):
         accelerator.wait_for_everyone()
 
 
-def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep):
+def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep, average=None):
     """Write fold<k>/last-<step>/ (atomically; every process takes part) and keep the newest `keep`.
     Under FSDP the optimizer state is gathered from every process's shard (Accelerate's FSDP state
     API); under DeepSpeed each process writes its own shard (the engine's checkpoint API)."""
@@ -206,6 +206,10 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep):
             if accelerator.scaler is not None:
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             torch.save(all_rng, tmp / "rng.pt")
+            if average is not None:  # train.ema_decay / swa_last: the weight average so far
+                from .averaging import save as save_average
+
+                save_average(average, tmp)
             write_json(tmp / "state.json", state.to_json())
     if accelerator.is_main_process:
         for old in sorted(fold_dir.glob("last-*"))[:-max(keep, 1)]:
@@ -222,8 +226,9 @@ def load_pt(path):
                         f"more than plain tensors; delete this state folder to resume from an earlier one") from None
 
 
-def load_state(accelerator, state_dir, model, optimizer, scheduler):
-    """Restore a last-<step>/ folder into the prepared objects; returns its TrainState."""
+def load_state(accelerator, state_dir, model, optimizer, scheduler, average=None):
+    """Restore a last-<step>/ folder into the prepared objects (and the weight average, when the
+    run keeps one); returns its TrainState."""
     from safetensors.torch import load_file
 
     try:
@@ -254,6 +259,10 @@ def load_state(accelerator, state_dir, model, optimizer, scheduler):
     except (RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"{state_dir} does not fit this model or optimizer ({str(err).splitlines()[0][:120]}); "
                         f"resume with the settings the run was started with, or start a new run") from None
+    if average is not None:
+        from .averaging import load as load_average
+
+        load_average(average, state_dir)
     if accelerator.scaler is not None and (state_dir / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(load_pt(state_dir / "scaler.pt"))
     all_rng = load_pt(state_dir / "rng.pt")

@@ -87,6 +87,7 @@ class ModelConfig:
     dropout: float = 0.1  # before the head
     backbone_dropout: float | None = None  # override the encoder's own dropout (null: keep its config)
     multi_sample_dropout: int = 1  # k dropout masks, logits averaged
+    mlp_hidden: int = 0  # > 0: the head is Linear(hidden, mlp_hidden)-ReLU-Dropout-Linear instead of one Linear
     freeze_embeddings: bool = False  # keep the embeddings as loaded
     freeze_layers: int = 0  # keep the embeddings and the first k layers as loaded (backward skips them)
     problem_type: Literal["auto", "single_label", "binary_bce", "multi_label"] = "auto"
@@ -115,6 +116,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: list[float] | Literal["auto"] | None = None
     sampler: Literal["length_grouped", "random"] = "length_grouped"
+    ema_decay: float = 0.0  # > 0: evaluate and keep an EMA of the weights, updated every step (textclf/averaging.py)
+    swa_last: int = 0  # > 0: SWA, the mean of the weights at the last k evaluations (one per epoch by default)
+    adversarial: Literal["none", "fgm", "awp"] = "none"  # a second pass on perturbed embeddings / weights (textclf/adversarial.py)
+    adv_eps: float | None = None  # fgm: the step's norm (1.0); awp: the largest change relative to each weight (0.01)
+    adv_lr: float = 1.0  # awp: the step relative to each weight tensor's norm
+    adv_start_epoch: float = 0.0  # the adversarial pass starts here (epochs, fractions allowed)
+    gradient_checkpointing: bool = False  # recompute the layers' activations in backward: less memory, ~30% slower
     pad_to_multiple: int = 1  # round batch widths up to a multiple (8 measured slower on CPU; try on GPU)
     cpu_speedups: bool = True  # on a CPU: fast dropout and attention, embedding-gradient buffer, freed memory kept (textclf/speedups.py)
     eval_every_steps: int = 0  # 0: evaluate once per epoch
@@ -555,6 +563,9 @@ def validate(cfg):
     need(1 <= model.multi_sample_dropout <= 64, "model.multi_sample_dropout", model.multi_sample_dropout,
          "must be between 1 and 64")
     need(model.freeze_layers >= 0, "model.freeze_layers", model.freeze_layers, "must be 0 or more")
+    need(model.mlp_hidden >= 0, "model.mlp_hidden", model.mlp_hidden, "must be 0 (a linear head) or a layer width")
+    need(not (model.mlp_hidden and model.head == "fusion"), "model.mlp_hidden", model.mlp_hidden,
+         "goes with heads cls, mean and pooler; fusion has two linear layers of its own")
 
     need(train.folds == "all" or (train.folds and unique(train.folds) and min(train.folds) >= 0), "train.folds",
          train.folds, "must be all or a list of distinct fold numbers, e.g. [0,1]")
@@ -578,6 +589,14 @@ def validate(cfg):
         need(finite(x) and x >= 0, key, x, "must be a number, 0 or more")
     need(finite(train.layer_lr_decay) and 0 < train.layer_lr_decay <= 1, "train.layer_lr_decay", train.layer_lr_decay,
          "must be above 0 and at most 1")
+    need(finite(train.ema_decay) and 0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay,
+         "must be 0 (off) or a decay below 1, e.g. 0.999")
+    need(train.swa_last >= 0, "train.swa_last", train.swa_last, "must be 0 (off) or a number of evaluations")
+    need(train.adv_eps is None or (finite(train.adv_eps) and train.adv_eps > 0), "train.adv_eps", train.adv_eps,
+         "must be a positive number")
+    need(finite(train.adv_lr) and train.adv_lr > 0, "train.adv_lr", train.adv_lr, "must be a positive number")
+    need(finite(train.adv_start_epoch) and train.adv_start_epoch >= 0, "train.adv_start_epoch",
+         train.adv_start_epoch, "must be 0 or more")
     need(len(train.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in train.betas), "train.betas", train.betas,
          "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
     need(finite(train.label_smoothing) and 0 <= train.label_smoothing < 1, "train.label_smoothing",

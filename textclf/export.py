@@ -106,7 +106,7 @@ def native_state(model, spec, config):
     """The weights of `model` under a native *ForSequenceClassification's names, or None where its
     head has no exact native class."""
     kind = NATIVE.get(config.model_type)
-    if kind is None or spec.head.head != "pooler":
+    if kind is None or spec.head.head != "pooler" or spec.head.mlp_hidden:
         return None
     prefix = kind[1]
     state = model.state_dict()

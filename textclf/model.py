@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .hf_remote.modeling_textclf import pool, uses_token_types
+from .hf_remote.modeling_textclf import mlp_layers, pool, uses_token_types
 
 PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label")
 
@@ -42,7 +42,7 @@ def num_outputs(problem_type, n_labels):
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone, n_outputs, head="cls", dropout=0.1, multi_sample_dropout=1):
+    def __init__(self, backbone, n_outputs, head="cls", dropout=0.1, multi_sample_dropout=1, mlp_hidden=0):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -58,7 +58,8 @@ class Classifier(nn.Module):
         self.pooler = None
         if wants_pooler and not has_pooler:
             self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
-        self.fc = nn.Linear(hidden, n_outputs)
+        self.mlp = mlp_layers(hidden, mlp_hidden, dropout)
+        self.fc = nn.Linear(mlp_hidden or hidden, n_outputs)
         self.fc_pooler = nn.Linear(hidden, n_outputs) if head == "fusion" else None
 
     def features(self, input_ids, attention_mask, token_type_ids=None):
@@ -72,7 +73,8 @@ class Classifier(nn.Module):
         samples = self.samples if self.training else 1
         logits = 0
         for _ in range(samples):
-            step = self.fc(self.dropout(main))
+            features = self.dropout(main)
+            step = self.fc(features if self.mlp is None else self.mlp(features))
             if extra is not None:
                 step = step + self.fc_pooler(self.dropout(extra))
             logits = logits + step
@@ -127,6 +129,21 @@ def check_freeze(model_dir, embeddings, layers, trust_remote_code=False):
     if -1 not in indices:
         raise UserError("model.freeze_embeddings / freeze_layers: no embedding parameters found by name in this "
                         "backbone, so nothing would be frozen; leave them off for this model")
+
+
+def check_gradient_checkpointing(model_dir, trust_remote_code=False):
+    """Refuse train.gradient_checkpointing for a backbone class that cannot recompute its layers."""
+    from transformers import AutoModel
+
+    from .premodels import quiet_transformers
+
+    quiet_transformers()
+    config = read_encoder_config(model_dir, trust_remote_code)
+    with torch.device("meta"):
+        backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise UserError(f"train.gradient_checkpointing: {type(backbone).__name__} does not support gradient "
+                        f"checkpointing; set it to false (or lower train.batch_size / data.max_len to save memory)")
 
 
 def freeze(model, embeddings=False, layers=0):
@@ -253,6 +270,7 @@ class HeadConfig:
     dropout: float = 0.1
     backbone_dropout: float | None = None  # overrides the backbone config's dropout when set
     multi_sample_dropout: int = 1
+    mlp_hidden: int = 0  # > 0: Linear(hidden, mlp_hidden)-ReLU-Dropout before the output layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +335,7 @@ class ModelSpec:
             head, labels, tokens = spec.head, spec.labels, spec.tokenization
             checks = {"head.head": head.head in ("cls", "mean", "pooler", "fusion"),
                       "head.n_outputs": isinstance(head.n_outputs, int) and head.n_outputs >= 1,
+                      "head.mlp_hidden": isinstance(head.mlp_hidden, int) and head.mlp_hidden >= 0,
                       "labels.names": isinstance(labels.names, list) and all(isinstance(n, str) for n in labels.names),
                       "labels.problem_type": labels.problem_type in PROBLEM_TYPES,
                       "tokenization.max_len": isinstance(tokens.max_len, int) and tokens.max_len > 0,
@@ -333,7 +352,7 @@ class ModelSpec:
 def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=False):
     """A Classifier: the backbone in `model_dir` (weights, or its config only) and a new head."""
     backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head.backbone_dropout)
-    return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout)
+    return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout, head.mlp_hidden)
 
 
 REMOTE_CODE = ("configuration_textclf.py", "modeling_textclf.py")
@@ -348,6 +367,7 @@ def hf_config(encoder_config, spec, members=1):
     names = list(spec.labels.names)
     multi = spec.labels.problem_type == "multi_label"
     config = TextclfConfig(encoder=encoder_config.to_dict(), head=spec.head.head, n_outputs=spec.head.n_outputs,
+                           mlp_hidden=spec.head.mlp_hidden,
                            textclf_problem_type=spec.labels.problem_type, members=members,
                            id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
                            problem_type="multi_label_classification" if multi else "single_label_classification")

@@ -12,6 +12,7 @@ processes, precision and gradient accumulation; only the main process prints (co
 writes. What a run writes, and how it resumes, is in checkpoint.py.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -24,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import adversarial, averaging
 from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, load_run_json, load_state, merge_oof,
-                         load_weights, named_state, resume_state_dir, save_best, save_state, write_fold_oof)
+                         load_weights, named_state, resume_state_dir, save_best, save_state, sharding, write_fold_oof)
 from .config import resolve_path
 from .console import say
 from .data import check_data_keys, load_meta, load_tokenizer, vocab_hash
@@ -34,8 +36,8 @@ from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir,
                      write_json, write_marker)
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
 from .metrics import available as available_metrics, compute, is_better, metric_mode, report
-from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze, freeze,
-                    make_loss, num_outputs, probabilities, resolve_problem_type)
+from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze,
+                    check_gradient_checkpointing, freeze, make_loss, num_outputs, probabilities, resolve_problem_type)
 from .optim import describe as describe_optimizer, make_optimizer, make_scheduler
 from .precision import resolve_shared
 from .predict import predict_logits
@@ -79,6 +81,10 @@ class Fold:
     eval_rows: np.ndarray
     eval_labels: np.ndarray
     total_steps: int
+    batches_per_epoch: int  # each process's batches
+    average: object = None  # averaging: the EMA or SWA AveragedModel, when the run keeps one
+    swa_steps: frozenset = frozenset()  # the evaluation steps SWA averages
+    adversary: object = None  # adversarial.FGM / AWP
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -102,6 +108,7 @@ def run(config):
         raise UserError(f"{run_dir} exists and was not made by textclf as a run, so train.overwrite=true will not "
                         f"replace it; choose another train.run, or move it away yourself")
     accelerator, choice = make_accelerator(config, run_dir, recorded)
+    check_sharded(train_cfg, sharding(accelerator))
     accelerator.wait_for_everyone()
     if resuming:
         say(accelerator, f"train: resuming run {run_dir}")
@@ -239,9 +246,13 @@ def check(config):
     label_names = meta["label_names"]
     problem_type = resolve_problem_type(config.model.problem_type, meta["problem_type"], len(label_names))
     head = HeadConfig(config.model.head, num_outputs(problem_type, len(label_names)), config.model.dropout,
-                      config.model.backbone_dropout, config.model.multi_sample_dropout)
+                      config.model.backbone_dropout, config.model.multi_sample_dropout, config.model.mlp_hidden)
     spec = ModelSpec.for_data(head, meta, sha256_file(data_dir / "meta.json"), config.model.name, problem_type)
     check_freeze(model_dir, config.model.freeze_embeddings, config.model.freeze_layers, config.model.trust_remote_code)
+    if train_cfg.gradient_checkpointing:
+        check_gradient_checkpointing(model_dir, config.model.trust_remote_code)
+    averaging.check(train_cfg)
+    adversarial.check(train_cfg, config.model)
     weights = train_cfg.class_weights
     if isinstance(weights, list) and len(weights) != len(label_names):
         raise UserError(f"train.class_weights has {len(weights)} values for {len(label_names)} labels; "
@@ -269,6 +280,16 @@ RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.report_to", "tr
                "train.save_total_limit", "train.save_every_steps", "train.output_dir", "train.run", "train.precision",
                "model.trust_remote_code", "model.premodels_dir", "data.output_dir", "data.name", "data.overwrite",
                "data.chunk_rows", "eval.", "ensemble.")
+
+
+def check_sharded(train_cfg, sharded):
+    """What FSDP / DeepSpeed (each process holds a shard of the weights) cannot do."""
+    if sharded is None:
+        return
+    averaging.check(train_cfg, sharded)
+    if train_cfg.adversarial != "none":
+        raise UserError(f"train.adversarial={train_cfg.adversarial} perturbs whole weight tensors, which {sharded} "
+                        f"shards across processes; use DDP (accelerate launch --multi_gpu) or train.adversarial=none")
 
 
 def check_end_texts(texts, meta):
@@ -368,6 +389,8 @@ def train_fold(job, plan):
     random.seed(train_cfg.seed)
     model = build_classifier(job.model_dir, job.spec.head, config.model.trust_remote_code)
     frozen = freeze(model, config.model.freeze_embeddings, config.model.freeze_layers)
+    if train_cfg.gradient_checkpointing:  # non-reentrant: works with frozen layers and keeps dropout's RNG
+        model.backbone.activation_checkpointing_enable({"use_reentrant": False})
     sped_up = []
     if train_cfg.cpu_speedups and accelerator.device.type == "cpu":
         sped_up = apply_speedups(model, single_process=accelerator.num_processes == 1)
@@ -379,7 +402,12 @@ def train_fold(job, plan):
     # Not passed to prepare: a prepared scheduler steps once per process per call.
     scheduler = make_scheduler(optimizer, train_cfg, total_steps)
     fold = Fold(index, fold_dir, model, optimizer, scheduler, loss_fn, sampler, train_loader, eval_loader,
-                eval_split, eval_rows, eval_labels, total_steps)
+                eval_split, eval_rows, eval_labels, total_steps, len(train_loader))
+    unwrapped = accelerator.unwrap_model(model)
+    fold.average = averaging.make_average(unwrapped, train_cfg)
+    if train_cfg.swa_last:
+        fold.swa_steps = frozenset(averaging.swa_steps(train_cfg, total_steps, steps_per_epoch))
+    fold.adversary = adversarial.make_adversary(unwrapped, train_cfg)
 
     state = resume(job, fold, len(train_loader))
     say(accelerator, banner(job, fold, len(train_ds), len(eval_ds), steps_per_epoch, frozen, sped_up))
@@ -412,13 +440,24 @@ def fit(job, fold, state):
             batches = accelerator.skip_first_batches(fold.train_loader, state.batch_in_epoch)
         for batch in batches:
             # step: forward and backward on every batch; the optimizer steps once per window
+            adversary = fold.adversary if progress(fold, state) >= train_cfg.adv_start_epoch else None
+            rows = len(batch["labels"])
+            # backward divides by grad_accum; weighting by rows / batch_size makes a window of
+            # k full batches of B give exactly the gradient of one batch of B*k.
+            weight = rows / train_cfg.batch_size
             with accelerator.accumulate(fold.model):
-                logits = fold.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                loss = fold.loss_fn(logits, batch["labels"])
-                rows = len(batch["labels"])
-                # backward divides by grad_accum; weighting by rows / batch_size makes a window of
-                # k full batches of B give exactly the gradient of one batch of B*k.
-                accelerator.backward(loss * (rows / train_cfg.batch_size))
+                # with an adversary, the window's gradients are reduced by its backward, not this one
+                with accelerator.no_sync(fold.model) if adversary else contextlib.nullcontext():
+                    if adversary:
+                        adversary.remember(batch)
+                    logits = fold.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                    loss = fold.loss_fn(logits, batch["labels"])
+                    accelerator.backward(loss * weight)
+                if adversary:  # the same batch again, on weights pushed along its gradient
+                    adversary.attack()
+                    adv_logits = fold.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                    accelerator.backward(fold.loss_fn(adv_logits, batch["labels"]) * weight)
+                    adversary.restore()
             meter.add(loss.detach(), rows)
             state.batch_in_epoch += 1
             state.samples += rows * accelerator.num_processes
@@ -428,6 +467,8 @@ def fit(job, fold, state):
             if not accelerator.sync_gradients:
                 continue  # mid-window: the next batch adds to the same gradient
             grad_norm = optimizer_step(job, fold, state, meter.take_window_rows())
+            if train_cfg.ema_decay and state.nonfinite_in_row == 0:  # the weights moved: so does their EMA
+                fold.average.update_parameters(accelerator.unwrap_model(fold.model))
             bar.update(1)
             last = state.step >= fold.total_steps
             state.seconds = earlier_seconds + time.time() - session_start
@@ -447,7 +488,7 @@ def fit(job, fold, state):
                 train_cfg.save_every_steps and state.step % train_cfg.save_every_steps == 0)
             if saved:
                 save_state(accelerator, fold.dir, fold.model, fold.optimizer, fold.scheduler, state,
-                           train_cfg.save_total_limit)
+                           train_cfg.save_total_limit, fold.average)
             # stop
             if last or state.stopped_early:
                 break
@@ -456,12 +497,17 @@ def fit(job, fold, state):
                 step_profiler(job, profiler, True)
                 if not saved:
                     save_state(accelerator, fold.dir, fold.model, fold.optimizer, fold.scheduler, state,
-                               train_cfg.save_total_limit)
+                               train_cfg.save_total_limit, fold.average)
                 bar.close()
                 return reason
     bar.close()
     step_profiler(job, profiler, True)
     return "done"
+
+
+def progress(fold, state):
+    """Epochs trained so far, with the fraction of the current one (for train.adv_start_epoch)."""
+    return state.epoch + state.batch_in_epoch / max(fold.batches_per_epoch, 1)
 
 
 def start_profiler(job):
@@ -548,7 +594,7 @@ def resume(job, fold, batches_per_epoch):
         if accelerator.is_main_process:
             fold.dir.mkdir(parents=True, exist_ok=True)
         return TrainState(fold=fold.index, processes=accelerator.num_processes)
-    state = load_state(accelerator, state_dir, fold.model, fold.optimizer, fold.scheduler)
+    state = load_state(accelerator, state_dir, fold.model, fold.optimizer, fold.scheduler, fold.average)
     later = [p for p in sorted(fold.dir.glob("last-*")) if p.name > state_dir.name]
     if later and accelerator.is_main_process:  # states of the steps being redone: a later resume must not pick them
         for path in later:
@@ -585,6 +631,9 @@ def banner(job, fold, n_train, n_eval, steps_per_epoch, frozen, sped_up):
                      else "frozen: embeddings")
     if sped_up:
         parts.append(f"cpu speed-ups: {', '.join(sped_up)}")
+    parts += [part for part in (averaging.describe(train_cfg), adversarial.describe(train_cfg)) if part]
+    if train_cfg.gradient_checkpointing:
+        parts.append("gradient checkpointing")
     return " | ".join(parts)
 
 
@@ -597,10 +646,10 @@ def best_saved_step(fold_dir):
     return step if isinstance(step, int) else None
 
 
-def score(job, fold):
-    """Metrics and probabilities of the current weights on the fold's held-out rows."""
+def score(job, fold, model=None):
+    """Metrics and probabilities of the current weights (or `model`'s) on the fold's held-out rows."""
     problem_type = job.spec.labels.problem_type
-    logits = predict_logits(fold.model, fold.eval_loader, len(fold.eval_labels), job.accelerator)
+    logits = predict_logits(fold.model if model is None else model, fold.eval_loader, len(fold.eval_labels), job.accelerator)
     loss = float(fold.loss_fn(logits, torch.as_tensor(fold.eval_labels)))
     probs = probabilities(logits, problem_type).numpy()
     results = compute(probs, fold.eval_labels, problem_type)
@@ -609,19 +658,20 @@ def score(job, fold):
 
 
 def evaluate(job, fold, state):
-    """Score the current weights; keep them as best/ when train.metric improves; log; stop early
-    after train.patience evaluations without improvement."""
+    """Score the current weights (their EMA, with train.ema_decay); keep them as best/ when
+    train.metric improves; log; stop early after train.patience evaluations without improvement.
+    With train.swa_last, the weights join the SWA mean at its evaluations, and after the last one
+    the mean is scored as a candidate for best/ too."""
     train_cfg = job.config.train
-    results, _ = score(job, fold)
+    scored = fold.average.module if train_cfg.ema_decay else fold.model
+    results, _ = score(job, fold, scored)
     if train_cfg.metric not in results:
         raise UserError(f"train.metric={train_cfg.metric} is not computed for this problem; choose from "
                         f"{', '.join(sorted(results))}")
-    improved = is_better(results[train_cfg.metric], state.best, metric_mode(train_cfg.metric, train_cfg.metric_mode),
-                         train_cfg.min_delta)
+    weights = "ema" if train_cfg.ema_decay else None
+    improved = keep_if_better(job, fold, state, scored, results, weights)
     if improved:
-        state.best, state.best_step, state.bad_evals = results[train_cfg.metric], state.step, 0
-        save_best(job.accelerator, fold.dir, fold.model, job.spec, job.tokenizer,
-                  {**results, "step": state.step, "epoch": state.epoch}, job.config.to_yaml())
+        state.bad_evals = 0
     else:
         state.bad_evals += 1
     job.log.write({"type": "eval", "fold": fold.index, "step": state.step, "epoch": state.epoch,
@@ -630,6 +680,35 @@ def evaluate(job, fold, state):
         + " ".join(f"{k} {v:.4f}" for k, v in results.items()) + (" *" if improved else ""))
     if train_cfg.patience and state.bad_evals >= train_cfg.patience:
         state.stopped_early = True
+    if state.step in fold.swa_steps:
+        fold.average.update_parameters(job.accelerator.unwrap_model(fold.model))
+        if state.step >= fold.total_steps:
+            score_swa(job, fold, state)
+
+
+def keep_if_better(job, fold, state, model, results, weights):
+    """best/ becomes `model`'s weights when train.metric improves on the best so far; its
+    metrics.json says which weights they are (`weights`: ema, swa of k) when they are an average."""
+    train_cfg = job.config.train
+    if not is_better(results[train_cfg.metric], state.best, metric_mode(train_cfg.metric, train_cfg.metric_mode),
+                     train_cfg.min_delta):
+        return False
+    state.best, state.best_step = results[train_cfg.metric], state.step
+    save_best(job.accelerator, fold.dir, model, job.spec, job.tokenizer,
+              {**results, "step": state.step, "epoch": state.epoch, **({"weights": weights} if weights else {})},
+              job.config.to_yaml())
+    return True
+
+
+def score_swa(job, fold, state):
+    """The SWA mean of the last train.swa_last evaluations' weights, scored; best/ when it wins."""
+    results, _ = score(job, fold, fold.average.module)
+    averaged = averaging.averaged_count(fold.average)
+    improved = keep_if_better(job, fold, state, fold.average.module, results, f"swa of {averaged}")
+    job.log.write({"type": "swa", "fold": fold.index, "step": state.step, "epoch": state.epoch, "averaged": averaged,
+                   **{k: round(v, 6) for k, v in results.items()}, "best": state.best})
+    say(job.accelerator, f"fold {fold.index} SWA of {averaged} evaluations: "
+        + " ".join(f"{k} {v:.4f}" for k, v in results.items()) + (" * (best/)" if improved else ""))
 
 
 def finish_fold(job, fold, state):

@@ -36,6 +36,13 @@ def pool(head, out, attention_mask, pooler=None):
     return mean, pooled
 
 
+def mlp_layers(hidden, width, dropout):
+    """The MLP head's hidden layer (Linear-ReLU-Dropout; the output Linear follows), or None."""
+    if not width:
+        return None
+    return nn.Sequential(nn.Linear(hidden, width), nn.ReLU(), nn.Dropout(dropout))
+
+
 def encoder_config(config):
     encoder = dict(config.encoder)
     return AutoConfig.for_model(encoder.pop("model_type"), **encoder)
@@ -55,7 +62,9 @@ def build(owner, config):
     owner.pooler = None
     if wants_pooler and not has_pooler:
         owner.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
-    owner.fc = nn.Linear(hidden, config.n_outputs)
+    width = getattr(config, "mlp_hidden", 0)
+    owner.mlp = mlp_layers(hidden, width, 0.0)
+    owner.fc = nn.Linear(width or hidden, config.n_outputs)
     owner.fc_pooler = nn.Linear(hidden, config.n_outputs) if config.head == "fusion" else None
 
 
@@ -65,7 +74,7 @@ def classify(owner, input_ids, attention_mask, token_type_ids=None):
     if owner.pass_token_types and token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids
     main, extra = pool(owner.head, owner.backbone(**kwargs), attention_mask, owner.pooler)
-    logits = owner.fc(main)
+    logits = owner.fc(main if owner.mlp is None else owner.mlp(main))
     if extra is not None:
         logits = logits + owner.fc_pooler(extra)
     return logits
