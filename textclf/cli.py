@@ -4,6 +4,7 @@
     textclf-train    --config configs/sst2.yaml train.epochs=1       # = python train.py ...
     textclf-evaluate --config configs/sst2.yaml eval.run=checkpoints/sst2
     textclf-submit   --config configs/demo.yaml                      # = python ensemble_and_submit.py ...
+    textclf-pseudo   --config configs/x.yaml pseudo.name=x-pseudo pseudo.predictions=[...]  # = python -m textclf.pseudo ...
     textclf-export   --run checkpoints/sst2 --format onnx --out exported/sst2-onnx   # = python -m textclf.export ...
     textclf-premodels random bert                                    # = python -m textclf.premodels ...
 
@@ -45,6 +46,13 @@ def submit(argv, prog="textclf-submit"):
     run(config)
 
 
+def pseudo(argv, prog="textclf-pseudo"):
+    config = parse_args(argv, prog=prog)
+    from .pseudo import run
+
+    run(config)
+
+
 def export(argv):
     from .export import main
 
@@ -72,6 +80,10 @@ def evaluate_entry():
 
 def submit_entry():
     run_cli(submit)
+
+
+def pseudo_entry():
+    run_cli(pseudo)
 
 
 def export_entry():

@@ -67,11 +67,14 @@ class DataConfig:
     label_columns: list[str] | None = None  # multi-label: one 0/1 column per class
     label_delimiter: str | None = None  # multi-label: a delimited list in label_column
     labels: list[str] | None = None  # fixed label order; default: sorted train labels
+    task: Literal["classification", "regression"] = "classification"  # regression: numeric targets in label_column (or label_columns)
     id_column: str | None = None  # default: the row number
     max_len: int = 128
     truncation: Literal["head", "tail", "head_tail"] = "head"
     head_tokens: int | None = None  # head_tail: tokens kept from the start (default: a quarter)
     n_folds: int = 0  # >= 2: K stratified folds over train instead of a validation split
+    fold_column: str | None = None  # train's own fold numbers (0..K-1, -1 = never held out) instead of drawn folds
+    group_column: str | None = None  # rows with one value here share a fold (StratifiedGroupKFold), e.g. one author
     valid_size: float = 0.1  # held-out fraction when there is no valid_file and no folds
     seed: int = 42
     drop_empty: bool = False  # drop rows whose text is empty (counted) instead of failing
@@ -90,7 +93,7 @@ class ModelConfig:
     mlp_hidden: int = 0  # > 0: the head is Linear(hidden, mlp_hidden)-ReLU-Dropout-Linear instead of one Linear
     freeze_embeddings: bool = False  # keep the embeddings as loaded
     freeze_layers: int = 0  # keep the embeddings and the first k layers as loaded (backward skips them)
-    problem_type: Literal["auto", "single_label", "binary_bce", "multi_label"] = "auto"
+    problem_type: Literal["auto", "single_label", "binary_bce", "multi_label", "regression"] = "auto"  # auto: from the data
 
 
 @dataclass
@@ -114,6 +117,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0: no clipping
     precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: the fastest exact one on this device (textclf/precision.py)
     label_smoothing: float = 0.0
+    loss: Literal["auto", "mse", "huber"] = "auto"  # regression: mse (auto) or huber, on standardised targets
+    huber_delta: float = 1.0  # loss=huber: where the loss turns linear, in target standard deviations
     class_weights: list[float] | Literal["auto"] | None = None
     sampler: Literal["length_grouped", "random"] = "length_grouped"
     ema_decay: float = 0.0  # > 0: evaluate and keep an EMA of the weights, updated every step (textclf/averaging.py)
@@ -126,7 +131,7 @@ class TrainConfig:
     pad_to_multiple: int = 1  # round batch widths up to a multiple (8 measured slower on CPU; try on GPU)
     cpu_speedups: bool = True  # on a CPU: fast dropout and attention, embedding-gradient buffer, freed memory kept (textclf/speedups.py)
     eval_every_steps: int = 0  # 0: evaluate once per epoch
-    metric: str = "accuracy"  # accuracy | f1_macro | f1_micro | roc_auc | loss
+    metric: str = "auto"  # auto (accuracy; rmse for regression) | accuracy | f1_macro | f1_micro | roc_auc | rmse | mae | pearson | spearman | loss
     metric_mode: Literal["max", "min", "auto"] = "auto"
     patience: int = 0  # evaluations without improvement before stopping; 0: never
     min_delta: float = 0.0
@@ -162,11 +167,22 @@ class EnsembleConfig:
     name: str = "submission"
     predictions: list[str] = field(default_factory=list)  # model_predictions/<run> folders
     method: Literal["mean", "weighted", "geometric", "rank"] = "weighted"  # rank: for roc_auc only
-    metric: Literal["accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss"] = "accuracy"
+    metric: Literal["auto", "accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss", "rmse", "mae", "pearson",
+                    "spearman"] = "auto"  # auto: accuracy, or rmse for regression
     sample_submission: str | None = None
     label_format: Literal["auto", "name", "index"] = "auto"  # a label column holds label names or class numbers
     output_dir: str = "submissions"
     tune_thresholds: bool = True
+
+
+@dataclass
+class PseudoConfig:
+    name: str = ""  # the new training input: <data.output_dir>/<name>, made from data.name's folder
+    predictions: list[str] = field(default_factory=list)  # model_predictions/<run> folders (their mean) or one submissions/<name>.json (that blend)
+    threshold: float = 0.0  # keep test rows whose top probability is at least this (multi-label: every class's p or 1 - p)
+    top_k: int = 0  # > 0: keep at most the k most confident rows of each predicted class
+    id_prefix: str = "pseudo:"  # pseudo rows' ids: the prefix + the test row's id
+    overwrite: bool = False  # replace <name> if textclf made it
 
 
 @dataclass
@@ -176,6 +192,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     config_file: str | None = None  # where it was read from (set by the parser)
     explicit: set = field(default_factory=set)  # "section.key" set on the command line
 
@@ -521,6 +538,15 @@ def validate(cfg):
     for key, value in (("data.name", data.name), ("train.run", train.run), ("ensemble.name", ensemble.name)):
         if value or key == "ensemble.name":
             check_name(value, key)
+    if cfg.pseudo.name:
+        check_name(cfg.pseudo.name, "pseudo.name")
+    pseudo = cfg.pseudo
+    need(finite(pseudo.threshold) and 0 <= pseudo.threshold <= 1, "pseudo.threshold", pseudo.threshold,
+         "must be a probability between 0 and 1")
+    need(pseudo.top_k >= 0, "pseudo.top_k", pseudo.top_k, "must be 0 (no limit) or more")
+    need(unique(pseudo.predictions), "pseudo.predictions", pseudo.predictions, "lists a prediction set twice")
+    need(len(pseudo.id_prefix) > 0 and "\n" not in pseudo.id_prefix, "pseudo.id_prefix", pseudo.id_prefix,
+         "must be a non-empty prefix (it keeps pseudo rows' ids apart from the train ids)")
     if data.delimiter is not None:
         try:
             delimiter = unescape_delimiter(data.delimiter)
@@ -551,6 +577,11 @@ def validate(cfg):
          "must be 0 (a validation split) or >= 2 (K folds)")
     need(not (data.n_folds >= 2 and data.valid_file), "data.n_folds", data.n_folds,
          "and data.valid_file are both set; use folds over train or a valid file, not both")
+    need(not (data.fold_column and data.group_column), "data.group_column", data.group_column,
+         "and data.fold_column are both set; given folds already decide where each row goes: use one of them")
+    for key in ("fold_column", "group_column"):
+        need(not (getattr(data, key) and data.valid_file), f"data.{key}", getattr(data, key),
+             "and data.valid_file are both set; folds over train or a valid file, not both")
     need(finite(data.valid_size) and 0 < data.valid_size < 1, "data.valid_size", data.valid_size,
          "must be between 0 and 1")
     need(data.chunk_rows >= 1, "data.chunk_rows", data.chunk_rows, "must be at least 1")
@@ -606,7 +637,16 @@ def validate(cfg):
              and sum(train.class_weights) > 0, "train.class_weights", train.class_weights,
              "must be non-negative numbers, one per label, not all 0")
 
-    metrics = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "loss")
+    need(finite(train.huber_delta) and train.huber_delta > 0, "train.huber_delta", train.huber_delta,
+         "must be a positive number (in target standard deviations)")
+    if data.task == "regression":
+        need(data.labels is None, "data.labels", data.labels, "lists class names; data.task=regression reads numbers: "
+             "drop data.labels")
+        need(data.label_delimiter is None, "data.label_delimiter", data.label_delimiter, "is for multi-label lists; "
+             "several numeric targets go in data.label_columns=[a,b] with data.task=regression")
+        need(data.label_columns or data.label_column, "data.label_column", data.label_column,
+             "must name the target column for data.task=regression")
+    metrics = ("auto", "accuracy", "f1_macro", "f1_micro", "roc_auc", "rmse", "mae", "pearson", "spearman", "loss")
     if train.metric not in metrics:
         close = difflib.get_close_matches(train.metric, metrics, n=1)
         raise UserError(f"train.metric={train.metric} is not a metric textclf computes; choose from "

@@ -14,6 +14,7 @@ Layout of models_input_files/<name>/:
     <split>/lengths.npy          int32  (rows,)        tokens including special tokens
     <split>/ids.npy              str    (rows,)
     <split>/labels.npy           int64 (rows,) single-label | uint8 (rows, classes) multi-label
+                                 | float32 (rows, targets) regression (data.task=regression)
     train/folds.npy              int16  (rows,)  fold k holds out rows == k; -1 = never held out
 """
 
@@ -109,8 +110,11 @@ def _int_sorted(names):
 
 
 def scan_rows(reader, cfg, split, known_labels, id_hashes):
-    """Validate every row; return counts, label frequencies and the longest id."""
+    """Validate every row; return counts, label frequencies (regression: each target's lowest and
+    highest value) and the longest id."""
     rows = dropped = 0
+    low = high = None
+    given_folds, groups = [], []  # train with data.fold_column / data.group_column
     counts = Counter()
     id_len = 1
     hashes, pending = [], []
@@ -134,7 +138,11 @@ def scan_rows(reader, cfg, split, known_labels, id_hashes):
         if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
             hashes.append(np.asarray(pending, dtype=np.int64))
             pending = []
-        if reader.labelled:
+        if reader.labelled and cfg.task == "regression":
+            numbers = reader.targets(values, line)  # refused here, in pass 1, when not a finite number
+            low = numbers if low is None else [min(a, b) for a, b in zip(low, numbers)]
+            high = numbers if high is None else [max(a, b) for a, b in zip(high, numbers)]
+        elif reader.labelled:
             labels = reader.labels(values, line)
             for name in labels if isinstance(labels, list) else [labels]:
                 if known_labels is not None and name not in known_labels:
@@ -144,12 +152,23 @@ def scan_rows(reader, cfg, split, known_labels, id_hashes):
                         + ("" if cfg.labels else " or list every label with data.labels=[...]")
                     )
                 counts[name] += 1
+        if reader.fold_idx is not None:
+            given_folds.append(reader.fold(values, line))
+        if reader.group_idx is not None:
+            groups.append(stable_hash(reader.group(values, line)))
         rows += 1
     if rows == 0:
         raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
     hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
     _check_duplicate_ids(reader, cfg, hashes)
-    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len)
+    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len, target_range=(low, high),
+                given_folds=np.asarray(given_folds, dtype=np.int16) if reader.fold_idx is not None else None,
+                groups=np.asarray(groups, dtype=np.int64) if reader.group_idx is not None else None)
+
+
+def stable_hash(text):
+    """A 64-bit hash of a text that is the same in every process (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 def _check_duplicate_ids(reader, cfg, hashes):
@@ -187,7 +206,8 @@ def _chunks(reader, cfg, size):
             reader.row_id(values, row_number),
             text,
             reader.pair(values, line) if reader.pair_idx is not None else None,
-            reader.labels(values, line) if reader.labelled else None,
+            (reader.targets(values, line) if cfg.task == "regression" else reader.labels(values, line))
+            if reader.labelled else None,
         ))
         if len(batch) == size:
             yield batch
@@ -208,9 +228,11 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     lengths = np.zeros(n, dtype=np.int32)  # 4 bytes a row, kept for the final copy
     ids = NpyWriter(folder / "ids.npy", f"<U{scan['id_len']}", (n,))
     labels = None
+    regression = cfg.task == "regression"
     if reader.labelled:
-        shape = (n, len(label_index)) if multi_label else (n,)
-        labels = NpyWriter(folder / "labels.npy", np.uint8 if multi_label else np.int64, shape)
+        shape = (n, len(label_index)) if multi_label or regression else (n,)
+        labels = NpyWriter(folder / "labels.npy", np.float32 if regression else np.uint8 if multi_label else np.int64,
+                           shape)
     start = truncated = 0
     for batch in _chunks(reader, cfg, cfg.chunk_rows):
         stop = start + len(batch)
@@ -222,7 +244,9 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         lengths[start:stop] = block_lengths
         ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
         if labels is not None:
-            if multi_label:
+            if regression:
+                labels.write(np.array([row[3] for row in batch], dtype=np.float32))
+            elif multi_label:
                 block = np.zeros((len(batch), len(label_index)), dtype=np.uint8)
                 for i, row in enumerate(batch):
                     block[i, [label_index[name] for name in row[3]]] = 1
@@ -267,17 +291,39 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         length_stats=dict(min=int(lengths.min()), mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
                           p95=float(np.percentile(lengths, 95)), max=int(lengths.max()), truncated_rows=int(truncated)),
     )
-    if reader.labelled:
+    if reader.labelled and regression:
+        entry["target_stats"] = target_stats(np.load(folder / "labels.npy"), list(label_index))
+    elif reader.labelled:
         entry["label_counts"] = {name: scan["counts"].get(name, 0) for name in label_index}
     return entry
+
+
+def target_stats(targets, names):
+    """Each regression target's mean, standard deviation, lowest and highest value (float64 sums)."""
+    targets = np.asarray(targets, dtype=np.float64)
+    return {name: dict(mean=float(column.mean()), std=float(column.std()), min=float(column.min()),
+                       max=float(column.max())) for name, column in zip(names, targets.T)}
 
 
 # ---------------------------------------------------------------------------- folds
 
 
+def target_bins(targets, most=10, rows_per_bin=10):
+    """Regression rows to stratify on: the quantile bin of the (first) target, at most `most` bins
+    of at least `rows_per_bin` rows, so that every fold gets a similar spread of targets."""
+    first = np.asarray(targets, dtype=np.float64)
+    first = first[:, 0] if first.ndim == 2 else first
+    bins = max(1, min(most, len(first) // rows_per_bin))
+    edges = np.quantile(first, np.arange(1, bins) / bins)
+    return np.searchsorted(edges, first, side="right")
+
+
 def stratify_keys(labels):
-    """One class per row to stratify on: the label, or for multi-label the rarest positive label."""
+    """One class per row to stratify on: the label, for multi-label the rarest positive label, for
+    regression the target's quantile bin."""
     labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        return target_bins(labels)
     if labels.ndim == 1:
         return labels
     freq = labels.sum(axis=0)
@@ -312,7 +358,66 @@ def assign_folds(labels, n_folds, valid_size, seed):
 # ---------------------------------------------------------------------------- the stage
 
 
+def group_folds(labels, groups, n_folds, valid_size, seed):
+    """Fold numbers that never split a group: StratifiedGroupKFold (shuffled, seeded) over the
+    groups, stratified like assign_folds. n_folds >= 2: K folds; else fold 0 is the first of
+    round(1 / valid_size) group folds (about valid_size of the rows) and the rest are -1."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    keys = stratify_keys(labels)
+    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group_index.max()) + 1
+    splits = group_splits(n_groups, n_folds, valid_size)
+    folds = np.full(len(keys), -1, dtype=np.int16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the least populated class has only n members": stratified as well as it can
+        split = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+        for k, (_, held) in enumerate(split.split(np.zeros(len(keys)), keys, group_index)):
+            if n_folds >= 2:
+                folds[held] = k
+            elif k == 0:
+                folds[held] = 0
+    return folds, n_groups
+
+
+def group_splits(n_groups, n_folds, valid_size):
+    splits = n_folds if n_folds >= 2 else max(2, int(round(1 / valid_size)))
+    if n_groups < splits:
+        want = f"data.n_folds={n_folds}" if n_folds >= 2 else f"data.valid_size={valid_size} ({splits} group folds)"
+        raise UserError(f"data.group_column: the train file has {n_groups} group(s), fewer than the {splits} folds of "
+                        f"{want}; groups are never split, so use fewer folds (or a larger valid_size)")
+    return splits
+
+
+def check_group_count(groups, cfg):
+    group_splits(len(np.unique(groups)), cfg.n_folds, cfg.valid_size)
+
+
+def given_folds(folds, cfg, path):
+    """data.fold_column's numbers, checked: 0..K-1 with every fold present, -1 = never held out."""
+    found = sorted(set(folds.tolist()) - {-1})
+    if not found:
+        raise UserError(f"train file {path}: data.fold_column '{cfg.fold_column}' is -1 on every row, so no row is "
+                        f"ever held out; number the folds 0, 1, ...")
+    k = found[-1] + 1
+    if found != list(range(k)):
+        missing = sorted(set(range(k)) - set(found))
+        raise UserError(f"train file {path}: data.fold_column '{cfg.fold_column}' has folds up to {k - 1} but none "
+                        f"numbered {', '.join(map(str, missing[:5]))}; number the folds 0..{k - 1} without gaps")
+    if k == 1 and not (folds == -1).any():
+        raise UserError(f"train file {path}: data.fold_column '{cfg.fold_column}' puts every row in fold 0, leaving "
+                        f"none to train on; mark training rows -1, or number several folds")
+    if cfg.n_folds and cfg.n_folds != k:
+        raise UserError(f"data.n_folds={cfg.n_folds} but data.fold_column '{cfg.fold_column}' in {path} numbers {k} "
+                        f"fold(s); drop data.n_folds (the column decides) or fix the column")
+    return k
+
+
 def _decide_labels(cfg, train_counts, multi_label):
+    if cfg.task == "regression":  # the target columns' names
+        return list(cfg.label_columns or [cfg.label_column])
     if cfg.label_columns:
         return list(cfg.label_columns)
     if cfg.labels:
@@ -351,17 +456,20 @@ def process(config):
             raw = RawFile(resolve_path(path), cfg, split)
             readers[split] = RowReader(raw, cfg, need_labels=split != "test")
 
-    multi_label = bool(cfg.label_columns or cfg.label_delimiter)
+    regression = cfg.task == "regression"
+    multi_label = not regression and bool(cfg.label_columns or cfg.label_delimiter)
     started = time.time()
     print(f"data_process: scanning {', '.join(f'{s}={r.raw.path.name}' for s, r in readers.items())}", flush=True)
     scans = {}
     known = set(cfg.labels) if cfg.labels and not cfg.label_columns else None
     scans["train"] = scan_rows(readers["train"], cfg, "train", known, None)
     label_names = _decide_labels(cfg, scans["train"]["counts"], multi_label)
-    if not multi_label and len(label_names) < 2:
+    if regression:
+        check_targets_vary(readers["train"], label_names, scans["train"]["target_range"])
+    elif not multi_label and len(label_names) < 2:
         raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}); "
                         f"a classifier needs at least two")
-    clashes = same_number_labels(label_names)
+    clashes = [] if regression else same_number_labels(label_names)
     if clashes:
         a, b = clashes[0]
         raise UserError(f"labels '{a}' and '{b}' in {readers['train'].raw.path} are the same number written two ways; "
@@ -370,6 +478,10 @@ def process(config):
     if cfg.n_folds > train_rows:
         raise UserError(f"data.n_folds={cfg.n_folds} but the train file has {train_rows} rows; every fold needs rows: "
                         f"use at most {train_rows} folds")
+    if scans["train"]["given_folds"] is not None:  # checked now, before anything is written
+        given_folds(scans["train"]["given_folds"], cfg, readers["train"].raw.path)
+    if scans["train"]["groups"] is not None:
+        check_group_count(scans["train"]["groups"], cfg)
     for split in ("valid", "test"):
         if split in readers:
             scans[split] = scan_rows(readers[split], cfg, split, set(label_names), None)
@@ -388,7 +500,7 @@ def process(config):
         head_tokens=encoder.head_tokens if cfg.truncation == "head_tail" else None,
         text_columns=list(cfg.text_columns),
         text_pair_column=cfg.text_pair_column,
-        problem_type="multi_label" if multi_label else "single_label",
+        problem_type="regression" if regression else "multi_label" if multi_label else "single_label",
         label_names=label_names,
         splits={},
     )
@@ -399,21 +511,13 @@ def process(config):
             for split, reader in readers.items():
                 meta["splits"][split] = _write_split(tmp / split, reader, cfg, scans[split], encoder, label_index,
                                                      multi_label, progress)
+        if regression:  # what training standardises the targets with: the train split's mean and std
+            meta["target_stats"] = {name: dict(mean=s["mean"], std=s["std"])
+                                    for name, s in meta["splits"]["train"]["target_stats"].items()}
         if "valid" in readers:
             meta["folds"] = dict(mode="valid_file", n_folds=1, seed=cfg.seed)
         else:
-            labels = np.load(tmp / "train" / "labels.npy", mmap_mode="r")
-            folds = assign_folds(labels, cfg.n_folds, cfg.valid_size, cfg.seed)
-            held_out = int((folds == 0).sum())
-            if held_out == 0 or held_out == len(folds):
-                raise UserError(f"data.valid_size={cfg.valid_size} holds out {held_out} of {len(folds)} train rows; a "
-                                f"validation split needs rows on both sides: add rows, change data.valid_size, or "
-                                f"give data.valid_file")
-            np.save(tmp / "train" / "folds.npy", folds)
-            mode = "kfold" if cfg.n_folds >= 2 else "holdout"
-            meta["folds"] = dict(mode=mode, n_folds=max(cfg.n_folds, 1), seed=cfg.seed,
-                                 valid_size=cfg.valid_size if mode == "holdout" else None,
-                                 sizes=[int((folds == k).sum()) for k in range(max(cfg.n_folds, 1))])
+            meta["folds"] = write_folds(tmp, cfg, scans["train"])
         meta["config"] = config.to_dict()
         write_json(tmp / "meta.json", meta)
         atomic_write_text(tmp / "config.yaml", config.to_yaml())
@@ -423,8 +527,47 @@ def process(config):
         stats = entry["length_stats"]
         print(f"  {split}: {entry['rows']} rows{dropped}, width {entry['padded_width']}, "
               f"mean length {stats['mean']}, truncated {stats['truncated_rows']}", flush=True)
-    print(f"data_process: wrote {out} ({len(label_names)} labels, {total} rows, {elapsed:.1f}s)", flush=True)
+    what = f"{len(label_names)} numeric target(s)" if regression else f"{len(label_names)} labels"
+    print(f"data_process: wrote {out} ({what}, {total} rows, {elapsed:.1f}s)", flush=True)
     return out
+
+
+def write_folds(tmp, cfg, scan):
+    """train/folds.npy: the given folds (data.fold_column), group folds (data.group_column) or
+    stratified folds drawn with data.seed; returns meta.json's "folds" entry."""
+    labels = np.load(tmp / "train" / "labels.npy", mmap_mode="r")
+    extra = {}
+    if scan["given_folds"] is not None:
+        folds = scan["given_folds"]
+        n_folds = given_folds(folds, cfg, cfg.train_file)
+        extra = dict(source="fold_column", fold_column=cfg.fold_column)
+    elif scan["groups"] is not None:
+        folds, n_groups = group_folds(labels, scan["groups"], cfg.n_folds, cfg.valid_size, cfg.seed)
+        n_folds = max(cfg.n_folds, 1)
+        extra = dict(source="group_column", group_column=cfg.group_column, groups=n_groups)
+    else:
+        folds = assign_folds(labels, cfg.n_folds, cfg.valid_size, cfg.seed)
+        n_folds = max(cfg.n_folds, 1)
+        extra = dict(source="drawn")
+    held_out = int((folds == 0).sum())
+    if held_out == 0 or (n_folds == 1 and held_out == len(folds)):
+        raise UserError(f"data.valid_size={cfg.valid_size} holds out {held_out} of {len(folds)} train rows; a "
+                        f"validation split needs rows on both sides: add rows, change data.valid_size, or "
+                        f"give data.valid_file")
+    np.save(tmp / "train" / "folds.npy", folds)
+    mode = "kfold" if n_folds >= 2 else "holdout"
+    return dict(mode=mode, n_folds=n_folds, seed=cfg.seed,
+                valid_size=cfg.valid_size if mode == "holdout" and extra["source"] != "fold_column" else None,
+                sizes=[int((folds == k).sum()) for k in range(n_folds)], **extra)
+
+
+def check_targets_vary(reader, names, target_range):
+    """A regression target with one value on every train row cannot be learned (nor standardised)."""
+    low, high = target_range
+    for name, a, b in zip(names, low, high):
+        if a == b:
+            raise UserError(f"train file {reader.raw.path}: target '{name}' is {a:g} on every row; a regression "
+                            f"target must vary: check data.label_column / data.label_columns")
 
 
 # ---------------------------------------------------------------------------- reading back

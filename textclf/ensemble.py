@@ -8,6 +8,10 @@ Blends: mean, weighted (weights searched on the out-of-fold probabilities for th
 configured metric, never worse there than the plain mean), geometric mean, rank average.
 Binary problems get a tuned decision threshold and multi-label problems one threshold per
 class, both learned on the out-of-fold rows and applied to test.
+
+Regression predictions blend with mean or weighted (weights searched for ensemble.metric, rmse
+by default, on the out-of-fold rows); geometric and rank blends and thresholds do not apply.
+The submission writes each target's value (7 significant digits, no exponent).
 """
 
 import csv
@@ -19,9 +23,29 @@ import numpy as np
 from .config import resolve_path
 from .errors import UserError
 from .fileio import atomic_write_text, load_json, next_version, write_json
-from .metrics import HIGHER_IS_BETTER, compute
+from .metrics import HIGHER_IS_BETTER, REGRESSION_METRICS, compute, default_metric
 
-SCORE_METRICS = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss")
+SCORE_METRICS = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss")  # classification; regression: REGRESSION_METRICS
+
+
+def format_value(value):
+    """A predicted number as CSV text: 7 significant digits (float32 holds about that many), never
+    in exponent notation."""
+    return np.format_float_positional(float(value), precision=7, unique=True, fractional=False, trim="-")
+
+
+def check_method(method, metric, problem_type):
+    """ensemble.method and ensemble.metric (auto resolved) against the sets' problem type."""
+    if problem_type == "regression":
+        if method not in ("mean", "weighted"):
+            raise UserError(f"ensemble.method={method} blends probabilities; regression predictions blend with "
+                            f"ensemble.method=weighted (or mean)")
+        if metric not in REGRESSION_METRICS:
+            raise UserError(f"ensemble.metric={metric} does not score regression predictions; choose from "
+                            f"{', '.join(REGRESSION_METRICS)} (or auto: rmse)")
+    elif metric in REGRESSION_METRICS:
+        raise UserError(f"ensemble.metric={metric} scores regression predictions, and these sets are {problem_type}; "
+                        f"choose from {', '.join(SCORE_METRICS)} (or auto: accuracy)")
 
 
 def load_set(path):
@@ -83,6 +107,8 @@ def blend(members, weights, method):
 
 
 def normalise(probs, problem_type):
+    if problem_type == "regression":
+        return probs
     if problem_type == "multi_label":
         return np.clip(probs, 0.0, 1.0)
     return probs / probs.sum(axis=1, keepdims=True)
@@ -168,6 +194,8 @@ def tune_thresholds(probs, labels, problem_type, metric):
 
 
 def decide(probs, problem_type, thresholds):
+    if problem_type == "regression":
+        return probs
     if problem_type == "multi_label":
         t = np.asarray(thresholds if thresholds is not None else [0.5] * probs.shape[1])
         return (probs >= t[None, :]).astype(int)
@@ -231,6 +259,17 @@ def submission_rows(header, body, ids, probs, predicted, label_names, problem_ty
     order = [index[i] for i in sample_ids]
     columns = header[1:]
     out = [header]
+    if problem_type == "regression":  # one value column per target; one target may go under any column name
+        if len(columns) == 1 and len(label_names) == 1:
+            col_index = [0]
+        elif set(columns) == set(label_names) and len(columns) == len(label_names):
+            col_index = [label_names.index(c) for c in columns]
+        else:
+            raise UserError(f"the sample submission's columns {columns} are not the targets ({', '.join(label_names)}); "
+                            f"fix ensemble.sample_submission")
+        for sid, k in zip(sample_ids, order):
+            out.append([sid, *[format_value(probs[k, j]) for j in col_index]])
+        return out
     if set(columns) == set(label_names) and len(columns) == len(label_names):  # one probability column per class
         col_index = [label_names.index(c) for c in columns]
         for sid, k in zip(sample_ids, order):
@@ -260,9 +299,10 @@ def run(config):
     check_sets(sets, split)
     manifest = sets[0][1]
     problem_type, label_names = manifest["problem_type"], manifest["label_names"]
+    metric = default_metric(problem_type) if ecfg.metric == "auto" else ecfg.metric
+    check_method(ecfg.method, metric, problem_type)
     has_oof = all("oof" in m["splits"] for _, m in sets)
     tune_split = "oof" if has_oof else ("valid" if all("valid" in m["splits"] for _, m in sets) else None)
-    metric = ecfg.metric
 
     summary = {"members": [], "method": ecfg.method, "metric": metric, "tuned_on": tune_split}
     weights = np.full(len(sets), 1.0 / len(sets))
@@ -281,7 +321,7 @@ def run(config):
             blend_score = score(normalise(blend(members, weights, ecfg.method), problem_type), labels, problem_type,
                                 metric)
         blended = normalise(blend(members, weights, ecfg.method), problem_type)
-        if ecfg.tune_thresholds and ecfg.method != "rank":
+        if ecfg.tune_thresholds and ecfg.method != "rank" and problem_type != "regression":
             thresholds = tune_thresholds(blended, labels, problem_type, metric)
         summary.update(mean_score=mean_score, blend_score=blend_score, weights=weights.tolist(), thresholds=thresholds)
         print(f"blend ({ecfg.method}): {tune_split} {metric} {blend_score:.4f} (plain mean {mean_score:.4f}); "
@@ -304,6 +344,8 @@ def run(config):
         sample_path, header, body = read_sample(ecfg.sample_submission)
         rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem_type,
                                ecfg.label_format)
+    elif problem_type == "regression":
+        rows = [["id", *label_names]] + [[str(i), *map(format_value, p)] for i, p in zip(ids, predicted)]
     else:
         header = ["id", "label"]
         rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem_type == "multi_label"

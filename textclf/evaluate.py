@@ -11,6 +11,9 @@ Layout of model_predictions/<run>/ (a new version folder if it exists):
             embeddings.npy (eval.embeddings: the first fold's pooled vectors, row order as ids.npy),
             hidden_states.npy + lengths.npy (eval.hidden_states)
     oof/ids.npy, probs.npy, labels.npy, folds.npy      out-of-fold probabilities of the train rows
+Regression (manifest problem_type "regression", label_names the target names): probs.npy and
+fold<k>.npy hold the predictions (rows, targets), report.txt the numeric report per target, and
+there is no confusion matrix or ROC curve.
 """
 
 import csv
@@ -26,6 +29,7 @@ import numpy as np
 from .config import resolve_path
 from .console import say
 from .data import READING_KEYS, check_data_keys, load_meta, scan_rows
+from .ensemble import format_value
 from .errors import UserError
 from .checkpoint import load_run_json
 from .fileio import (atomic_dir, atomic_write_text, load_json, next_version, remove_dead_temporaries, sha256_file,
@@ -80,7 +84,7 @@ def write_metrics(folder, probs, labels, problem_type, label_names, split):
     atomic_write_text(folder / "report.txt", text + "\n")
     print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
     print(text, flush=True)
-    if problem_type != "multi_label":
+    if problem_type not in ("multi_label", "regression"):
         matrix_text, _ = confusion(probs, labels, label_names)
         atomic_write_text(folder / "confusion.txt", matrix_text + "\n")
         print(matrix_text, flush=True)
@@ -257,15 +261,24 @@ def predict_raw(config, run_dir):
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
     out = predictor.predict(texts, pairs)
     names = predictor.label_names
+    regression = predictor.problem_type == "regression"
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["id", "label", *[f"prob_{n}" for n in names]])
-    for row_id, label, probs in zip(ids, out["labels"], out["probs"]):
-        label = "|".join(label) if isinstance(label, list) else label
-        writer.writerow([row_id, label, *[f"{p:.6f}" for p in probs]])
+    if regression:  # one column per target, named like the target column
+        writer.writerow(["id", *names])
+        for row_id, values in zip(ids, out["predictions"]):
+            writer.writerow([row_id, *[format_value(v) for v in values]])
+    else:
+        writer.writerow(["id", "label", *[f"prob_{n}" for n in names]])
+        for row_id, label, probs in zip(ids, out["labels"], out["probs"]):
+            label = "|".join(label) if isinstance(label, list) else label
+            writer.writerow([row_id, label, *[f"{p:.6f}" for p in probs]])
     for text, label, probs in zip(texts[:50], out["labels"], out["probs"]):
         shown = text if len(text) <= 70 else text[:67] + "..."
-        print(f"{label!s:>12}  p={probs.max():.3f}  {shown}", flush=True)
+        if regression:
+            print(f"{' '.join(format_value(v) for v in probs):>12}  {shown}", flush=True)
+        else:
+            print(f"{label!s:>12}  p={probs.max():.3f}  {shown}", flush=True)
     if len(texts) > 50:
         print(f"... {len(texts) - 50} more rows", flush=True)
     target = next_version(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")

@@ -21,6 +21,10 @@ does. --fold each writes one folder per fold (out/fold<k>).
 
 Every export is checked before it is moved into place: its probabilities are compared with
 textclf's own on random token rows of every length up to max_len, with padding.
+
+Regression runs export the same way: the config says problem_type "regression" with num_labels
+= the number of targets, the logits (ONNX: the `predictions` output) are the predictions, and
+the check compares them in units of each target's standard deviation.
 """
 
 import argparse
@@ -33,7 +37,6 @@ import numpy as np
 import torch
 
 from .config import resolve_path
-from .console import say
 from .errors import UserError, run_cli
 from .fileio import atomic_dir, made_by_textclf, write_json, write_marker
 from .model import REMOTE_CODE, hf_config, probabilities, read_encoder_config
@@ -91,10 +94,15 @@ def reference_probs(models, spec, batch):
     return torch.stack([probabilities(m(ids, mask, types), spec.labels.problem_type) for m in models]).mean(0)
 
 
-def require_close(got, want, tolerance, what):
-    diff = float(np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64)).max())
+def require_close(got, want, tolerance, what, spec=None):
+    """The largest difference between an export's outputs and textclf's; for regression in units of
+    each target's standard deviation, so the tolerance does not depend on the targets' units."""
+    error = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64))
+    if spec is not None and spec.labels.problem_type == "regression":
+        error = error / np.asarray(spec.head.target_std, dtype=np.float64)
+    diff = float(error.max())
     if not diff <= tolerance:
-        raise UserError(f"the {what} export differs from textclf's probabilities by {diff:.2e} (> {tolerance:g}); "
+        raise UserError(f"the {what} export differs from textclf's outputs by {diff:.2e} (> {tolerance:g}); "
                         f"nothing was written. Please report this with the run's head and model family")
     return diff
 
@@ -114,6 +122,10 @@ def native_state(model, spec, config):
     if spec.labels.problem_type == "binary_bce":  # one logit z -> [0, z]: softmax gives [1 - p, p]
         weight = torch.cat([torch.zeros_like(weight), weight])
         bias = torch.cat([torch.zeros_like(bias), bias])
+    if spec.labels.problem_type == "regression":  # textclf's z * std + mean, folded into the output layer
+        std = torch.tensor(spec.head.target_std, dtype=weight.dtype)
+        weight = weight * std[:, None]
+        bias = bias * std + torch.tensor(spec.head.target_mean, dtype=bias.dtype)
     out = {}
     if config.model_type == "bert":
         out = {f"{prefix}.{k[len('backbone.'):]}": v for k, v in state.items() if k.startswith("backbone.")}
@@ -187,8 +199,11 @@ def write_hf(folder, models, spec, config, tokenizer):
     batch = check_rows(spec, tokenizer)
     with torch.no_grad():
         logits = loaded(input_ids=batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits.float()
-    got = logits.sigmoid() if spec.labels.problem_type == "multi_label" else logits.softmax(-1)
-    return kind, require_close(got.numpy(), reference_probs(models, spec, batch).numpy(), HF_TOLERANCE, "Hugging Face")
+    problem_type = spec.labels.problem_type
+    got = logits if problem_type == "regression" else logits.sigmoid() if problem_type == "multi_label" else (
+        logits.softmax(-1))
+    return kind, require_close(got.numpy(), reference_probs(models, spec, batch).numpy(), HF_TOLERANCE, "Hugging Face",
+                               spec)
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -215,7 +230,7 @@ def write_onnx(folder, models, spec, tokenizer):
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=["probs"],
+        torch.onnx.export(module, example, str(path), input_names=names, output_names=[onnx_output(spec)],
                           dynamic_shapes=dynamic, dynamo=True, opset_version=18, external_data=False)
     save_tokenizer(tokenizer, spec, folder)
     encoder = TextTokenizer.from_hf(tokenizer, spec.tokenization.max_len, spec.tokenization.truncation,
@@ -223,7 +238,12 @@ def write_onnx(folder, models, spec, tokenizer):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(names, batch)}
     return encoder, require_close(session.run(None, feeds)[0], reference_probs(models, spec, batch).numpy(),
-                                  ONNX_TOLERANCE, "ONNX")
+                                  ONNX_TOLERANCE, "ONNX", spec)
+
+
+def onnx_output(spec):
+    """The graph's output: the probabilities, or a regression's predictions."""
+    return "predictions" if spec.labels.problem_type == "regression" else "probs"
 
 
 def quantize(folder):
@@ -259,6 +279,10 @@ def held_out_rows(run_dir, folds):
 
 
 def accuracy(probs, labels, problem_type):
+    if problem_type == "regression":  # the RMSE, mean over targets, for the int8 comparison
+        from .metrics import regression_metrics
+
+        return regression_metrics(probs, labels)["rmse"]
     if problem_type == "multi_label":
         return float(((probs >= 0.5) == (np.asarray(labels) > 0)).all(axis=1).mean())
     return float((probs.argmax(1) == np.asarray(labels)).mean())
@@ -283,8 +307,9 @@ def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_s
             probs.append(session.run(None, {k: feeds[k] for k in input_names})[0])
         out[name] = np.concatenate(probs)
     fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
-    return {"rows": int(len(rows)), "accuracy_fp32": accuracy(fp32, labels, problem_type),
-            "accuracy_int8": accuracy(int8, labels, problem_type),
+    name = "rmse" if problem_type == "regression" else "accuracy"
+    return {"rows": int(len(rows)), "metric": name, f"{name}_fp32": accuracy(fp32, labels, problem_type),
+            f"{name}_int8": accuracy(int8, labels, problem_type),
             "max_prob_difference": float(np.abs(fp32 - int8).max())}
 
 
@@ -346,7 +371,7 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
                 encoder, entry["max_difference"] = write_onnx(folder, members, spec, tokenizer)
                 names = ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else [])
                 onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
-                            "inputs": names, "outputs": ["probs"], "tokenization": encoder.to_json(),
+                            "inputs": names, "outputs": [onnx_output(spec)], "tokenization": encoder.to_json(),
                             "text_pair_column": spec.tokenization.text_pair_column,
                             "models": {"fp32": "model.onnx"}}
                 if int8:
@@ -384,15 +409,17 @@ def main(argv):
     for entry in report["folders"]:
         where = Path(args.out) / entry["folder"]
         what = entry.get("class", "ONNX graph + tokenizer")
-        say(f"exported fold(s) {entry['folds']} -> {where}: {what}; max |p - textclf p| = {entry['max_difference']:.1e}")
+        print(f"exported fold(s) {entry['folds']} -> {where}: {what}; max |p - textclf p| = "
+              f"{entry['max_difference']:.1e}", flush=True)
         if isinstance(entry.get("int8"), dict):
             q = entry["int8"]
-            say(f"  int8 on {q['rows']} held-out rows: accuracy {q['accuracy_int8']:.4f} (fp32 {q['accuracy_fp32']:.4f}),"
-                f" max |p_int8 - p_fp32| = {q['max_prob_difference']:.3f}")
+            name = q["metric"]
+            print(f"  int8 on {q['rows']} held-out rows: {name} {q[f'{name}_int8']:.4f} (fp32 {q[f'{name}_fp32']:.4f}),"
+                  f" max |p_int8 - p_fp32| = {q['max_prob_difference']:.3f}", flush=True)
         elif entry.get("int8"):
-            say(f"  int8: {entry['int8']}")
+            print(f"  int8: {entry['int8']}", flush=True)
     for note in report["notes"]:
-        say(f"note: {note}")
+        print(f"note: {note}", flush=True)
 
 
 if __name__ == "__main__":

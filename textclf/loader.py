@@ -83,7 +83,9 @@ class SplitArrays(Dataset):
             "index": torch.from_numpy(positions),
         }
         if self.with_labels:
-            batch["labels"] = torch.from_numpy(np.asarray(arrays["labels"][sorted_rows][inverse]).astype(np.int64))
+            labels = np.asarray(arrays["labels"][sorted_rows][inverse])
+            # regression targets stay float32; class numbers and multi-label 0/1 rows become int64
+            batch["labels"] = torch.from_numpy(labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64))
         return batch
 
 

@@ -1,13 +1,23 @@
-"""Classification metrics from probabilities, and the per-class report."""
+"""Classification metrics from probabilities, and the per-class report; regression metrics from
+predictions (rows, targets), and a numeric report."""
 
 import numpy as np
 from sklearn import metrics as skm
 
-HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "loss": False}
+HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "loss": False,
+                    "rmse": False, "mae": False, "pearson": True, "spearman": True}
+REGRESSION_METRICS = ("rmse", "mae", "pearson", "spearman")
+
+
+def default_metric(problem_type):
+    """What train.metric=auto and ensemble.metric=auto mean."""
+    return "rmse" if problem_type == "regression" else "accuracy"
 
 
 def available(problem_type, n_labels):
     """The metric names `compute` (plus the loss) reports for a problem."""
+    if problem_type == "regression":
+        return {*REGRESSION_METRICS, "loss"}
     names = {"accuracy", "f1_macro", "f1_micro", "loss"}
     if problem_type != "single_label" or n_labels == 2:
         names.add("roc_auc")
@@ -16,13 +26,18 @@ def available(problem_type, n_labels):
 
 def predictions(probs, problem_type, threshold=0.5):
     probs = np.asarray(probs)
+    if problem_type == "regression":
+        return probs
     if problem_type == "multi_label":
         return (probs >= threshold).astype(np.int64)
     return probs.argmax(axis=1)
 
 
 def compute(probs, labels, problem_type):
-    """accuracy, macro/micro F1, and ROC AUC for two classes (multi-label: subset accuracy)."""
+    """accuracy, macro/micro F1, and ROC AUC for two classes (multi-label: subset accuracy);
+    regression: rmse, mae, pearson, spearman (see regression_metrics)."""
+    if problem_type == "regression":
+        return regression_metrics(probs, labels)
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     pred = predictions(probs, problem_type)
@@ -40,8 +55,61 @@ def compute(probs, labels, problem_type):
     return out
 
 
+def _as_columns(values):
+    values = np.asarray(values, dtype=np.float64)
+    return values[:, None] if values.ndim == 1 else values
+
+
+def correlation(a, b):
+    """Pearson's r of two vectors; 0 where either is constant (no linear relation can be read off,
+    and a NaN would never compare as better or worse)."""
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def ranks(values):
+    """Ranks 1..n, ties sharing their mean rank (as Spearman's rho needs)."""
+    from scipy.stats import rankdata
+
+    return rankdata(values, method="average")
+
+
+def per_target(preds, targets):
+    """[{rmse, mae, pearson, spearman}] for each target column."""
+    preds, targets = _as_columns(preds), _as_columns(targets)
+    out = []
+    for p, y in zip(preds.T, targets.T):
+        error = p - y
+        out.append({"rmse": float(np.sqrt((error * error).mean())), "mae": float(np.abs(error).mean()),
+                    "pearson": correlation(p, y), "spearman": correlation(ranks(p), ranks(y))})
+    return out
+
+
+def regression_metrics(preds, targets):
+    """Each metric averaged over the target columns (for several targets rmse is the mean
+    column-wise RMSE); one target: the plain values."""
+    columns = per_target(preds, targets)
+    return {name: float(np.mean([c[name] for c in columns])) for name in REGRESSION_METRICS}
+
+
+def regression_report(preds, targets, names):
+    """Per target: rows, the targets' and the predictions' mean and std, and the metrics, as text."""
+    preds, targets = _as_columns(preds), _as_columns(targets)
+    header = ["target", "rows", "mean", "std", "pred_mean", "pred_std", *REGRESSION_METRICS]
+    lines = [header]
+    for name, p, y, m in zip(names, preds.T, targets.T, per_target(preds, targets)):
+        lines.append([str(name)[:20], str(len(y)), *(f"{v:.4f}" for v in (y.mean(), y.std(), p.mean(), p.std())),
+                      *(f"{m[k]:.4f}" for k in REGRESSION_METRICS)])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines)
+
+
 def report(probs, labels, problem_type, label_names):
-    """Per-class precision / recall / F1 / support as text (like NeMo's classification report)."""
+    """Per-class precision / recall / F1 / support as text (like NeMo's classification report);
+    regression: the numeric report of regression_report."""
+    if problem_type == "regression":
+        return regression_report(probs, labels, label_names)
     pred = predictions(probs, problem_type)
     labels = np.asarray(labels)
     kwargs = dict(target_names=[str(n) for n in label_names], digits=4, zero_division=0)

@@ -9,6 +9,9 @@ Heads:
             another, summed (the competition topline's head)
 Multi-sample dropout applies k dropout masks to the pooled features and averages the
 logits; at evaluation dropout is off, so one pass is exact.
+For regression the output layer predicts standardised targets, and the model returns them
+in the targets' own units (z * std + mean, with the train split's mean and std): predictions
+start at the mean whatever the units, and every consumer reads plain values.
 """
 
 import dataclasses
@@ -22,10 +25,18 @@ from torch import nn
 from .errors import UserError
 from .hf_remote.modeling_textclf import mlp_layers, pool, uses_token_types
 
-PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label")
+PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label", "regression")
 
 
 def resolve_problem_type(requested, meta_problem, n_labels):
+    if meta_problem == "regression":
+        if requested not in ("auto", "regression"):
+            raise UserError(f"model.problem_type={requested} does not fit numeric targets (data.task=regression); "
+                            f"use auto or regression")
+        return "regression"
+    if requested == "regression":
+        raise UserError("model.problem_type=regression needs numeric targets: run data_process.py with "
+                        "data.task=regression (and another data.name)")
     if meta_problem == "multi_label":
         if requested not in ("auto", "multi_label"):
             raise UserError(f"model.problem_type={requested} does not fit multi-label data; use auto or multi_label")
@@ -42,7 +53,8 @@ def num_outputs(problem_type, n_labels):
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone, n_outputs, head="cls", dropout=0.1, multi_sample_dropout=1, mlp_hidden=0):
+    def __init__(self, backbone, n_outputs, head="cls", dropout=0.1, multi_sample_dropout=1, mlp_hidden=0,
+                 target_mean=None, target_std=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -61,6 +73,10 @@ class Classifier(nn.Module):
         self.mlp = mlp_layers(hidden, mlp_hidden, dropout)
         self.fc = nn.Linear(mlp_hidden or hidden, n_outputs)
         self.fc_pooler = nn.Linear(hidden, n_outputs) if head == "fusion" else None
+        # regression: the affine map from standardised to real targets; fixed, so not in the state dict
+        for name, values in (("target_mean", target_mean), ("target_std", target_std)):
+            self.register_buffer(name, None if values is None else torch.tensor(values, dtype=torch.float32),
+                                 persistent=False)
 
     def features(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
@@ -78,7 +94,10 @@ class Classifier(nn.Module):
             if extra is not None:
                 step = step + self.fc_pooler(self.dropout(extra))
             logits = logits + step
-        return logits / samples
+        logits = logits / samples
+        if self.target_std is not None:
+            logits = logits * self.target_std + self.target_mean
+        return logits
 
 
 # ---------------------------------------------------------------------------- layers of a backbone
@@ -164,9 +183,20 @@ def freeze(model, embeddings=False, layers=0):
     return frozen
 
 
-def make_loss(problem_type, class_weights=None, label_smoothing=0.0):
-    """A function (logits, labels) -> mean loss for the problem type."""
+def make_loss(problem_type, class_weights=None, label_smoothing=0.0, target_std=None, kind="auto", huber_delta=1.0):
+    """A function (logits, labels) -> mean loss for the problem type. Regression: `kind` mse (auto)
+    or huber, on residuals divided by each target's std, so the loss and huber_delta are in
+    standard deviations whatever the targets' units."""
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    if problem_type == "regression":
+        scale = torch.as_tensor(target_std if target_std is not None else 1.0, dtype=torch.float32)
+
+        def loss(preds, targets):
+            residual = (preds.float() - targets.float()) / scale.to(preds.device)
+            if kind == "huber":
+                return nn.functional.huber_loss(residual, torch.zeros_like(residual), delta=huber_delta)
+            return residual.pow(2).mean()
+        return loss
     if problem_type == "single_label":
         def loss(logits, labels):
             w = None if weights is None else weights.to(logits.device)
@@ -192,8 +222,11 @@ def make_loss(problem_type, class_weights=None, label_smoothing=0.0):
 
 
 def probabilities(logits, problem_type):
-    """Class probabilities (rows, classes); binary_bce expands its one logit to [1-p, p]."""
+    """Class probabilities (rows, classes); binary_bce expands its one logit to [1-p, p]. For
+    regression the model's outputs are the predictions themselves (rows, targets)."""
     logits = logits.float()
+    if problem_type == "regression":
+        return logits
     if problem_type == "single_label":
         return logits.softmax(-1)
     if problem_type == "binary_bce":
@@ -271,12 +304,14 @@ class HeadConfig:
     backbone_dropout: float | None = None  # overrides the backbone config's dropout when set
     multi_sample_dropout: int = 1
     mlp_hidden: int = 0  # > 0: Linear(hidden, mlp_hidden)-ReLU-Dropout before the output layer
+    target_mean: list | None = None  # regression: the train targets' mean and std per target; the output
+    target_std: list | None = None  # layer predicts (y - mean) / std, the model returns y
 
 
 @dataclasses.dataclass(frozen=True)
 class Labels:
-    names: list
-    problem_type: str  # single_label | binary_bce | multi_label
+    names: list  # class names; the target names for regression
+    problem_type: str  # single_label | binary_bce | multi_label | regression
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,6 +373,10 @@ class ModelSpec:
                       "head.mlp_hidden": isinstance(head.mlp_hidden, int) and head.mlp_hidden >= 0,
                       "labels.names": isinstance(labels.names, list) and all(isinstance(n, str) for n in labels.names),
                       "labels.problem_type": labels.problem_type in PROBLEM_TYPES,
+                      "head.target_std": labels.problem_type != "regression" or (
+                          isinstance(head.target_std, list) and isinstance(head.target_mean, list)
+                          and len(head.target_std) == len(head.target_mean) == head.n_outputs
+                          and all(isinstance(v, (int, float)) and v > 0 for v in head.target_std)),
                       "tokenization.max_len": isinstance(tokens.max_len, int) and tokens.max_len > 0,
                       "tokenization.truncation": tokens.truncation in ("head", "tail", "head_tail")}
             wrong = [k for k, ok in checks.items() if not ok]
@@ -352,7 +391,8 @@ class ModelSpec:
 def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=False):
     """A Classifier: the backbone in `model_dir` (weights, or its config only) and a new head."""
     backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head.backbone_dropout)
-    return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout, head.mlp_hidden)
+    return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout, head.mlp_hidden,
+                      head.target_mean, head.target_std)
 
 
 REMOTE_CODE = ("configuration_textclf.py", "modeling_textclf.py")
@@ -365,12 +405,15 @@ def hf_config(encoder_config, spec, members=1):
     from .hf_remote.configuration_textclf import TextclfConfig
 
     names = list(spec.labels.names)
-    multi = spec.labels.problem_type == "multi_label"
+    # Hugging Face's names; regression: num_labels = the number of targets, logits = the predictions
+    problem_type = {"multi_label": "multi_label_classification", "regression": "regression"}.get(
+        spec.labels.problem_type, "single_label_classification")
     config = TextclfConfig(encoder=encoder_config.to_dict(), head=spec.head.head, n_outputs=spec.head.n_outputs,
-                           mlp_hidden=spec.head.mlp_hidden,
+                           mlp_hidden=spec.head.mlp_hidden, target_mean=spec.head.target_mean,
+                           target_std=spec.head.target_std,
                            textclf_problem_type=spec.labels.problem_type, members=members,
                            id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
-                           problem_type="multi_label_classification" if multi else "single_label_classification")
+                           problem_type=problem_type)
     config.auto_map = {"AutoConfig": "configuration_textclf.TextclfConfig",
                        "AutoModelForSequenceClassification": "modeling_textclf.TextclfForSequenceClassification"}
     config.architectures = ["TextclfForSequenceClassification"]

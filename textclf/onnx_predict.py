@@ -3,7 +3,7 @@
     from textclf.onnx_predict import OnnxPredictor
     predictor = OnnxPredictor.from_export("exported/sst2-onnx")          # or int8=True
     out = predictor.predict(["a gripping film", "two hours I will not get back"])
-    out["labels"], out["probs"]
+    out["labels"], out["probs"]            # regression: out["predictions"] (rows, targets), labels the values
 
 The same interface as textclf.Predictor. Texts are tokenized exactly as data_process.py did
 (textclf.tokenization with the run's templates and truncation, from textclf_onnx.json), rows are
@@ -65,19 +65,24 @@ class OnnxPredictor:
         return out
 
     def predict(self, texts, pairs=None):
-        """Labels and probabilities for raw texts (and second segments, if the run used pairs)."""
+        """Labels and probabilities for raw texts (and second segments, if the run used pairs);
+        regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
-            return {"labels": [], "probs": np.zeros((0, len(self.label_names)), dtype=np.float32),
-                    "label_names": list(self.label_names)}
+            return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
         if self.pairs and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = [str(t).strip() for t in texts]
         pairs = None if pairs is None else [str(p).strip() for p in pairs]
         ids, types, lengths, _ = self.tokenizer.encode(texts, pairs)
-        probs = self.probs(ids, types, lengths)
-        return {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
+        return self._result(self.probs(ids, types, lengths))
+
+    def _result(self, probs):
+        out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
+        if self.problem_type == "regression":
+            out["predictions"] = probs
+        return out
 
     def decide(self, probs, threshold=0.5):
         return decide(probs, self.label_names, self.problem_type, threshold)

@@ -4,6 +4,8 @@
     predictor = Predictor.from_run("checkpoints/sst2")
     out = predictor.predict(["a gripping film", "two hours I will not get back"])
     out["labels"], out["probs"]          # label names, (rows, classes) fold-mean probabilities
+    out["predictions"]                   # regression: (rows, targets) fold-mean predictions (also in "probs"),
+                                         # and out["labels"] the value per row (a list for several targets)
 
 `predict_logits` is used by training (evaluation, out-of-fold rows), evaluate.py and the
 Predictor alike. Raw texts are tokenized exactly as data_process.py tokenized the training data
@@ -198,19 +200,24 @@ class Predictor:
         return out
 
     def predict(self, texts, pairs=None):
-        """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs)."""
+        """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs).
+        Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
-            return {"labels": [], "probs": np.zeros((0, len(self.label_names)), dtype=np.float32),
-                    "label_names": list(self.label_names)}
+            return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
         if self.spec.tokenization.text_pair_column and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = [str(t).strip() for t in texts]
         ids, types, lengths, _ = self.tokenizer.encode(texts, None if pairs is None else [str(p).strip() for p in pairs])
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
-        probs = self.fold_probs(ids, mask, types, lengths).mean(axis=0)
-        return {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
+        return self._result(self.fold_probs(ids, mask, types, lengths).mean(axis=0))
+
+    def _result(self, probs):
+        out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
+        if self.problem_type == "regression":
+            out["predictions"] = probs
+        return out
 
     def decide(self, probs, threshold=0.5):
         return decide(probs, self.label_names, self.problem_type, threshold)

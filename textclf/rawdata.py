@@ -255,6 +255,10 @@ class RowReader:
             elif need_labels:
                 index(cfg.label_column, "data.label_column")
         self.labelled = self.multi_columns is not None or self.label_idx is not None
+        # the train file's own folds, or the groups that must share a fold (valid and test files need neither)
+        train = raw.role == "train"
+        self.fold_idx = index(cfg.fold_column, "data.fold_column") if cfg.fold_column and train else None
+        self.group_idx = index(cfg.group_column, "data.group_column") if cfg.group_column and train else None
 
     def where(self, line):
         return f"line {line} of {self.raw.path}"
@@ -315,3 +319,60 @@ class RowReader:
                 f"{self.where(line)}: the label ('{self.cfg.label_column}') is empty; fill it in or remove the row"
             )
         return name
+
+    def fold(self, values, line):
+        """The row's given fold number (data.fold_column): an integer 0..32767, or -1 for never held out."""
+        value = values[self.fold_idx]
+        text = "" if isinstance(value, (bool, list, dict)) else self._as_text(value).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is None or not number.is_integer() or not -1 <= number <= 32767:
+            shown = _json_kind(value) if isinstance(value, (bool, list, dict)) else repr(text[:40])
+            raise UserError(f"{self.where(line)}: the fold ('{self.cfg.fold_column}') is {shown}; data.fold_column "
+                            f"holds fold numbers 0, 1, ... (or -1 for a row that is never held out)")
+        return int(number)
+
+    def group(self, values, line):
+        """The row's group (data.group_column) as text; rows of one group always share a fold."""
+        value = values[self.group_idx]
+        if isinstance(value, (list, dict)):
+            raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is a JSON {_json_kind(value)}; "
+                            f"a group is a string or a number")
+        text = self._as_text(value).strip()
+        if not text:
+            raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is empty; give every row a "
+                            f"group (a row alone can have its own id as its group)")
+        return text
+
+    def targets(self, values, line):
+        """The row's numeric targets (data.task=regression), in the order of data.label_columns (or the
+        one data.label_column): finite numbers that fit in float32, else one line naming the cell."""
+        if self.multi_columns is not None:
+            cells = zip(self.cfg.label_columns, self.multi_columns)
+        else:
+            cells = [(self.cfg.label_column, self.label_idx)]
+        out = []
+        for name, i in cells:
+            value = values[i]
+            if isinstance(value, (bool, list, dict)):
+                raise UserError(f"{self.where(line)}: target '{name}' is a JSON {_json_kind(value)}; data.task="
+                                f"regression needs a number in every target cell")
+            text = self._as_text(value).strip()
+            if not text:
+                raise UserError(f"{self.where(line)}: target '{name}' is empty; fill in a number or remove the row")
+            try:
+                number = float(text)
+            except ValueError:
+                raise UserError(f"{self.where(line)}: target '{name}' is {text[:40]!r}, not a number; data.task="
+                                f"regression needs numbers (fix the cell, or use data.task=classification for "
+                                f"class labels)") from None
+            if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+                raise UserError(f"{self.where(line)}: target '{name}' is {text[:40]!r}; targets must be finite numbers "
+                                f"within float32 range (+-3.4e38): fix the cell or remove the row")
+            out.append(number)
+        return out
+
+
+_FLOAT32_MAX = 3.4028234663852886e38

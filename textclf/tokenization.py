@@ -137,7 +137,10 @@ class TextTokenizer:
 
 def decide(probs, label_names, problem_type, threshold=0.5):
     """Labels from probabilities (rows, classes): the argmax, or for multi-label every class at or
-    above the threshold. Shared by Predictor and OnnxPredictor."""
+    above the threshold; for regression the predicted value (rows, targets) of each row, a float,
+    or a list of floats in target order for several targets. Shared by Predictor and OnnxPredictor."""
+    if problem_type == "regression":
+        return [float(row[0]) if len(row) == 1 else [float(v) for v in row] for row in np.asarray(probs)]
     if problem_type == "multi_label":
         return [[label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
     return [label_names[j] for j in probs.argmax(axis=1)]

@@ -35,7 +35,7 @@ from .errors import UserError
 from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output, sha256_file,
                      write_json, write_marker)
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
-from .metrics import available as available_metrics, compute, is_better, metric_mode, report
+from .metrics import available as available_metrics, compute, default_metric, is_better, metric_mode, report
 from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze,
                     check_gradient_checkpointing, freeze, make_loss, num_outputs, probabilities, resolve_problem_type)
 from .optim import describe as describe_optimizer, make_optimizer, make_scheduler
@@ -173,7 +173,15 @@ def finish_run(job, folds, oof_score, meta):
                               job.config.train.eval_batch_size, checkpoints, job.precision.precision)
         if test and test["labelled"]:
             summary["test"] = test_metrics(job, predictor)
-        if texts:
+        if texts and spec.labels.problem_type == "regression":
+            out = predictor.predict(list(texts))
+            summary["texts"] = [{"text": t, "prediction": dict(zip(out["label_names"], map(float, p)))}
+                                for t, p in zip(texts, out["predictions"])]
+            say(job.accelerator, "train: eval.texts predicted by the fold mean")
+            for item, p in zip(summary["texts"], out["predictions"]):
+                shown = item["text"] if len(item["text"]) <= 70 else item["text"][:67] + "..."
+                say(job.accelerator, f"{' '.join(f'{v:.4g}' for v in p):>12}  {shown}")
+        elif texts:
             out = predictor.predict(list(texts))
             summary["texts"] = [{"text": t, "label": label, "probs": dict(zip(out["label_names"], map(float, p)))}
                                 for t, label, p in zip(texts, out["labels"], out["probs"])]
@@ -245,8 +253,18 @@ def check(config):
                         f"model '{config.model.name}'; run data_process.py with model.name={config.model.name}")
     label_names = meta["label_names"]
     problem_type = resolve_problem_type(config.model.problem_type, meta["problem_type"], len(label_names))
+    check_loss(train_cfg, problem_type)
+    target_mean = target_std = None  # regression: the head predicts targets standardised with these
+    if problem_type == "regression":
+        stats = meta.get("target_stats")
+        if not (isinstance(stats, dict) and all(isinstance(stats.get(name), dict) for name in label_names)):
+            raise UserError(f"{data_dir / 'meta.json'} has no target statistics (target_stats); run data_process.py "
+                            f"again with data.task=regression")
+        target_mean = [float(stats[name]["mean"]) for name in label_names]
+        target_std = [float(stats[name]["std"]) for name in label_names]
     head = HeadConfig(config.model.head, num_outputs(problem_type, len(label_names)), config.model.dropout,
-                      config.model.backbone_dropout, config.model.multi_sample_dropout, config.model.mlp_hidden)
+                      config.model.backbone_dropout, config.model.multi_sample_dropout, config.model.mlp_hidden,
+                      target_mean, target_std)
     spec = ModelSpec.for_data(head, meta, sha256_file(data_dir / "meta.json"), config.model.name, problem_type)
     check_freeze(model_dir, config.model.freeze_embeddings, config.model.freeze_layers, config.model.trust_remote_code)
     if train_cfg.gradient_checkpointing:
@@ -257,6 +275,8 @@ def check(config):
     if isinstance(weights, list) and len(weights) != len(label_names):
         raise UserError(f"train.class_weights has {len(weights)} values for {len(label_names)} labels; "
                         f"give one per label ({', '.join(label_names)}) or use auto")
+    if train_cfg.metric == "auto":  # resolved here, so the run's config.yaml names the metric it used
+        train_cfg.metric = default_metric(problem_type)
     metrics = available_metrics(problem_type, len(label_names))
     if train_cfg.metric not in metrics:
         raise UserError(f"train.metric={train_cfg.metric} is not computed for this problem; choose from "
@@ -280,6 +300,19 @@ RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.report_to", "tr
                "train.save_total_limit", "train.save_every_steps", "train.output_dir", "train.run", "train.precision",
                "model.trust_remote_code", "model.premodels_dir", "data.output_dir", "data.name", "data.overwrite",
                "data.chunk_rows", "eval.", "ensemble.")
+
+
+def check_loss(train_cfg, problem_type):
+    """train.loss, class weights and label smoothing against the problem type."""
+    if problem_type == "regression":
+        if train_cfg.class_weights is not None:
+            raise UserError("train.class_weights weights classes; a regression has none: drop train.class_weights")
+        if train_cfg.label_smoothing:
+            raise UserError("train.label_smoothing smooths class targets; a regression has none: set "
+                            "train.label_smoothing=0")
+    elif train_cfg.loss != "auto":
+        raise UserError(f"train.loss={train_cfg.loss} is a regression loss, and this data is {problem_type}; use "
+                        f"train.loss=auto (or data_process.py with data.task=regression for numeric targets)")
 
 
 def check_sharded(train_cfg, sharded):
@@ -377,7 +410,8 @@ def train_fold(job, plan):
     if weights == "auto":
         train_labels = np.asarray(np.load(job.data_dir / "train" / "labels.npy", mmap_mode="r")[train_rows])
         weights = auto_class_weights(train_labels, labels.problem_type, len(labels.names))
-    loss_fn = make_loss(labels.problem_type, weights, train_cfg.label_smoothing)
+    loss_fn = make_loss(labels.problem_type, weights, train_cfg.label_smoothing, job.spec.head.target_std,
+                        train_cfg.loss, train_cfg.huber_delta)
     sampler = LengthGroupedBatches(train_ds.lengths(), train_cfg.batch_size, train_cfg.seed,
                                    grouped=train_cfg.sampler == "length_grouped")
     train_loader = make_loader(train_ds, sampler, train_cfg.num_workers)

@@ -7,22 +7,26 @@ class TextclfConfig(PretrainedConfig):
     """The encoder's own config (a dict under `encoder`), the head on it, and the labels.
 
     head                   cls | mean | pooler | fusion
-    n_outputs              outputs of the final layer (1 for binary_bce, else the number of labels)
-    textclf_problem_type   single_label | binary_bce | multi_label
+    n_outputs              outputs of the final layer (1 for binary_bce, else the number of labels or targets)
+    textclf_problem_type   single_label | binary_bce | multi_label | regression
     members                1 for one model; K for the mean of K fold models in one folder
     mlp_hidden             0: one Linear on the pooled features; > 0: Linear-ReLU-(Dropout)-Linear
+    target_mean, target_std  regression: the output layer predicts (y - mean) / std per target; the
+                           model returns y (its logits are the predictions)
     """
 
     model_type = "textclf"
 
     def __init__(self, encoder=None, head="cls", n_outputs=2, textclf_problem_type="single_label", members=1,
-                 mlp_hidden=0, **kwargs):
+                 mlp_hidden=0, target_mean=None, target_std=None, **kwargs):
         self.encoder = dict(encoder or {})
         self.head = head
         self.n_outputs = n_outputs
         self.textclf_problem_type = textclf_problem_type
         self.members = members
         self.mlp_hidden = mlp_hidden
+        self.target_mean = target_mean
+        self.target_std = target_std
         if self.encoder:
             kwargs.setdefault("initializer_range", self.encoder.get("initializer_range", 0.02))
             kwargs.setdefault("hidden_size", self.encoder.get("hidden_size"))

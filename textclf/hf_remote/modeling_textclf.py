@@ -66,6 +66,9 @@ def build(owner, config):
     owner.mlp = mlp_layers(hidden, width, 0.0)
     owner.fc = nn.Linear(width or hidden, config.n_outputs)
     owner.fc_pooler = nn.Linear(hidden, config.n_outputs) if config.head == "fusion" else None
+    # regression: lists, not buffers, so that loading never has to initialise them
+    owner.target_mean = getattr(config, "target_mean", None)
+    owner.target_std = getattr(config, "target_std", None)
 
 
 def classify(owner, input_ids, attention_mask, token_type_ids=None):
@@ -77,6 +80,9 @@ def classify(owner, input_ids, attention_mask, token_type_ids=None):
     logits = owner.fc(main if owner.mlp is None else owner.mlp(main))
     if extra is not None:
         logits = logits + owner.fc_pooler(extra)
+    if owner.target_std is not None:  # regression: standardised outputs back to the targets' units
+        logits = (logits * torch.tensor(owner.target_std, dtype=torch.float32, device=logits.device)
+                  + torch.tensor(owner.target_mean, dtype=torch.float32, device=logits.device))
     return logits
 
 
@@ -93,9 +99,10 @@ class Member(nn.Module):
 
 class TextclfForSequenceClassification(PreTrainedModel):
     """Logits in Hugging Face's convention: softmax of them gives the class probabilities
-    (single_label; binary_bce's one logit z becomes [0, z]), sigmoid gives them for multi_label.
+    (single_label; binary_bce's one logit z becomes [0, z]), sigmoid gives them for multi_label,
+    and for regression (problem_type "regression") they are the predictions themselves.
     With members > 1 the output is the fold mean, as logits whose softmax (or sigmoid) is the
-    mean of the members' probabilities."""
+    mean of the members' probabilities (regression: the mean of the members' predictions)."""
 
     config_class = TextclfConfig
     base_model_prefix = "textclf"
@@ -110,6 +117,8 @@ class TextclfForSequenceClassification(PreTrainedModel):
         self.post_init()
 
     def _probs(self, logits):
+        if self.config.textclf_problem_type == "regression":
+            return logits.float()
         if self.config.textclf_problem_type == "single_label":
             return logits.float().softmax(-1)
         if self.config.textclf_problem_type == "binary_bce":
@@ -129,13 +138,18 @@ class TextclfForSequenceClassification(PreTrainedModel):
             logits = self._to_logits(classify(self, input_ids, attention_mask, token_type_ids))
         else:
             probs = torch.stack([self._probs(m(input_ids, attention_mask, token_type_ids)) for m in self.members])
-            probs = probs.mean(0).clamp(1e-12, 1 - 1e-7)
-            # softmax(log p) = p when p sums to 1; sigmoid(log p - log(1 - p)) = p
-            multi = self.config.textclf_problem_type == "multi_label"
-            logits = probs.log() - (1 - probs).log() if multi else probs.log()
+            if self.config.textclf_problem_type == "regression":
+                logits = probs.mean(0)
+            else:
+                probs = probs.mean(0).clamp(1e-12, 1 - 1e-7)
+                # softmax(log p) = p when p sums to 1; sigmoid(log p - log(1 - p)) = p
+                multi = self.config.textclf_problem_type == "multi_label"
+                logits = probs.log() - (1 - probs).log() if multi else probs.log()
         loss = None
         if labels is not None:
-            if self.config.textclf_problem_type == "multi_label":
+            if self.config.textclf_problem_type == "regression":
+                loss = nn.functional.mse_loss(logits.float(), labels.float().view(logits.shape))
+            elif self.config.textclf_problem_type == "multi_label":
                 loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
                 loss = nn.functional.cross_entropy(logits.float(), labels.view(-1))

@@ -1,0 +1,266 @@
+"""Pseudo-labelling: confident predictions on unlabelled rows become training rows.
+
+    python -m textclf.pseudo --config configs/x.yaml data.name=x pseudo.name=x-pseudo \\
+        pseudo.predictions='[model_predictions/a, model_predictions/b]' pseudo.threshold=0.95
+    python -m textclf.pseudo ... pseudo.predictions='[submissions/blend.json]' pseudo.top_k=500
+
+Reads the test split of models_input_files/<data.name> (the unlabelled rows, tokenized by
+data_process.py), the prediction sets made on exactly those rows (blended by their mean, or as
+an ensemble_and_submit.py summary blended them), keeps the confident rows and writes
+models_input_files/<pseudo.name>/: the same folder with the kept rows appended to train.
+
+Leak guards, so that scores stay honest:
+  - pseudo rows get fold -1: they train every fold and are never a fold's validation rows, so
+    out-of-fold scores (and the blend tuned on them) are computed on original rows only;
+  - their ids are the test ids with pseudo.id_prefix, refused if one meets a train id;
+  - the labels come only from the predictions; a labelled test split's labels are never read
+    into training (they score the pseudo labels in pseudo.json, nothing else);
+  - a source that is itself pseudo-labelled keeps only its original rows: a new round replaces
+    the earlier round's rows instead of stacking them.
+train/origin.npy (0 original, 1 pseudo) and train/source_row.npy (the row's number in the source
+train split, or in its test split) say where every row came from; pseudo.json (also under
+"pseudo" in meta.json) records the prediction sets with their hashes, the blend, the rule and
+what it kept. Runs on the new folder predict the same test rows as before, so their test scores
+are transductive (the test texts were trained on, with predicted labels).
+"""
+
+import datetime
+import json
+import shutil
+
+import numpy as np
+
+from .config import resolve_path
+from .data import load_meta
+from .ensemble import blend, check_sets, load_set, normalise
+from .errors import UserError, run_cli
+from .evaluate import _ids_hash
+from .fileio import atomic_dir, atomic_write_text, load_json, made_by_textclf, remove_dead_temporaries, sha256_file, \
+    write_json, write_marker
+
+ARRAYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def read_predictions(paths):
+    """[(folder, manifest)], weights and blend method: prediction-set folders blended by their mean,
+    or one ensemble summary (submissions/<name>.json) with its members, weights and method."""
+    if len(paths) == 1 and str(paths[0]).endswith(".json"):
+        path = resolve_path(paths[0])
+        if not path.is_file():
+            raise UserError(f"pseudo.predictions: {paths[0]} does not exist; pass an ensemble_and_submit.py summary "
+                            f"(submissions/<name>.json) or model_predictions/<run> folders")
+        fix = "pass the .json that ensemble_and_submit.py wrote beside its submission"
+        summary = load_json(path, "an ensemble summary", fix, {"predictions": list, "method": str})
+        sets = [load_set(p) for p in summary["predictions"]]
+        weights = summary.get("weights") or [1.0] * len(sets)
+        if len(weights) != len(sets):
+            raise UserError(f"{path} has {len(weights)} weights for {len(sets)} prediction sets; {fix}")
+        method, source = summary["method"], dict(summary=str(path), summary_sha256=sha256_file(path))
+    else:
+        for p in paths:
+            if str(p).endswith(".json"):
+                raise UserError(f"pseudo.predictions: {p} is an ensemble summary; pass it alone (its members are "
+                                f"blended as it says), or pass prediction-set folders")
+        sets = [load_set(p) for p in paths]
+        weights, method, source = [1.0] * len(sets), "mean", {}
+    if method == "rank":
+        raise UserError("pseudo.predictions: a rank blend gives ranks, not probabilities, so no threshold means "
+                        "anything on it; blend with mean or weighted for pseudo-labelling")
+    return sets, np.asarray(weights, dtype=np.float64), method, source
+
+
+def select(probs, problem_type, threshold, top_k):
+    """(kept row numbers in row order, their labels, their confidence). Confidence: the top
+    probability, or for multi-label the least certain class's max(p, 1 - p)."""
+    if problem_type == "multi_label":
+        confidence = np.maximum(probs, 1 - probs).min(axis=1)
+        labels = (probs >= 0.5).astype(np.uint8)
+    else:
+        confidence = probs.max(axis=1)
+        labels = probs.argmax(axis=1).astype(np.int64)
+    keep = confidence >= threshold
+    if top_k:
+        limited = np.zeros_like(keep)
+        for c in np.unique(labels[keep]):
+            rows = np.flatnonzero(keep & (labels == c))
+            order = rows[np.argsort(-confidence[rows], kind="stable")]  # most confident first, ties in row order
+            limited[order[:top_k]] = True
+        keep = limited
+    rows = np.flatnonzero(keep)
+    return rows, labels[rows], confidence[rows]
+
+
+def check_inputs(cfg, meta, source_dir, sets):
+    """The prediction sets must label exactly this folder's test rows, with its labels."""
+    manifest = sets[0][1]
+    problem = manifest["problem_type"]
+    if problem == "regression" or meta["problem_type"] == "regression":
+        raise UserError("pseudo-labelling keeps confident class predictions; regression predictions have no "
+                        "confidence to threshold")
+    if "test" not in meta["splits"]:
+        raise UserError(f"{source_dir} has no test split: run data_process.py with data.test_file=<the unlabelled "
+                        f"rows> (and another data.name), predict it with evaluate.py, then pseudo-label")
+    if manifest["label_names"] != meta["label_names"]:
+        raise UserError(f"{sets[0][0]} predicts labels {manifest['label_names']}, {source_dir} has "
+                        f"{meta['label_names']}; pseudo-label with predictions of this data's labels")
+    if (problem == "multi_label") != (meta["problem_type"] == "multi_label"):
+        raise UserError(f"{sets[0][0]} is {problem}, {source_dir} is {meta['problem_type']}; pseudo-label with "
+                        f"predictions of the same problem")
+    ids = np.load(source_dir / "test" / "ids.npy")
+    want = _ids_hash(ids)
+    for folder, m in sets:
+        entry = m["splits"].get("test")
+        if entry is None:
+            raise UserError(f"{folder} has no test predictions; run evaluate.py with eval.splits=[test]")
+        if entry["ids_sha256"] != want or entry.get("source_sha256") != meta["splits"]["test"]["source_sha256"]:
+            raise UserError(f"{folder} predicted other test rows than {source_dir}'s (ids, order or file differ); "
+                            f"pseudo-label with predictions of data.name={meta['name']}'s test split")
+    if cfg.threshold <= 0 and cfg.top_k <= 0:
+        raise UserError("pseudo.threshold and pseudo.top_k are both unset, which would keep every test row; set "
+                        "pseudo.threshold (e.g. 0.95) or pseudo.top_k (rows per class)")
+    if cfg.top_k and problem == "multi_label":
+        raise UserError("pseudo.top_k picks rows per predicted class; a multi-label row has several: use "
+                        "pseudo.threshold for multi-label data")
+    return ids
+
+
+def run(config):
+    cfg = config.pseudo
+    if not cfg.name:
+        raise UserError("pseudo.name is not set; pass pseudo.name=<name> (the new folder beside data.name's)")
+    if not config.data.name:
+        raise UserError("data.name is not set; pass data.name=<the folder whose test rows were predicted>")
+    if not cfg.predictions:
+        raise UserError("pseudo.predictions is empty; pass model_predictions/<run> folders or one "
+                        "submissions/<name>.json")
+    root = resolve_path(config.data.output_dir)
+    source_dir, out = root / config.data.name, root / cfg.name
+    if out == source_dir:
+        raise UserError(f"pseudo.name={cfg.name} is data.name; write the pseudo-labelled input under another name")
+    meta = load_meta(source_dir)
+    if out.exists() and not (cfg.overwrite and made_by_textclf(out, "data")):
+        raise UserError(f"{out} already exists; choose another pseudo.name" + (
+            " (it was not made by textclf, so pseudo.overwrite=true will not replace it)" if cfg.overwrite
+            else " or set pseudo.overwrite=true to replace it"))
+    sets, weights, method, source = read_predictions(cfg.predictions)
+    check_sets(sets, "test")
+    test_ids = check_inputs(cfg, meta, source_dir, sets)
+    problem = sets[0][1]["problem_type"]
+    members = [np.load(folder / "test" / "probs.npy") for folder, _ in sets]
+    probs = normalise(blend(members, weights, method), problem)
+    rows, labels, confidence = select(probs, problem, cfg.threshold, cfg.top_k)
+    if not len(rows):
+        raise UserError(f"no test row reaches pseudo.threshold={cfg.threshold} (the most confident is "
+                        f"{float(np.maximum(probs, 1 - probs).min(1).max() if problem == 'multi_label' else probs.max(1).max()):.4f}); "
+                        f"lower the threshold or use pseudo.top_k")
+
+    train = source_dir / "train"
+    original = np.arange(meta["splits"]["train"]["rows"])
+    previous = None
+    if (train / "origin.npy").is_file():  # a pseudo-labelled source: a new round replaces its rows
+        previous = meta.get("pseudo", {}).get("rows")
+        original = np.flatnonzero(np.load(train / "origin.npy") == 0)
+    train_ids = np.load(train / "ids.npy")[original]
+    pseudo_ids = np.array([cfg.id_prefix + str(i) for i in test_ids[rows]])
+    clash = np.intersect1d(train_ids.astype(str), pseudo_ids)
+    if len(clash):
+        raise UserError(f"pseudo row id '{clash[0]}' is also a train id; choose another pseudo.id_prefix")
+
+    manifest = dict(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source_data=str(source_dir), source_meta_sha256=sha256_file(source_dir / "meta.json"),
+        predictions=[dict(path=str(f), manifest_sha256=sha256_file(f / "manifest.json"),
+                          run=m.get("run"), test_ids_sha256=m["splits"]["test"]["ids_sha256"]) for f, m in sets],
+        blend=dict(method=method, weights=(weights / weights.sum()).tolist(), **source),
+        rule=dict(threshold=cfg.threshold, top_k=cfg.top_k), id_prefix=cfg.id_prefix,
+        rows=int(len(rows)), of_test_rows=int(len(test_ids)), original_rows=int(len(original)),
+        replaced_previous_round=previous,
+        confidence=dict(min=float(confidence.min()), mean=float(confidence.mean())),
+        label_counts=count_labels(labels, meta["label_names"], problem),
+    )
+    if meta["splits"]["test"]["labelled"]:  # how right the pseudo labels are; never written into training
+        truth = np.load(source_dir / "test" / "labels.npy")[rows]
+        manifest["label_accuracy_on_labelled_test"] = float(
+            (truth == labels).all(axis=1).mean() if problem == "multi_label" else (truth == labels).mean())
+    write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels, manifest)
+    accuracy = manifest.get("label_accuracy_on_labelled_test")
+    print(f"pseudo: kept {len(rows)} of {len(test_ids)} test rows (confidence >= {confidence.min():.4f}; "
+          + ", ".join(f"{k} {v}" for k, v in manifest["label_counts"].items()) + ")"
+          + (f"; their labels agree with the test labels on {accuracy:.4f}" if accuracy is not None else ""),
+          flush=True)
+    print(f"pseudo: wrote {out} ({len(original)} original + {len(rows)} pseudo train rows; pseudo rows are in no "
+          f"fold's validation)", flush=True)
+    return out
+
+
+def count_labels(labels, names, problem):
+    if problem == "multi_label":
+        return {name: int(labels[:, j].sum()) for j, name in enumerate(names)}
+    return {name: int((labels == j).sum()) for j, name in enumerate(names)}
+
+
+def _pad(block, width, value):
+    if block.shape[1] >= width:
+        return block
+    return np.pad(block, ((0, 0), (0, width - block.shape[1])), constant_values=value)
+
+
+def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels, manifest):
+    """The source folder with the pseudo rows appended to train, written beside it atomically."""
+    train, test = source_dir / "train", source_dir / "test"
+    pad = {"input_ids": meta["tokenizer"]["pad_token_id"], "attention_mask": 0, "token_type_ids": 0}
+    width = max(meta["splits"]["train"]["padded_width"], meta["splits"]["test"]["padded_width"])
+    remove_dead_temporaries(out.parent)
+    with atomic_dir(out, replace=out.exists()) as tmp:
+        write_marker(tmp, "data")
+        for split in meta["splits"]:
+            if split != "train":
+                shutil.copytree(source_dir / split, tmp / split)
+        folder = tmp / "train"
+        folder.mkdir()
+        for name in ARRAYS:
+            a = _pad(np.load(train / f"{name}.npy", mmap_mode="r")[original], width, pad[name])
+            b = _pad(np.load(test / f"{name}.npy", mmap_mode="r")[rows], width, pad[name])
+            np.save(folder / f"{name}.npy", np.concatenate([a, b]))
+        lengths = np.concatenate([np.load(train / "lengths.npy")[original], np.load(test / "lengths.npy")[rows]])
+        np.save(folder / "lengths.npy", lengths)
+        np.save(folder / "ids.npy", np.concatenate([np.load(train / "ids.npy")[original].astype(str), pseudo_ids]))
+        old_labels = np.load(train / "labels.npy")[original]
+        np.save(folder / "labels.npy", np.concatenate([old_labels, labels.astype(old_labels.dtype)]))
+        np.save(folder / "origin.npy", np.concatenate([np.zeros(len(original), np.int8), np.ones(len(rows), np.int8)]))
+        np.save(folder / "source_row.npy", np.concatenate([original, rows]).astype(np.int64))
+        if (train / "folds.npy").is_file():
+            np.save(folder / "folds.npy", np.concatenate([np.load(train / "folds.npy")[original],
+                                                          np.full(len(rows), -1, np.int16)]))
+        new = json.loads(json.dumps(meta))
+        new.update(name=cfg.name, created=manifest["created"], pseudo=manifest)
+        new["config"]["data"]["name"] = cfg.name
+        entry = new["splits"]["train"]
+        entry.update(rows=int(len(lengths)), padded_width=int(width), pseudo_rows=int(len(rows)),
+                     source_sha256=sha256_text(entry["source_sha256"] + json.dumps(manifest, sort_keys=True)),
+                     length_stats=dict(entry["length_stats"], min=int(lengths.min()),
+                                       mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
+                                       p95=float(np.percentile(lengths, 95)), max=int(lengths.max())))
+        if "label_counts" in entry:
+            merged = np.concatenate([old_labels, labels.astype(old_labels.dtype)])
+            entry["label_counts"] = count_labels(merged, meta["label_names"], meta["problem_type"])
+        write_json(tmp / "pseudo.json", manifest)
+        write_json(tmp / "meta.json", new)
+        if (source_dir / "config.yaml").is_file():
+            atomic_write_text(tmp / "config.yaml", (source_dir / "config.yaml").read_text(encoding="utf-8"))
+
+
+def sha256_text(text):
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def main(argv):
+    from .cli import pseudo
+
+    pseudo(argv, prog="python -m textclf.pseudo")
+
+
+if __name__ == "__main__":
+    run_cli(main)
