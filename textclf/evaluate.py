@@ -34,7 +34,7 @@ from .errors import UserError
 from .checkpoint import load_run_json
 from .fileio import (atomic_dir, atomic_write_text, load_json, next_version, remove_dead_temporaries, sha256_file,
                      versions, write_json, write_marker)
-from .loader import SortedBatches, SplitArrays, make_loader
+from .loader import SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import compute, confusion, report
 from .model import probabilities
 from .precision import resolve_shared
@@ -105,15 +105,25 @@ def draw(folder, probs, labels, label_names, split):
         print("  (confusion.png skipped: install matplotlib to draw it)", flush=True)
 
 
-def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type):
-    """Fold probabilities for a whole split: (folds, rows, classes), in row order."""
+def text_owner(data_dir, split, aggregate="mean"):
+    """The split's loader.Windows, each token row's text, and the number of texts."""
+    windows = Windows(data_dir / split, aggregate)
+    n_texts = int(np.load(data_dir / split / "ids.npy", mmap_mode="r").shape[0])
+    return windows, (windows.doc if windows.windowed else np.arange(n_texts)), n_texts
+
+
+def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type, aggregate="mean"):
+    """Fold probabilities for a whole split: (folds, rows, classes), one row per text in row
+    order (sliding windows aggregated by `aggregate`)."""
     dataset = SplitArrays(data_dir / split, with_labels=False)
+    windows, owner, n_texts = text_owner(data_dir, split, aggregate)
     loader = make_loader(dataset, SortedBatches(dataset.lengths(), batch_size))
     loader = accelerator.prepare(loader)
     out = []
     for model in fold_models:
         logits = predict_logits(model, loader, len(dataset), accelerator)
-        out.append(probabilities(logits, problem_type).numpy().astype(np.float32))
+        probs = probabilities(logits, problem_type).numpy()
+        out.append(windows.to_texts(probs, owner, n_texts, problem_type).astype(np.float32))
     return np.stack(out)
 
 
@@ -122,7 +132,9 @@ def embed_split(accelerator, model, data_dir, split, batch_size, hidden_states=F
     hidden layer (rows, max_len, hidden; zero at padding) with "lengths"."""
     dataset = SplitArrays(data_dir / split, with_labels=False)
     loader = accelerator.prepare(make_loader(dataset, SortedBatches(dataset.lengths(), batch_size)))
-    out = {"embeddings": predict_rows(model, loader, len(dataset), accelerator, compute=features_of).numpy()}
+    vectors = predict_rows(model, loader, len(dataset), accelerator, compute=features_of).numpy()
+    windows, owner, n_texts = text_owner(data_dir, split)
+    out = {"embeddings": windows.to_texts(vectors, owner, n_texts, "regression")}  # windows: their mean vector
     if hidden_states:
         width = int(np.load(data_dir / split / "input_ids.npy", mmap_mode="r").shape[1])
         out["hidden_states"] = predict_rows(model, loader, len(dataset), accelerator, compute=hidden_of,
@@ -157,8 +169,11 @@ def run(config):
     missing = [s for s in config.eval.splits if s not in meta["splits"]]
     if missing:
         say(accelerator, f"evaluate: {data_dir.name} has no {', '.join(missing)} split; skipped")
-    results = {s: predict_split(accelerator, fold_models, data_dir, s, config.eval.batch_size, problem_type)
-               for s in splits}
+    if config.eval.hidden_states and meta.get("windows"):
+        raise UserError("eval.hidden_states writes one row of token states per text, and this data reads texts as "
+                        "sliding windows; drop eval.hidden_states (eval.embeddings gives each text's mean window vector)")
+    results = {s: predict_split(accelerator, fold_models, data_dir, s, config.eval.batch_size, problem_type,
+                                spec.tokenization.window_aggregate) for s in splits}
     vectors = {}
     if config.eval.embeddings:  # from the first fold's model: each fold's vectors live in a space of their own
         say(accelerator, f"evaluate: embeddings from fold {folds[0]}")

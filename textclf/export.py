@@ -233,8 +233,7 @@ def write_onnx(folder, models, spec, tokenizer):
         torch.onnx.export(module, example, str(path), input_names=names, output_names=[onnx_output(spec)],
                           dynamic_shapes=dynamic, dynamo=True, opset_version=18, external_data=False)
     save_tokenizer(tokenizer, spec, folder)
-    encoder = TextTokenizer.from_hf(tokenizer, spec.tokenization.max_len, spec.tokenization.truncation,
-                                    spec.tokenization.head_tokens)
+    encoder = TextTokenizer.for_spec(tokenizer, spec.tokenization)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(names, batch)}
     return encoder, require_close(session.run(None, feeds)[0], reference_probs(models, spec, batch).numpy(),
@@ -288,10 +287,16 @@ def accuracy(probs, labels, problem_type):
     return float((probs.argmax(1) == np.asarray(labels)).mean())
 
 
-def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_size=64):
-    """Accuracy of model.onnx and model.int8.onnx on the held-out rows, and their largest difference."""
+def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_size=64, aggregate="mean"):
+    """Accuracy of model.onnx and model.int8.onnx on the held-out rows (texts; their windows, with
+    sliding windows), and their largest difference."""
     import onnxruntime as ort
 
+    from .loader import Windows
+
+    windows = Windows(split, aggregate)
+    n_texts = len(rows)
+    rows, owner = windows.rows(rows)
     arrays = {name: np.load(split / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "token_type_ids", "lengths")}
     out = {}
     for name in ("model.onnx", "model.int8.onnx"):
@@ -305,10 +310,10 @@ def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_s
                      "attention_mask": (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64),
                      "token_type_ids": np.asarray(arrays["token_type_ids"][chunk, :width], dtype=np.int64)}
             probs.append(session.run(None, {k: feeds[k] for k in input_names})[0])
-        out[name] = np.concatenate(probs)
+        out[name] = windows.to_texts(np.concatenate(probs), owner, n_texts, problem_type)
     fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
     name = "rmse" if problem_type == "regression" else "accuracy"
-    return {"rows": int(len(rows)), "metric": name, f"{name}_fp32": accuracy(fp32, labels, problem_type),
+    return {"rows": int(n_texts), "metric": name, f"{name}_fp32": accuracy(fp32, labels, problem_type),
             f"{name}_int8": accuracy(int8, labels, problem_type),
             "max_prob_difference": float(np.abs(fp32 - int8).max())}
 
@@ -351,6 +356,10 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     groups = [[k] for k in range(len(models))] if fold == "each" else [list(range(len(models)))]
     started = time.time()
     notes = []
+    if spec.tokenization.window_stride:
+        notes.append(f"the run reads texts as sliding windows (stride {spec.tokenization.window_stride}, "
+                     f"{spec.tokenization.window_aggregate} of the windows' probabilities); a Hugging Face pipeline "
+                     f"sees one window (the head of the text), OnnxPredictor and Predictor read every window")
     if spec.tokenization.truncation == "head_tail":
         notes.append("the run truncated long texts head_tail; the exported tokenizer keeps the head only, so texts "
                      f"longer than max_len={spec.tokenization.max_len} tokens differ (OnnxPredictor keeps head_tail)")
@@ -381,7 +390,8 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
                     if held is None:
                         entry["int8"] = "not measured: the run's data folder is gone"
                     else:
-                        entry["int8"] = compare_int8(folder, *held, spec.labels.problem_type, names)
+                        entry["int8"] = compare_int8(folder, *held, spec.labels.problem_type, names,
+                                                     aggregate=spec.tokenization.window_aggregate)
                         if len(group) > 1:
                             entry["int8"]["note"] = ("rows held out by one fold each; the other folds of the mean "
                                                      "trained on them, so the accuracy is optimistic")

@@ -52,6 +52,8 @@ class SplitArrays(Dataset):
         if self._arrays is None:
             names = ARRAYS + (("labels",) if self.with_labels else ())
             self._arrays = {name: np.load(self.split_dir / f"{name}.npy", mmap_mode="r") for name in names}
+            if self.with_labels and (self.split_dir / "window_doc.npy").is_file():
+                self._arrays["window_doc"] = np.load(self.split_dir / "window_doc.npy", mmap_mode="r")
         return self._arrays
 
     def lengths(self):
@@ -83,10 +85,45 @@ class SplitArrays(Dataset):
             "index": torch.from_numpy(positions),
         }
         if self.with_labels:
-            labels = np.asarray(arrays["labels"][sorted_rows][inverse])
+            # windows (data.window_stride) take their text's label
+            label_rows = sorted_rows if "window_doc" not in arrays else np.asarray(arrays["window_doc"][sorted_rows])
+            labels = np.asarray(arrays["labels"][label_rows][inverse])
             # regression targets stay float32; class numbers and multi-label 0/1 rows become int64
             batch["labels"] = torch.from_numpy(labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64))
         return batch
+
+
+class Windows:
+    """Which token rows belong to which texts in a split folder: one row per text, or with
+    sliding windows (window_doc.npy) several. `rows(texts)` gives the token rows of the texts
+    `texts` (row numbers of ids and labels) and, for each, the position in `texts` of its text,
+    which is what `to_texts` aggregates over."""
+
+    def __init__(self, split_dir, aggregate="mean"):
+        path = Path(split_dir) / "window_doc.npy"
+        self.doc = np.load(path) if path.is_file() else None
+        self.aggregate = aggregate
+
+    @property
+    def windowed(self):
+        return self.doc is not None
+
+    def rows(self, texts):
+        texts = np.asarray(texts, dtype=np.int64)
+        if self.doc is None:
+            return texts, np.arange(len(texts))
+        position = np.full(int(self.doc.max()) + 1, -1, dtype=np.int64)
+        position[texts] = np.arange(len(texts))
+        rows = np.flatnonzero(position[self.doc] >= 0)
+        return rows, position[self.doc[rows]]
+
+    def to_texts(self, values, owner, n_texts, problem_type):
+        """Per-row probabilities (rows, k) -> one row per text (see tokenization.aggregate_windows)."""
+        if self.doc is None:
+            return values
+        from .tokenization import aggregate_windows
+
+        return aggregate_windows(values, owner, n_texts, self.aggregate, problem_type)
 
 
 def collate(batch):

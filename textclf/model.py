@@ -324,6 +324,17 @@ class Tokenization:
     text_columns: list
     text_pair_column: str | None
     vocab_sha256: str
+    window_stride: int = 0  # > 0: texts are read as sliding windows (data.window_stride) ...
+    max_windows: int = 0
+    window_aggregate: str = "mean"  # ... whose probabilities are aggregated per text
+
+
+def window_keys(windows):
+    """Tokenization's window fields from meta.json's "windows" entry (None: no windows)."""
+    if not windows:
+        return {}
+    return dict(window_stride=windows["stride"], max_windows=windows["max_windows"],
+                window_aggregate=windows["aggregate"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,7 +361,8 @@ class ModelSpec:
         """The spec of a model trained on data_process output `meta`."""
         return cls(head, Labels(list(meta["label_names"]), problem_type),
                    Tokenization(meta["max_len"], meta["truncation"], meta["head_tokens"], list(meta["text_columns"]),
-                                meta["text_pair_column"], meta["tokenizer"]["vocab_sha256"]),
+                                meta["text_pair_column"], meta["tokenizer"]["vocab_sha256"],
+                                **window_keys(meta.get("windows"))),
                    Provenance(meta["name"], meta_sha256, model_name))
 
     def to_json(self):
@@ -378,7 +390,10 @@ class ModelSpec:
                           and len(head.target_std) == len(head.target_mean) == head.n_outputs
                           and all(isinstance(v, (int, float)) and v > 0 for v in head.target_std)),
                       "tokenization.max_len": isinstance(tokens.max_len, int) and tokens.max_len > 0,
-                      "tokenization.truncation": tokens.truncation in ("head", "tail", "head_tail")}
+                      "tokenization.truncation": tokens.truncation in ("head", "tail", "head_tail"),
+                      "tokenization.window_stride": isinstance(tokens.window_stride, int) and tokens.window_stride >= 0
+                      and isinstance(tokens.max_windows, int) and tokens.max_windows >= 0,
+                      "tokenization.window_aggregate": tokens.window_aggregate in ("mean", "max", "first_last")}
             wrong = [k for k, ok in checks.items() if not ok]
             if wrong:
                 raise TypeError(f"bad {', '.join(wrong)}")

@@ -75,8 +75,9 @@ class OnnxPredictor:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = [str(t).strip() for t in texts]
         pairs = None if pairs is None else [str(p).strip() for p in pairs]
-        ids, types, lengths, _ = self.tokenizer.encode(texts, pairs)
-        return self._result(self.probs(ids, types, lengths))
+        ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)  # sliding windows, if the run used them
+        return self._result(self.tokenizer.to_texts(self.probs(ids, types, lengths), owner, len(texts),
+                                                    self.problem_type))
 
     def _result(self, probs):
         out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}

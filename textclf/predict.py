@@ -23,7 +23,7 @@ from .fileio import recover_dir, sha256_file
 from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier, probabilities
 from .precision import autocast, resolve as resolve_precision
-from .tokenization import TextTokenizer, decide
+from .tokenization import TextTokenizer, aggregate_windows, decide
 
 
 def logits_of(model, batch):
@@ -144,8 +144,7 @@ class Predictor:
         self.problem_type = spec.labels.problem_type
         self.checkpoints = checkpoints or []
         tokenization = spec.tokenization
-        self.tokenizer = TextTokenizer.from_hf(tokenizer, tokenization.max_len, tokenization.truncation,
-                                       tokenization.head_tokens)
+        self.tokenizer = TextTokenizer.for_spec(tokenizer, tokenization)
 
     @classmethod
     def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto"):
@@ -180,9 +179,16 @@ class Predictor:
         if fold is not None and fold not in folds:
             raise UserError(f"fold {fold} is not among the loaded folds {folds}")
         model = self.models[folds.index(fold) if fold is not None else 0]
-        ids, types, lengths, _ = self.tokenizer.encode([str(t).strip() for t in texts],
-                                                       None if pairs is None else [str(p).strip() for p in pairs])
-        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
+        texts = [str(t).strip() for t in texts]
+        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, None if pairs is None else
+                                                               [str(p).strip() for p in pairs])
+        if self.tokenizer.window_stride:
+            if hidden_states:
+                raise UserError("hidden_states are one row of token states per text, and this model reads texts as "
+                                "sliding windows; call embed without hidden_states (each text's mean window vector)")
+            vectors = self.embed_arrays(model, ids, mask, types, lengths)["embeddings"]
+            return {"fold": fold if fold is not None else folds[0], "lengths": np.bincount(owner, minlength=len(texts)),
+                    "embeddings": aggregate_windows(vectors, owner, len(texts), "mean", "regression")}
         out = {"fold": fold if fold is not None else folds[0], "lengths": lengths}
         out.update(self.embed_arrays(model, ids, mask, types, lengths, hidden_states))
         return out
@@ -209,9 +215,11 @@ class Predictor:
         if self.spec.tokenization.text_pair_column and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = [str(t).strip() for t in texts]
-        ids, types, lengths, _ = self.tokenizer.encode(texts, None if pairs is None else [str(p).strip() for p in pairs])
-        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
-        return self._result(self.fold_probs(ids, mask, types, lengths).mean(axis=0))
+        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, None if pairs is None else
+                                                               [str(p).strip() for p in pairs])
+        folds = [self.tokenizer.to_texts(p, owner, len(texts), self.problem_type)  # windows -> texts, per fold
+                 for p in self.fold_probs(ids, mask, types, lengths)]
+        return self._result(np.mean(folds, axis=0).astype(np.float32))
 
     def _result(self, probs):
         out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}

@@ -35,6 +35,7 @@ from .data import load_meta
 from .ensemble import blend, check_sets, load_set, normalise
 from .errors import UserError, run_cli
 from .evaluate import _ids_hash
+from .loader import Windows
 from .fileio import atomic_dir, atomic_write_text, load_json, made_by_textclf, remove_dead_temporaries, sha256_file, \
     write_json, write_marker
 
@@ -218,12 +219,17 @@ def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels,
                 shutil.copytree(source_dir / split, tmp / split)
         folder = tmp / "train"
         folder.mkdir()
+        # token rows: the texts' own, or with sliding windows each text's windows
+        train_rows, train_owner = Windows(train).rows(original)
+        test_rows, test_owner = Windows(test).rows(rows)
         for name in ARRAYS:
-            a = _pad(np.load(train / f"{name}.npy", mmap_mode="r")[original], width, pad[name])
-            b = _pad(np.load(test / f"{name}.npy", mmap_mode="r")[rows], width, pad[name])
+            a = _pad(np.load(train / f"{name}.npy", mmap_mode="r")[train_rows], width, pad[name])
+            b = _pad(np.load(test / f"{name}.npy", mmap_mode="r")[test_rows], width, pad[name])
             np.save(folder / f"{name}.npy", np.concatenate([a, b]))
-        lengths = np.concatenate([np.load(train / "lengths.npy")[original], np.load(test / "lengths.npy")[rows]])
+        lengths = np.concatenate([np.load(train / "lengths.npy")[train_rows], np.load(test / "lengths.npy")[test_rows]])
         np.save(folder / "lengths.npy", lengths)
+        if Windows(train).windowed:
+            np.save(folder / "window_doc.npy", np.concatenate([train_owner, test_owner + len(original)]).astype(np.int32))
         np.save(folder / "ids.npy", np.concatenate([np.load(train / "ids.npy")[original].astype(str), pseudo_ids]))
         old_labels = np.load(train / "labels.npy")[original]
         np.save(folder / "labels.npy", np.concatenate([old_labels, labels.astype(old_labels.dtype)]))
@@ -236,7 +242,9 @@ def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels,
         new.update(name=cfg.name, created=manifest["created"], pseudo=manifest)
         new["config"]["data"]["name"] = cfg.name
         entry = new["splits"]["train"]
-        entry.update(rows=int(len(lengths)), padded_width=int(width), pseudo_rows=int(len(rows)),
+        if "windows" in entry:
+            entry["windows"] = int(len(lengths))
+        entry.update(rows=int(len(original) + len(rows)), padded_width=int(width), pseudo_rows=int(len(rows)),
                      source_sha256=sha256_text(entry["source_sha256"] + json.dumps(manifest, sort_keys=True)),
                      length_stats=dict(entry["length_stats"], min=int(lengths.min()),
                                        mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),

@@ -19,7 +19,8 @@ class TextTokenizer:
     `tail` and `head_tail` behave the same for every model family.
     """
 
-    def __init__(self, backend_json, pad_id, single, pair, max_len, truncation="head", head_tokens=None):
+    def __init__(self, backend_json, pad_id, single, pair, max_len, truncation="head", head_tokens=None,
+                 window_stride=0, max_windows=0, window_aggregate="mean"):
         # The Rust tokenizer directly, on a private copy without the truncation or padding a
         # tokenizer.json may carry: the transformers wrapper costs as much again per row.
         from tokenizers import Tokenizer
@@ -36,26 +37,57 @@ class TextTokenizer:
         if max_len <= len(self.pair[0]) + len(self.pair[1]) + len(self.pair[2]) + 1:
             raise UserError(f"data.max_len={max_len} leaves no room for text after the special tokens; raise it")
         budget = max_len - n_special
+        self.text_budget = budget  # text tokens in a row of a single text
+        self.window_stride, self.max_windows, self.window_aggregate = window_stride, max_windows, window_aggregate
         self.head_tokens = head_tokens if head_tokens is not None else budget // 4
         if truncation == "head_tail" and not 0 <= self.head_tokens <= budget:
             raise UserError(f"data.head_tokens={head_tokens} must be between 0 and {budget} (max_len minus special tokens)")
 
     @classmethod
-    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None):
-        """From a transformers fast tokenizer, reading its special-token templates off it."""
+    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None, **windows):
+        """From a transformers fast tokenizer, reading its special-token templates off it;
+        `windows`: window_stride, max_windows, window_aggregate (see rows)."""
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         single, pair = cls._templates(tokenizer)
-        return cls(tokenizer.backend_tokenizer.to_str(), pad_id, single, pair, max_len, truncation, head_tokens)
+        return cls(tokenizer.backend_tokenizer.to_str(), pad_id, single, pair, max_len, truncation, head_tokens,
+                   **windows)
+
+    @classmethod
+    def for_spec(cls, tokenizer, tokenization):
+        """As a run's model.Tokenization says (max_len, truncation, windows)."""
+        return cls.from_hf(tokenizer, tokenization.max_len, tokenization.truncation, tokenization.head_tokens,
+                           window_stride=tokenization.window_stride, max_windows=tokenization.max_windows,
+                           window_aggregate=tokenization.window_aggregate)
 
     def to_json(self):
         """Everything but the vocabulary (tokenizer.json) that encoding needs, for from_json."""
         return {"max_len": self.max_len, "truncation": self.truncation, "head_tokens": self.head_tokens,
-                "pad_id": self.pad_id, "single": list(self.single), "pair": list(self.pair)}
+                "pad_id": self.pad_id, "single": list(self.single), "pair": list(self.pair),
+                "window_stride": self.window_stride, "max_windows": self.max_windows,
+                "window_aggregate": self.window_aggregate}
 
     @classmethod
     def from_json(cls, backend_json, doc):
         return cls(backend_json, doc["pad_id"], doc["single"], doc["pair"], doc["max_len"], doc["truncation"],
-                   doc["head_tokens"])
+                   doc["head_tokens"], doc.get("window_stride", 0), doc.get("max_windows", 0),
+                   doc.get("window_aggregate", "mean"))
+
+    def rows(self, texts, pairs=None):
+        """Token rows for texts, as the training data was made: (input_ids, token_type_ids,
+        attention_mask, lengths, owner), owner[i] the text of row i (one row per text, or with
+        sliding windows several); `to_texts` turns per-row probabilities into one row per text."""
+        if self.window_stride:
+            ids, types, lengths, owner, _ = self.windows(texts, self.window_stride, self.max_windows)
+        else:
+            ids, types, lengths, _ = self.encode(texts, pairs)
+            owner = np.arange(len(texts), dtype=np.int32)
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
+        return ids, types, mask, lengths, owner
+
+    def to_texts(self, values, owner, n_texts, problem_type):
+        if not self.window_stride:
+            return values
+        return aggregate_windows(values, owner, n_texts, self.window_aggregate, problem_type)
 
     @staticmethod
     def _templates(tokenizer):
@@ -93,6 +125,31 @@ class TextTokenizer:
         head = min(self.head_tokens, budget)
         tail = budget - head
         return ids[:head] + (ids[len(ids) - tail:] if tail else [])
+
+    def windows(self, texts, stride, max_windows=0):
+        """Sliding windows over whole texts (data.window_stride): each text's tokens cut into
+        windows of the text budget (max_len less the special tokens) starting every `stride`
+        tokens, the last one ending at the text's end; with max_windows > 0 the first
+        max_windows - 1 and the last are kept. Returns (input_ids[w, max_len] int32,
+        token_type_ids[w, max_len] uint8, lengths[w], doc[w] int32: the text each window comes
+        from, in text order, n_texts_with_several_windows)."""
+        pre, post = self.single
+        budget = self.max_len - len(pre) - len(post)
+        pieces, doc = [], []
+        several = 0
+        for row, encoding in enumerate(self.backend.encode_batch(texts, add_special_tokens=False)):
+            ids = encoding.ids
+            starts = window_starts(len(ids), budget, stride, max_windows)
+            several += len(starts) > 1
+            for start in starts:
+                pieces.append(pre + ids[start:start + budget] + post)
+                doc.append(row)
+        input_ids = np.full((len(pieces), self.max_len), self.pad_id, dtype=np.int32)
+        lengths = np.zeros(len(pieces), dtype=np.int32)
+        for row, seq in enumerate(pieces):
+            input_ids[row, :len(seq)] = seq
+            lengths[row] = len(seq)
+        return input_ids, np.zeros_like(input_ids, dtype=np.uint8), lengths, np.asarray(doc, dtype=np.int32), several
 
     def encode(self, texts, pairs=None):
         """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, n_truncated)."""
@@ -133,6 +190,50 @@ class TextTokenizer:
                 token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
                 lengths[row] = len(seq)
         return input_ids, token_types, lengths, truncated
+
+
+def window_starts(n_tokens, budget, stride, max_windows=0):
+    """Where a text's windows start: 0, stride, 2 stride, ... and a last one that ends at the
+    text's end (every token is in some window when stride <= budget)."""
+    if n_tokens <= budget:
+        return [0]
+    starts = list(range(0, n_tokens - budget, stride)) + [n_tokens - budget]
+    if max_windows and len(starts) > max_windows:
+        starts = starts[:max_windows - 1] + [starts[-1]] if max_windows > 1 else starts[:1]
+    return starts
+
+
+WINDOW_AGGREGATES = ("mean", "max", "first_last")
+
+
+def aggregate_windows(values, doc, n_docs, how, problem_type):
+    """Window probabilities (or regression predictions), (windows, k), to one row per text in
+    text order: the mean over a text's windows, the classwise max (renormalised for single-label
+    so a row still sums to 1), or the mean of its first and last window. `doc` is each window's
+    text (0..n_docs-1), windows of one text in their order."""
+    values = np.asarray(values, dtype=np.float64)
+    doc = np.asarray(doc, dtype=np.int64)
+    counts = np.bincount(doc, minlength=n_docs)
+    if (counts == 0).any():
+        raise ValueError("a text has no window; the window index does not match the texts")
+    if how == "mean":
+        out = np.zeros((n_docs, values.shape[1]))
+        np.add.at(out, doc, values)
+        out /= counts[:, None]
+    elif how == "max":
+        out = np.full((n_docs, values.shape[1]), -np.inf)
+        np.maximum.at(out, doc, values)
+        if problem_type in ("single_label", "binary_bce"):
+            out /= out.sum(axis=1, keepdims=True)
+    elif how == "first_last":  # a text's windows come in order: its lowest and highest window row
+        index = np.arange(len(doc))
+        first, last = np.full(n_docs, len(doc)), np.full(n_docs, -1)
+        np.minimum.at(first, doc, index)
+        np.maximum.at(last, doc, index)
+        out = (values[first] + values[last]) / 2
+    else:
+        raise ValueError(f"unknown window aggregate {how!r}")
+    return out.astype(np.float32)
 
 
 def decide(probs, label_names, problem_type, threshold=0.5):

@@ -34,7 +34,7 @@ from .data import check_data_keys, load_meta, load_tokenizer, vocab_hash
 from .errors import UserError
 from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output, sha256_file,
                      write_json, write_marker)
-from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, make_loader
+from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import available as available_metrics, compute, default_metric, is_better, metric_mode, report
 from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze,
                     check_gradient_checkpointing, freeze, make_loss, num_outputs, probabilities, resolve_problem_type)
@@ -85,6 +85,8 @@ class Fold:
     average: object = None  # averaging: the EMA or SWA AveragedModel, when the run keeps one
     swa_steps: frozenset = frozenset()  # the evaluation steps SWA averages
     adversary: object = None  # adversarial.FGM / AWP
+    eval_windows: object = None  # loader.Windows of the eval split: token rows -> texts
+    eval_owner: np.ndarray = None  # each eval token row's position in eval_rows
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -205,10 +207,13 @@ def test_metrics(job, predictor):
     split = job.data_dir / "test"
     arrays = {name: np.load(split / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "attention_mask",
                                                                              "token_type_ids", "lengths")}
-    probs = predictor.fold_probs(np.asarray(arrays["input_ids"]), np.asarray(arrays["attention_mask"]),
-                                 np.asarray(arrays["token_type_ids"]), np.asarray(arrays["lengths"])).mean(axis=0)
+    fold_probs = predictor.fold_probs(np.asarray(arrays["input_ids"]), np.asarray(arrays["attention_mask"]),
+                                      np.asarray(arrays["token_type_ids"]), np.asarray(arrays["lengths"]))
     labels = np.load(split / "labels.npy")
     problem_type, names = job.spec.labels.problem_type, job.spec.labels.names
+    windows = Windows(split, job.spec.tokenization.window_aggregate)  # sliding windows -> one row per text
+    owner = windows.doc if windows.windowed else np.arange(len(labels))
+    probs = np.mean([windows.to_texts(p, owner, len(labels), problem_type) for p in fold_probs], axis=0)
     results = compute(probs, labels, problem_type)
     text = report(probs, labels, problem_type, names)
     say(job.accelerator, f"train: test split ({len(labels)} rows, fold mean): "
@@ -402,8 +407,13 @@ def train_fold(job, plan):
             (fold_dir / "done.json").unlink()
 
     # data
-    train_ds = SplitArrays(job.data_dir / "train", train_rows, pad_to_multiple=train_cfg.pad_to_multiple)
-    eval_ds = SplitArrays(job.data_dir / eval_split, eval_rows, pad_to_multiple=train_cfg.pad_to_multiple)
+    # token rows: one per text, or with sliding windows each text's windows (they take its label)
+    aggregate = job.spec.tokenization.window_aggregate
+    train_ds = SplitArrays(job.data_dir / "train", Windows(job.data_dir / "train").rows(train_rows)[0],
+                           pad_to_multiple=train_cfg.pad_to_multiple)
+    eval_windows = Windows(job.data_dir / eval_split, aggregate)
+    eval_token_rows, eval_owner = eval_windows.rows(eval_rows)
+    eval_ds = SplitArrays(job.data_dir / eval_split, eval_token_rows, pad_to_multiple=train_cfg.pad_to_multiple)
     eval_labels = np.asarray(np.load(job.data_dir / eval_split / "labels.npy", mmap_mode="r")[eval_rows])
     labels = job.spec.labels
     weights = train_cfg.class_weights
@@ -436,7 +446,8 @@ def train_fold(job, plan):
     # Not passed to prepare: a prepared scheduler steps once per process per call.
     scheduler = make_scheduler(optimizer, train_cfg, total_steps)
     fold = Fold(index, fold_dir, model, optimizer, scheduler, loss_fn, sampler, train_loader, eval_loader,
-                eval_split, eval_rows, eval_labels, total_steps, len(train_loader))
+                eval_split, eval_rows, eval_labels, total_steps, len(train_loader), eval_windows=eval_windows,
+                eval_owner=eval_owner)
     unwrapped = accelerator.unwrap_model(model)
     fold.average = averaging.make_average(unwrapped, train_cfg)
     if train_cfg.swa_last:
@@ -683,9 +694,12 @@ def best_saved_step(fold_dir):
 def score(job, fold, model=None):
     """Metrics and probabilities of the current weights (or `model`'s) on the fold's held-out rows."""
     problem_type = job.spec.labels.problem_type
-    logits = predict_logits(fold.model if model is None else model, fold.eval_loader, len(fold.eval_labels), job.accelerator)
-    loss = float(fold.loss_fn(logits, torch.as_tensor(fold.eval_labels)))
-    probs = probabilities(logits, problem_type).numpy()
+    logits = predict_logits(fold.model if model is None else model, fold.eval_loader, len(fold.eval_owner),
+                            job.accelerator)
+    # the loss over token rows (windows take their text's label); the metrics over texts
+    loss = float(fold.loss_fn(logits, torch.as_tensor(fold.eval_labels[fold.eval_owner])))
+    probs = fold.eval_windows.to_texts(probabilities(logits, problem_type).numpy(), fold.eval_owner,
+                                       len(fold.eval_labels), problem_type)
     results = compute(probs, fold.eval_labels, problem_type)
     results["loss"] = loss
     return results, probs
