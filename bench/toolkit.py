@@ -276,7 +276,7 @@ def groups(seeds, texts=400, copies=3):
         for seed in seeds:  # each seed draws its own holdout
             data = f"groups-{len(arms)}-{seed}"
             process(data, *files, f"data.seed={seed}", *extra)
-            results.append(train_run(f"{name} seed {seed}", f"data.name={data}", "train.epochs=2",
+            results.append(train_run(f"{name} seed {seed}", f"data.name={data}", "data.valid_size=0.2", "train.epochs=2",
                                      f"train.run={data}", f"train.seed={seed}"))
         arms[name] = {"overrides": extra, **summarise(results)}
     return {"texts": texts, "copies": copies, "rows": len(rows), "test_rows": len(test_rows), "epochs": 2,

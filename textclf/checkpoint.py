@@ -198,6 +198,9 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep, 
         elif sharded == "deepspeed":
             model.save_checkpoint(str(tmp / "deepspeed"))
         if accelerator.is_main_process:
+            from .model import saved_state  # LoRA: the adapters and head; the frozen base is reloaded from its folder
+
+            full_state = saved_state(accelerator.unwrap_model(model), full_state)
             weights = {k: v.detach().cpu().contiguous() for k, v in full_state.items()}
             save_file(weights, str(tmp / "model.safetensors"))
             if sharded is None:
@@ -278,7 +281,13 @@ def load_weights(accelerator, model, weights):
     """Load a full state dict (every tensor whole) into the prepared model, on every process. FSDP
     shards the parameters, so the load goes through FSDP's full-state-dict API there."""
     if sharding(accelerator) != "fsdp":
-        accelerator.unwrap_model(model).load_state_dict(weights)
+        from .model import load_into
+
+        unwrapped = accelerator.unwrap_model(model)
+        if getattr(unwrapped, "lora", None):  # the adapters and head; the base weights are in place
+            load_into(unwrapped, weights, "the checkpoint")
+        else:
+            unwrapped.load_state_dict(weights)
         return
     if accelerator.state.fsdp_plugin.fsdp_version == 2:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict

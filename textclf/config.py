@@ -62,6 +62,7 @@ class DataConfig:
     encoding: str = "utf-8"
     text_columns: list[str] = field(default_factory=lambda: ["text"])  # several are joined
     text_separator: str = " "  # what joins several text columns
+    template: str | None = None  # the text from several columns, e.g. "title:{title}, abstract:{abstract}" (replaces text_columns)
     text_pair_column: str | None = None  # second segment (token_type_ids 1)
     label_column: str | None = "label"
     label_columns: list[str] | None = None  # multi-label: one 0/1 column per class
@@ -89,7 +90,7 @@ class ModelConfig:
     name: str = "all-MiniLM-L6-v2"  # a folder in premodels/, a path, or a hub name
     premodels_dir: str = "premodels"
     trust_remote_code: bool = False
-    head: Literal["cls", "mean", "pooler", "fusion"] = "cls"
+    head: Literal["auto", "cls", "mean", "pooler", "fusion", "last"] = "auto"  # auto: cls for encoders, last for decoders
     dropout: float = 0.1  # before the head
     backbone_dropout: float | None = None  # override the encoder's own dropout (null: keep its config)
     multi_sample_dropout: int = 1  # k dropout masks, logits averaged
@@ -97,6 +98,8 @@ class ModelConfig:
     freeze_embeddings: bool = False  # keep the embeddings as loaded
     freeze_layers: int = 0  # keep the embeddings and the first k layers as loaded (backward skips them)
     problem_type: Literal["auto", "single_label", "binary_bce", "multi_label", "regression"] = "auto"  # auto: from the data
+    verbalizer: list[str] | None = None  # decoders: one label word per label (label order); the head starts as the LM head's rows for them
+    lora: dict | None = None  # LoRA adapters on a frozen base: {r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear, quantize: null | 4bit}
 
 
 @dataclass
@@ -329,6 +332,12 @@ def coerce(value, tp, key):
             except ValueError:
                 pass
         raise UserError(f"config key {key}: {value!r} is not a number")
+    if tp is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key}: {value!r} is not a mapping; write it like '{{r: 8, alpha: 16}}'")
+        return dict(value)
     if tp is str:
         if isinstance(value, (list, dict)) or value is None:
             raise UserError(f"config key {key}: expected a string, got {value!r}")
@@ -505,6 +514,42 @@ def parse_args(argv, prog="stage.py"):
 # ---------------------------------------------------------------------------- values
 
 
+LORA_DEFAULTS = {"r": 8, "alpha": None, "dropout": 0.0, "target_modules": "all-linear", "quantize": None}
+
+
+def lora_settings(raw):
+    """model.lora checked, with its defaults filled in (alpha: 2 r), or None when off. Raises a
+    UserError naming the bad key."""
+    if raw is None:
+        return None
+    unknown = sorted(set(raw) - set(LORA_DEFAULTS))
+    if unknown:
+        raise UserError(f"config key model.lora: unknown setting '{unknown[0]}'; model.lora takes "
+                        f"{', '.join(LORA_DEFAULTS)}, e.g. model.lora='{{r: 8, alpha: 16, dropout: 0.05}}'")
+    out = {**LORA_DEFAULTS, **raw}
+    out["r"] = coerce(out["r"], int, "model.lora.r")
+    out["alpha"] = None if _is_null(out["alpha"]) else coerce(out["alpha"], float, "model.lora.alpha")
+    out["dropout"] = coerce(out["dropout"], float, "model.lora.dropout")
+    out["quantize"] = None if _is_null(out["quantize"]) else str(out["quantize"]).strip()
+    if isinstance(out["target_modules"], str) and out["target_modules"].strip() != "all-linear":
+        out["target_modules"] = [out["target_modules"].strip()]
+    r, alpha, dropout, targets = out["r"], out["alpha"], out["dropout"], out["target_modules"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise UserError(f"config key model.lora.r: {r!r} must be a whole number of at least 1 (the adapters' rank)")
+    out["alpha"] = alpha = 2 * r if alpha is None else alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise UserError(f"config key model.lora.alpha: {alpha!r} must be a positive number (scaling alpha / r)")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UserError(f"config key model.lora.dropout: {dropout!r} must be in [0, 1)")
+    if not (targets == "all-linear" or (isinstance(targets, list) and targets
+                                        and all(isinstance(t, str) and t for t in targets))):
+        raise UserError(f"config key model.lora.target_modules: {targets!r} must be all-linear or a list of module "
+                        f"names, e.g. [q_proj, v_proj] (Llama) or [query, value] (BERT)")
+    if out["quantize"] not in (None, "4bit"):
+        raise UserError(f"config key model.lora.quantize: {out['quantize']!r} must be null or 4bit (QLoRA)")
+    return out
+
+
 # A name a user gives (data set, run, submission) is one folder or file inside its output folder:
 # no path separators, no leading '.' (so never '..', nor textclf's hidden temporary folders).
 NAME = re.compile(r"\w[\w.+=@-]{0,127}")
@@ -541,6 +586,13 @@ def validate(cfg):
     for key, value in (("data.name", data.name), ("train.run", train.run), ("ensemble.name", ensemble.name)):
         if value or key == "ensemble.name":
             check_name(value, key)
+    model.lora = lora_settings(model.lora)
+    if data.template is not None:
+        from .tokenization import template_fields
+
+        fields = template_fields(data.template)  # refuses a template that names no plain column
+        need(data.text_pair_column not in fields, "data.text_pair_column", data.text_pair_column,
+             "is a field of data.template; the second segment must be another column")
     if cfg.pseudo.name:
         check_name(cfg.pseudo.name, "pseudo.name")
     pseudo = cfg.pseudo

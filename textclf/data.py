@@ -58,6 +58,12 @@ def load_tokenizer(model_dir, trust_remote_code=False):
         raise UserError(f"cannot load the tokenizer in {model_dir}: {str(err).splitlines()[0]}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"the tokenizer in {model_dir} is not a fast tokenizer; add its tokenizer.json to the folder")
+    if tokenizer.pad_token is None:  # decoders (Llama, GPT-2) often have none: reuse one, never grow the vocabulary
+        spare = next((t for t in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token) if t is not None), None)
+        if spare is None:
+            raise UserError(f"the tokenizer in {model_dir} has no pad, eos, unk or bos token to pad with; add a "
+                            f"pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = spare  # padding is masked out, so which token pads does not matter
     return tokenizer
 
 
@@ -523,7 +529,8 @@ def process(config):
         head_tokens=encoder.head_tokens if cfg.truncation == "head_tail" else None,
         windows=dict(stride=cfg.window_stride, max_windows=cfg.max_windows, aggregate=cfg.window_aggregate)
         if cfg.window_stride else None,
-        text_columns=list(cfg.text_columns),
+        text_columns=list(reader_columns(readers["train"], cfg)),
+        template=cfg.template,
         text_pair_column=cfg.text_pair_column,
         problem_type="regression" if regression else "multi_label" if multi_label else "single_label",
         label_names=label_names,
@@ -584,6 +591,11 @@ def write_folds(tmp, cfg, scan):
     return dict(mode=mode, n_folds=n_folds, seed=cfg.seed,
                 valid_size=cfg.valid_size if mode == "holdout" and extra["source"] != "fold_column" else None,
                 sizes=[int((folds == k).sum()) for k in range(n_folds)], **extra)
+
+
+def reader_columns(reader, cfg):
+    """The columns the text comes from: data.template's fields, or data.text_columns."""
+    return reader.template_fields if reader.template_fields is not None else cfg.text_columns
 
 
 def check_targets_vary(reader, names, target_range):

@@ -238,7 +238,7 @@ def read_texts(config, tokenization):
             if not clean_text(text):
                 raise UserError(f"eval.texts item {number} is empty (or only invisible characters); give a text")
         return texts, [str(i) for i in range(len(texts))], None
-    data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns,
+    data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
     raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
     reader = RowReader(raw, data_cfg, need_labels=False)
@@ -248,7 +248,7 @@ def read_texts(config, tokenization):
         text = reader.text(values, line)
         if not text:  # only with data.drop_empty=true
             continue
-        texts.append(text)
+        texts.append(reader.fields(values, line) if tokenization.template else text)  # the Predictor fills the template
         ids.append(reader.row_id(values, row_number))
         if pairs is not None:
             pairs.append(reader.pair(values, line))
@@ -288,7 +288,7 @@ def predict_raw(config, run_dir):
         for row_id, label, probs in zip(ids, out["labels"], out["probs"]):
             label = "|".join(label) if isinstance(label, list) else label
             writer.writerow([row_id, label, *[f"{p:.6f}" for p in probs]])
-    for text, label, probs in zip(texts[:50], out["labels"], out["probs"]):
+    for text, label, probs in zip(predictor.tokenizer.texts(texts[:50]), out["labels"], out["probs"]):
         shown = text if len(text) <= 70 else text[:67] + "..."
         if regression:
             print(f"{' '.join(format_value(v) for v in probs):>12}  {shown}", flush=True)

@@ -39,7 +39,7 @@ import torch
 from .config import resolve_path
 from .errors import UserError, run_cli
 from .fileio import atomic_dir, made_by_textclf, write_json, write_marker
-from .model import REMOTE_CODE, hf_config, probabilities, read_encoder_config
+from .model import REMOTE_CODE, hf_config, merge_lora, probabilities, read_encoder_config
 from .predict import load_fold_models, recover_best
 from .tokenization import TextTokenizer
 
@@ -349,6 +349,8 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     folds = choose_folds(run_dir, fold)
     recover_best(run_dir)
     models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
+    merged = [merge_lora(m, spec) for m in models]  # LoRA: the adapters merged into the base weights
+    models, spec = [m for m, _ in merged], merged[0][1]
     from .data import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
@@ -356,6 +358,9 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     groups = [[k] for k in range(len(models))] if fold == "each" else [list(range(len(models)))]
     started = time.time()
     notes = []
+    if spec.tokenization.template:
+        notes.append(f"the run's texts are made by data.template {spec.tokenization.template!r}; fill it before "
+                     f"calling a pipeline (OnnxPredictor and Predictor take rows as mappings of its columns)")
     if spec.tokenization.window_stride:
         notes.append(f"the run reads texts as sliding windows (stride {spec.tokenization.window_stride}, "
                      f"{spec.tokenization.window_aggregate} of the windows' probabilities); a Hugging Face pipeline "

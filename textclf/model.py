@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import lora_settings  # noqa: F401  (model.lora's checks live with the config)
 from .errors import UserError
-from .hf_remote.modeling_textclf import mlp_layers, pool, uses_token_types
+from .hf_remote.modeling_textclf import backbone_inputs, is_causal, mlp_layers, pool, uses_token_types
 
 PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label", "regression")
 
@@ -59,6 +60,7 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.pass_token_types = uses_token_types(backbone.config)
+        self.positions_from_mask = is_causal(backbone.config)
         hidden = backbone.config.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.samples = max(1, int(multi_sample_dropout))
@@ -79,9 +81,7 @@ class Classifier(nn.Module):
                                  persistent=False)
 
     def features(self, input_ids, attention_mask, token_type_ids=None):
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
-        if self.pass_token_types and token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
+        kwargs = backbone_inputs(self, input_ids, attention_mask, token_type_ids)
         return pool(self.head, self.backbone(**kwargs), attention_mask, self.pooler)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
@@ -270,7 +270,20 @@ def read_encoder_config(model_dir, trust_remote_code=False):
     return AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
 
 
-def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, backbone_dropout=None):
+def resolve_head(requested, config):
+    """model.head against the backbone: auto is cls for encoders and last for decoders; a head that
+    reads the first token is refused on a decoder, where that token has seen nothing else."""
+    causal = is_causal(config)
+    if requested == "auto":
+        return "last" if causal else "cls"
+    if causal and requested in ("cls", "pooler", "fusion"):
+        raise UserError(f"model.head={requested} reads the first token, and in a causal model ({config.model_type}) "
+                        f"that token has seen only itself, so the classifier would be at chance; use model.head=last "
+                        f"(the default for decoders) or mean")
+    return requested
+
+
+def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, backbone_dropout=None, quantize=None):
     from transformers import AutoModel
 
     from .premodels import quiet_transformers
@@ -284,9 +297,16 @@ def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, ba
                     setattr(config, key, backbone_dropout)
         if from_config_only:
             return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        kwargs = {}
+        if quantize == "4bit":  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), bf16 compute
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                               bnb_4bit_use_double_quant=True,
+                                                               bnb_4bit_compute_dtype=torch.bfloat16)
         # dtype float32: transformers 5 defaults to the checkpoint's dtype; autocast handles precision
         return AutoModel.from_pretrained(str(model_dir), config=config, dtype=torch.float32,
-                                         trust_remote_code=trust_remote_code)
+                                         trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
 
@@ -306,6 +326,9 @@ class HeadConfig:
     mlp_hidden: int = 0  # > 0: Linear(hidden, mlp_hidden)-ReLU-Dropout before the output layer
     target_mean: list | None = None  # regression: the train targets' mean and std per target; the output
     target_std: list | None = None  # layer predicts (y - mean) / std, the model returns y
+    lora: dict | None = None  # model.lora with its defaults filled in: adapters on a frozen base (peft)
+    verbalizer: list | None = None  # model.verbalizer's label words and their token ids: the output layer
+    verbalizer_ids: list | None = None  # starts as the LM head's rows for them (next-token logits of the words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +350,7 @@ class Tokenization:
     window_stride: int = 0  # > 0: texts are read as sliding windows (data.window_stride) ...
     max_windows: int = 0
     window_aggregate: str = "mean"  # ... whose probabilities are aggregated per text
+    template: str | None = None  # data.template: the text made from several columns
 
 
 def window_keys(windows):
@@ -342,6 +366,8 @@ class Provenance:
     data_name: str
     data_meta_sha256: str
     model_name: str
+    base_dir: str = ""  # LoRA: the base model the adapters go on (best/ holds only adapters and head) ...
+    base_sha256: str = ""  # ... and the hash of its weights, checked when the adapters are loaded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,13 +383,14 @@ class ModelSpec:
     FORMAT = 2
 
     @classmethod
-    def for_data(cls, head, meta, meta_sha256, model_name, problem_type):
-        """The spec of a model trained on data_process output `meta`."""
+    def for_data(cls, head, meta, meta_sha256, model_name, problem_type, **base):
+        """The spec of a model trained on data_process output `meta` (`base`: a LoRA run's base_dir
+        and base_sha256)."""
         return cls(head, Labels(list(meta["label_names"]), problem_type),
                    Tokenization(meta["max_len"], meta["truncation"], meta["head_tokens"], list(meta["text_columns"]),
                                 meta["text_pair_column"], meta["tokenizer"]["vocab_sha256"],
-                                **window_keys(meta.get("windows"))),
-                   Provenance(meta["name"], meta_sha256, model_name))
+                                **window_keys(meta.get("windows")), template=meta.get("template")),
+                   Provenance(meta["name"], meta_sha256, model_name, **base))
 
     def to_json(self):
         return {"format": self.FORMAT, **dataclasses.asdict(self)}
@@ -380,9 +407,12 @@ class ModelSpec:
             spec = cls(HeadConfig(**doc["head"]), Labels(**doc["labels"]), Tokenization(**doc["tokenization"]),
                        Provenance(**doc["provenance"]))
             head, labels, tokens = spec.head, spec.labels, spec.tokenization
-            checks = {"head.head": head.head in ("cls", "mean", "pooler", "fusion"),
+            checks = {"head.head": head.head in ("cls", "mean", "pooler", "fusion", "last"),
                       "head.n_outputs": isinstance(head.n_outputs, int) and head.n_outputs >= 1,
                       "head.mlp_hidden": isinstance(head.mlp_hidden, int) and head.mlp_hidden >= 0,
+                      "head.lora": head.lora is None or (isinstance(head.lora, dict) and "r" in head.lora),
+                      "head.verbalizer_ids": head.verbalizer_ids is None or (isinstance(head.verbalizer_ids, list) and
+                                                                             len(head.verbalizer_ids) == head.n_outputs),
                       "labels.names": isinstance(labels.names, list) and all(isinstance(n, str) for n in labels.names),
                       "labels.problem_type": labels.problem_type in PROBLEM_TYPES,
                       "head.target_std": labels.problem_type != "regression" or (
@@ -404,10 +434,140 @@ class ModelSpec:
 
 
 def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=False):
-    """A Classifier: the backbone in `model_dir` (weights, or its config only) and a new head."""
-    backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head.backbone_dropout)
-    return Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout, head.mlp_hidden,
-                      head.target_mean, head.target_std)
+    """A Classifier: the backbone in `model_dir` (weights, or its config only) and a new head; with
+    head.lora, LoRA adapters on the backbone, whose own weights are frozen."""
+    quantize = (head.lora or {}).get("quantize")
+    backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head.backbone_dropout, quantize)
+    model = Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout, head.mlp_hidden,
+                       head.target_mean, head.target_std)
+    model.lora = head.lora
+    if head.lora:  # after the Classifier removed an unused pooler, so no adapter sits on it
+        model.backbone = add_lora(model.backbone, head.lora)
+    return model
+
+
+# ---------------------------------------------------------------------------- LoRA adapters (peft)
+
+
+def verbalizer_ids(words, tokenizer, label_names, problem_type, config, head):
+    """model.verbalizer checked against the model and tokenizer: each label word one token of the
+    vocabulary (as it would follow the prompt); returns their token ids."""
+    if not is_causal(config):
+        raise UserError(f"model.verbalizer scores label words with a decoder's LM head, and {config.model_type} is "
+                        f"not a causal language model; drop model.verbalizer (the usual head trains instead)")
+    if problem_type not in ("single_label", "multi_label"):
+        raise UserError(f"model.verbalizer gives one score per label word, and model.problem_type={problem_type} "
+                        f"needs {'one output' if problem_type == 'binary_bce' else 'numbers'}; use single_label")
+    if head.head != "last" or head.mlp_hidden:
+        raise UserError("model.verbalizer reads the LM head at the last token: use model.head=last (or auto) and no "
+                        "model.mlp_hidden")
+    if len(words) != len(label_names):
+        raise UserError(f"model.verbalizer has {len(words)} words for {len(label_names)} labels "
+                        f"({', '.join(label_names)}); give one word per label, in that order")
+    ids = []
+    for word, label in zip(words, label_names):
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            raise UserError(f"model.verbalizer word {word!r} (label {label}) is {len(pieces)} tokens "
+                            f"{tokenizer.convert_ids_to_tokens(pieces)}; each word must be one token of the "
+                            f"vocabulary (try a shorter word, or one with a leading space)")
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise UserError(f"model.verbalizer words {words} share a token; give each label its own word")
+    return ids
+
+
+def init_verbalizer(model, model_dir, ids, trust_remote_code=False):
+    """Set the output layer to the LM head's rows for the label words, so the classifier's logits
+    are the decoder's next-token logits of those words (at the last token, after the final norm)."""
+    from transformers import AutoModelForCausalLM
+
+    causal = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                  trust_remote_code=trust_remote_code)
+    lm_head = causal.get_output_embeddings()
+    with torch.no_grad():
+        model.fc.weight.copy_(lm_head.weight[ids])
+        if getattr(lm_head, "bias", None) is not None:
+            model.fc.bias.copy_(lm_head.bias[ids])
+        else:
+            model.fc.bias.zero_()
+    del causal
+
+
+def add_lora(backbone, lora):
+    """The backbone with LoRA adapters (peft) on its target modules; everything else frozen."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("model.lora needs peft: pip install 'textclf[peft]' (or pip install peft)") from None
+    if lora.get("quantize"):
+        from peft import prepare_model_for_kbit_training
+
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], bias="none")
+    try:
+        return get_peft_model(backbone, config)
+    except ValueError as err:  # target modules not found in this model
+        raise UserError(f"model.lora.target_modules={lora['target_modules']!r} does not fit "
+                        f"{type(backbone).__name__}: {str(err).splitlines()[0][:200]}") from None
+
+
+def is_adapter_key(name):
+    """What a LoRA checkpoint keeps: the adapters and everything outside the backbone (the head)."""
+    return not name.startswith("backbone.") or "lora_" in name
+
+
+def saved_state(model, state):
+    """The tensors a checkpoint of `model` holds: all of them, or with LoRA the adapters and head."""
+    if getattr(model, "lora", None):
+        return {k: v for k, v in state.items() if is_adapter_key(k)}
+    return state
+
+
+def load_into(model, state, where):
+    """Load a checkpoint's tensors: every one (strict), or with LoRA the adapters and head, the
+    base weights already in place."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if getattr(model, "lora", None):
+        missing = [k for k in missing if is_adapter_key(k)]
+    if missing or unexpected:
+        raise UserError(f"weights in {where} do not fit the model (missing {len(missing)}, unexpected "
+                        f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); the checkpoint and its "
+                        f"config differ")
+
+
+def weights_sha256(model_dir):
+    """One hash over a model folder's weight files (safetensors or .bin), for a LoRA run's base."""
+    import hashlib
+
+    from .fileio import sha256_file
+
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise UserError(f"{model_dir} holds no weight files (.safetensors or .bin)")
+    return hashlib.sha256("".join(f"{p.name}:{sha256_file(p)}\n" for p in files).encode()).hexdigest()
+
+
+def find_base(spec, folder):
+    """The base model of a LoRA checkpoint: where it was trained from, else the premodels/ folder of
+    its name; its weights must hash as at training time."""
+    from .premodels import resolve_model_dir
+
+    candidates = [Path(spec.provenance.base_dir)] if spec.provenance.base_dir else []
+    try:
+        candidates.append(Path(resolve_model_dir(spec.provenance.model_name, "premodels")))
+    except UserError:
+        pass
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            if weights_sha256(candidate) != spec.provenance.base_sha256:
+                raise UserError(f"{folder} holds LoRA adapters for base model {spec.provenance.model_name}, but the "
+                                f"weights in {candidate} differ from the ones it was trained on (sha256); put the "
+                                f"original base model back")
+            return candidate
+    raise UserError(f"{folder} holds LoRA adapters; their base model {spec.provenance.model_name} is not at "
+                    f"{spec.provenance.base_dir} nor in premodels/; copy it there")
 
 
 REMOTE_CODE = ("configuration_textclf.py", "modeling_textclf.py")
@@ -452,7 +612,7 @@ def save_classifier(model, folder, spec, tokenizer=None, state_dict=None):
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    state = state_dict if state_dict is not None else model.state_dict()
+    state = saved_state(model, state_dict if state_dict is not None else model.state_dict())
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     write_hf_config(folder, model.backbone.config, spec)
@@ -476,14 +636,24 @@ def load_classifier(folder, trust_remote_code=False):
 
     spec = ModelSpec.from_json(load_json(head_path, "a textclf head.json", "retrain this fold or restore the file"),
                                head_path)
-    model = build_classifier(folder, spec.head, trust_remote_code, from_config_only=True)
+    if spec.head.lora:  # adapters and head only: the base model's weights come from its own folder
+        model = build_classifier(find_base(spec, folder), spec.head, trust_remote_code)
+    else:
+        model = build_classifier(folder, spec.head, trust_remote_code, from_config_only=True)
     try:
         state = load_file(str(folder / "model.safetensors"))
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"weights in {folder / 'model.safetensors'} are corrupted or truncated ({err}); "
                         f"retrain this fold or restore the file") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"weights in {folder} do not fit the model (missing {len(missing)}, unexpected "
-                        f"{len(unexpected)} tensors); the checkpoint and its config.json differ")
+    load_into(model, state, folder)
     return model, spec
+
+
+def merge_lora(model, spec):
+    """A LoRA classifier with its adapters merged into the base weights: a plain classifier (and its
+    spec), as export writes it."""
+    if not spec.head.lora:
+        return model, spec
+    model.backbone = model.backbone.merge_and_unload()
+    model.lora = None
+    return model, dataclasses.replace(spec, head=dataclasses.replace(spec.head, lora=None))

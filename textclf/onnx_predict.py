@@ -67,13 +67,13 @@ class OnnxPredictor:
     def predict(self, texts, pairs=None):
         """Labels and probabilities for raw texts (and second segments, if the run used pairs);
         regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
-        if isinstance(texts, str):
+        if isinstance(texts, (str, dict)):
             texts = [texts]
         if not texts:
             return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
         if self.pairs and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
-        texts = [str(t).strip() for t in texts]
+        texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
         pairs = None if pairs is None else [str(p).strip() for p in pairs]
         ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)  # sliding windows, if the run used them
         return self._result(self.tokenizer.to_texts(self.probs(ids, types, lengths), owner, len(texts),

@@ -21,6 +21,7 @@ from .data import load_tokenizer
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
 from .loader import SortedBatches, SplitArrays, make_loader
+from .hf_remote.modeling_textclf import backbone_inputs
 from .model import load_classifier, probabilities
 from .precision import autocast, resolve as resolve_precision
 from .tokenization import TextTokenizer, aggregate_windows, decide
@@ -38,9 +39,7 @@ def features_of(model, batch):
 
 def hidden_of(model, batch):
     """The encoder's last hidden layer, (rows, length, hidden), zero at padding."""
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    if model.pass_token_types:
-        kwargs["token_type_ids"] = batch["token_type_ids"]
+    kwargs = backbone_inputs(model, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     hidden = model.backbone(**kwargs).last_hidden_state.float()
     return hidden * batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
 
@@ -173,13 +172,13 @@ class Predictor:
         fold number of the run, default the first one loaded): {"embeddings": (rows, dim),
         "fold": k}, and with hidden_states=True also "hidden_states" (rows, max_len, hidden),
         zero beyond each row's "lengths"."""
-        if isinstance(texts, str):
+        if isinstance(texts, (str, dict)):
             texts = [texts]
         folds = [c["fold"] for c in self.checkpoints] or list(range(len(self.models)))
         if fold is not None and fold not in folds:
             raise UserError(f"fold {fold} is not among the loaded folds {folds}")
         model = self.models[folds.index(fold) if fold is not None else 0]
-        texts = [str(t).strip() for t in texts]
+        texts = self.tokenizer.texts(texts)
         ids, types, mask, lengths, owner = self.tokenizer.rows(texts, None if pairs is None else
                                                                [str(p).strip() for p in pairs])
         if self.tokenizer.window_stride:
@@ -208,13 +207,13 @@ class Predictor:
     def predict(self, texts, pairs=None):
         """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs).
         Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
-        if isinstance(texts, str):
+        if isinstance(texts, (str, dict)):
             texts = [texts]
         if not texts:
             return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
         if self.spec.tokenization.text_pair_column and pairs is None:
             raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
-        texts = [str(t).strip() for t in texts]
+        texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
         ids, types, mask, lengths, owner = self.tokenizer.rows(texts, None if pairs is None else
                                                                [str(p).strip() for p in pairs])
         folds = [self.tokenizer.to_texts(p, owner, len(texts), self.problem_type)  # windows -> texts, per fold

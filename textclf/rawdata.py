@@ -240,7 +240,14 @@ class RowReader:
                 )
             return cols[name]
 
-        self.text_idx = [index(c, "data.text_columns") for c in cfg.text_columns]
+        self.template_fields = None
+        if getattr(cfg, "template", None):  # data.template: the text is the template filled from its columns
+            from .tokenization import template_fields
+
+            self.template_fields = template_fields(cfg.template)
+            self.text_idx = [index(c, "data.template") for c in self.template_fields]
+        else:
+            self.text_idx = [index(c, "data.text_columns") for c in cfg.text_columns]
         self.pair_idx = index(cfg.text_pair_column, "data.text_pair_column") if cfg.text_pair_column else None
         self.id_idx = index(cfg.id_column, "data.id_column") if cfg.id_column else None
         self.multi_columns = None
@@ -279,7 +286,25 @@ class RowReader:
                             f"not a string; write the text as a JSON string")
         return clean_text(value or "")
 
+    def fields(self, values, line=None):
+        """data.template's columns of a row: {column: text}."""
+        out = {}
+        for name, i in zip(self.template_fields, self.text_idx):
+            value = values[i]
+            if isinstance(value, (list, dict)):
+                raise UserError(f"{self.where(line)}: column '{name}' (data.template) is a JSON {_json_kind(value)}; "
+                                f"template fields take strings or numbers")
+            out[name] = clean_text(self._as_text(value))
+        return out
+
     def text(self, values, line=None):
+        if self.template_fields is not None:
+            fields = self.fields(values, line)
+            if not any(fields.values()):  # a template around empty columns is an empty text
+                return ""
+            from .tokenization import fill_template
+
+            return fill_template(self.cfg.template, fields, self.template_fields)
         if len(self.text_idx) == 1:
             return self._text_cell(values, self.text_idx[0], line, "the text column")
         parts = (self._text_cell(values, i, line, "the text column") for i in self.text_idx)

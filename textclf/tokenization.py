@@ -20,7 +20,7 @@ class TextTokenizer:
     """
 
     def __init__(self, backend_json, pad_id, single, pair, max_len, truncation="head", head_tokens=None,
-                 window_stride=0, max_windows=0, window_aggregate="mean"):
+                 window_stride=0, max_windows=0, window_aggregate="mean", template=None):
         # The Rust tokenizer directly, on a private copy without the truncation or padding a
         # tokenizer.json may carry: the transformers wrapper costs as much again per row.
         from tokenizers import Tokenizer
@@ -39,6 +39,7 @@ class TextTokenizer:
         budget = max_len - n_special
         self.text_budget = budget  # text tokens in a row of a single text
         self.window_stride, self.max_windows, self.window_aggregate = window_stride, max_windows, window_aggregate
+        self.template = template  # data.template: rows (mappings of columns) become texts exactly as in data_process
         self.head_tokens = head_tokens if head_tokens is not None else budget // 4
         if truncation == "head_tail" and not 0 <= self.head_tokens <= budget:
             raise UserError(f"data.head_tokens={head_tokens} must be between 0 and {budget} (max_len minus special tokens)")
@@ -57,20 +58,28 @@ class TextTokenizer:
         """As a run's model.Tokenization says (max_len, truncation, windows)."""
         return cls.from_hf(tokenizer, tokenization.max_len, tokenization.truncation, tokenization.head_tokens,
                            window_stride=tokenization.window_stride, max_windows=tokenization.max_windows,
-                           window_aggregate=tokenization.window_aggregate)
+                           window_aggregate=tokenization.window_aggregate, template=tokenization.template)
 
     def to_json(self):
         """Everything but the vocabulary (tokenizer.json) that encoding needs, for from_json."""
         return {"max_len": self.max_len, "truncation": self.truncation, "head_tokens": self.head_tokens,
                 "pad_id": self.pad_id, "single": list(self.single), "pair": list(self.pair),
                 "window_stride": self.window_stride, "max_windows": self.max_windows,
-                "window_aggregate": self.window_aggregate}
+                "window_aggregate": self.window_aggregate, "template": self.template}
 
     @classmethod
     def from_json(cls, backend_json, doc):
         return cls(backend_json, doc["pad_id"], doc["single"], doc["pair"], doc["max_len"], doc["truncation"],
                    doc["head_tokens"], doc.get("window_stride", 0), doc.get("max_windows", 0),
-                   doc.get("window_aggregate", "mean"))
+                   doc.get("window_aggregate", "mean"), doc.get("template"))
+
+    def texts(self, items):
+        """Raw rows -> model input texts: with a template, each row (a mapping of its columns, or a
+        plain text for a one-field template) filled in; else each text stripped."""
+        if self.template:
+            fields = template_fields(self.template)
+            return [fill_template(self.template, item, fields) for item in items]
+        return [str(t).strip() for t in items]
 
     def rows(self, texts, pairs=None):
         """Token rows for texts, as the training data was made: (input_ids, token_type_ids,
@@ -190,6 +199,46 @@ class TextTokenizer:
                 token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
                 lengths[row] = len(seq)
         return input_ids, token_types, lengths, truncated
+
+
+def template_fields(template):
+    """The column names a data.template fills, in order of first use ('{{' and '}}' are braces)."""
+    import string
+
+    fields = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or spec or conversion or any(c in name for c in ".[]"):
+            raise UserError(f"config key data.template: {{{name}{'!' + conversion if conversion else ''}"
+                            f"{':' + spec if spec else ''}}} is not a plain column name; write fields as {{column}} "
+                            f"(and literal braces as {{{{ }}}})")
+        if name not in fields:
+            fields.append(name)
+    if not fields:
+        raise UserError(f"config key data.template: {template!r} names no column; write fields as {{column}}, e.g. "
+                        f"'title:{{title}}, abstract:{{abstract}}'")
+    return fields
+
+
+def fill_template(template, item, fields=None):
+    """One model input from a data.template: `item` is a mapping of column -> value, or for a
+    template of one field a plain text. Values are stripped; a missing column is refused."""
+    fields = fields or template_fields(template)
+    if isinstance(item, str):
+        if len(fields) != 1:
+            raise UserError(f"this model's texts are made by the template {template!r} from the columns "
+                            f"{', '.join(fields)}; pass each row as a mapping of those columns, not a plain text")
+        item = {fields[0]: item}
+    if not isinstance(item, dict):
+        raise UserError(f"a row for the template {template!r} must be a mapping of {', '.join(fields)}, "
+                        f"got {type(item).__name__}")
+    missing = [f for f in fields if f not in item]
+    if missing:
+        raise UserError(f"a row lacks '{missing[0]}', which the template {template!r} needs; give every row "
+                        f"{', '.join(fields)}")
+    values = {f: "" if item[f] is None else str(item[f]).strip() for f in fields}
+    return template.format_map(values).strip()
 
 
 def window_starts(n_tokens, budget, stride, max_windows=0):

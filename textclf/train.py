@@ -15,6 +15,7 @@ writes. What a run writes, and how it resumes, is in checkpoint.py.
 import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import math
 import random
 import shutil
@@ -36,7 +37,8 @@ from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir,
                      write_json, write_marker)
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import available as available_metrics, compute, default_metric, is_better, metric_mode, report
-from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze,
+from .model import (HeadConfig, ModelSpec, auto_class_weights, build_classifier, check_freeze, read_encoder_config,
+                    resolve_head, verbalizer_ids, weights_sha256,
                     check_gradient_checkpointing, freeze, make_loss, num_outputs, probabilities, resolve_problem_type)
 from .optim import describe as describe_optimizer, make_optimizer, make_scheduler
 from .precision import resolve_shared
@@ -267,10 +269,20 @@ def check(config):
                             f"again with data.task=regression")
         target_mean = [float(stats[name]["mean"]) for name in label_names]
         target_std = [float(stats[name]["std"]) for name in label_names]
+    # auto: cls for encoders, last for decoders; resolved here, so the run's config.yaml names the head it used
+    config.model.head = resolve_head(config.model.head, read_encoder_config(model_dir, config.model.trust_remote_code))
     head = HeadConfig(config.model.head, num_outputs(problem_type, len(label_names)), config.model.dropout,
                       config.model.backbone_dropout, config.model.multi_sample_dropout, config.model.mlp_hidden,
-                      target_mean, target_std)
-    spec = ModelSpec.for_data(head, meta, sha256_file(data_dir / "meta.json"), config.model.name, problem_type)
+                      target_mean, target_std, config.model.lora)
+    if config.model.verbalizer:  # the output layer starts as the LM head's rows for the label words
+        ids = verbalizer_ids(config.model.verbalizer, tokenizer, label_names, problem_type,
+                             read_encoder_config(model_dir, config.model.trust_remote_code), head)
+        head = dataclasses.replace(head, verbalizer=list(config.model.verbalizer), verbalizer_ids=ids)
+    base = {}
+    if config.model.lora:
+        check_lora(config)
+        base = dict(base_dir=str(Path(model_dir).resolve()), base_sha256=weights_sha256(model_dir))
+    spec = ModelSpec.for_data(head, meta, sha256_file(data_dir / "meta.json"), config.model.name, problem_type, **base)
     check_freeze(model_dir, config.model.freeze_embeddings, config.model.freeze_layers, config.model.trust_remote_code)
     if train_cfg.gradient_checkpointing:
         check_gradient_checkpointing(model_dir, config.model.trust_remote_code)
@@ -305,6 +317,27 @@ RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.report_to", "tr
                "train.save_total_limit", "train.save_every_steps", "train.output_dir", "train.run", "train.precision",
                "model.trust_remote_code", "model.premodels_dir", "data.output_dir", "data.name", "data.overwrite",
                "data.chunk_rows", "eval.", "ensemble.")
+
+
+def check_lora(config):
+    """What LoRA adapters (model.lora) cannot do here."""
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("model.lora needs peft: pip install 'textclf[peft]' (or pip install peft)")
+    if config.model.lora.get("quantize") and not torch.cuda.is_available():
+        raise UserError("model.lora.quantize=4bit (QLoRA) keeps the base in 4-bit with bitsandbytes, which needs a "
+                        "CUDA GPU; on this machine drop quantize (plain LoRA trains on a CPU)")
+    if config.train.adversarial == "fgm":
+        raise UserError("train.adversarial=fgm perturbs the word embeddings along their gradient, and LoRA keeps the "
+                        "base (embeddings included) frozen; use train.adversarial=awp with LoRA")
+    from transformers import AutoModel
+
+    from .model import add_lora
+
+    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
+    with torch.device("meta"):  # the target modules must exist: tried on a weightless copy, before anything is written
+        backbone = AutoModel.from_config(read_encoder_config(model_dir, config.model.trust_remote_code),
+                                         trust_remote_code=config.model.trust_remote_code)
+        add_lora(backbone, dict(config.model.lora, quantize=None))
 
 
 def check_loss(train_cfg, problem_type):
@@ -432,6 +465,12 @@ def train_fold(job, plan):
     torch.manual_seed(train_cfg.seed)  # same initial head weights and dropout stream for every fold and rerun
     random.seed(train_cfg.seed)
     model = build_classifier(job.model_dir, job.spec.head, config.model.trust_remote_code)
+    if job.spec.head.verbalizer_ids:
+        from .model import init_verbalizer
+
+        init_verbalizer(model, job.model_dir, job.spec.head.verbalizer_ids, config.model.trust_remote_code)
+        if job.spec.head.lora:  # with adapters the LM head's rows stay as they are, like the rest of the base
+            model.fc.requires_grad_(False)
     frozen = freeze(model, config.model.freeze_embeddings, config.model.freeze_layers)
     if train_cfg.gradient_checkpointing:  # non-reentrant: works with frozen layers and keeps dropout's RNG
         model.backbone.activation_checkpointing_enable({"use_reentrant": False})

@@ -17,8 +17,31 @@ def uses_token_types(config):
     return getattr(config, "type_vocab_size", 0) >= 2 and config.model_type != "distilbert"
 
 
+def is_causal(config):
+    """A decoder whose tokens see only what comes before them (Llama, Mistral, Qwen, Gemma, GPT-2):
+    a causal-LM family that is not also a masked-LM (encoder) family."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = getattr(config, "model_type", "")
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def backbone_inputs(owner, input_ids, attention_mask, token_type_ids=None):
+    """The backbone's keyword arguments. Decoders get positions counted from the mask, so a
+    left-padded row reads like the same row unpadded (models with absolute positions, GPT-2,
+    would otherwise shift)."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
+    if owner.pass_token_types and token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    if getattr(owner, "positions_from_mask", False):
+        kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+    return kwargs
+
+
 def pool(head, out, attention_mask, pooler=None):
-    """The head's features from the encoder output: (main, extra); extra only for fusion.
+    """The head's features from the encoder output: (main, extra); extra only for fusion. `last`
+    (decoders) takes the last unpadded token.
     `pooler` replaces the encoder's own pooler where the encoder has none."""
     hidden = out.last_hidden_state
     mean = pooled = None
@@ -29,11 +52,20 @@ def pool(head, out, attention_mask, pooler=None):
         pooled = pooler(hidden[:, 0]) if pooler is not None else out.pooler_output
     if head == "cls":
         return hidden[:, 0], None
+    if head == "last":  # the last token the mask keeps: a causal model's only token that has seen the whole text
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_positions(attention_mask)], None
     if head == "mean":
         return mean, None
     if head == "pooler":
         return pooled, None
     return mean, pooled
+
+
+def last_positions(attention_mask):
+    """Each row's last position with mask 1, for right padding (the row's length - 1) and left
+    padding (the last column) alike."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(1).to(torch.long).argmax(1)
 
 
 def mlp_layers(hidden, width, dropout):
@@ -54,6 +86,7 @@ def build(owner, config):
     owner.backbone = AutoModel.from_config(encoder_config(config))
     owner.head = config.head
     owner.pass_token_types = uses_token_types(owner.backbone.config)
+    owner.positions_from_mask = is_causal(owner.backbone.config)
     hidden = owner.backbone.config.hidden_size
     wants_pooler = config.head in ("pooler", "fusion")
     has_pooler = getattr(owner.backbone, "pooler", None) is not None
@@ -73,9 +106,7 @@ def build(owner, config):
 
 def classify(owner, input_ids, attention_mask, token_type_ids=None):
     """The raw outputs of one classifier built by `build` (dropout is off at evaluation)."""
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
-    if owner.pass_token_types and token_type_ids is not None:
-        kwargs["token_type_ids"] = token_type_ids
+    kwargs = backbone_inputs(owner, input_ids, attention_mask, token_type_ids)
     main, extra = pool(owner.head, owner.backbone(**kwargs), attention_mask, owner.pooler)
     logits = owner.fc(main if owner.mlp is None else owner.mlp(main))
     if extra is not None:
