@@ -291,3 +291,25 @@ def test_bad_templates_are_refused(stage, premodels, tmp_path, template, expecte
                    "data.name=t", f"data.train_file={tmp_path / 'train.csv'}", f"data.template={template}")
     assert result.code == 2 and expected in result.err, result
     assert not (tmp_path / "data").exists()
+
+
+def test_a_lora_decoder_run_blends_with_an_encoder_run_and_checkpoints_gradients(stage, premodels, tmp_path):
+    """Same raw files tokenized for each model: the two runs' prediction sets share rows and blend."""
+    rows = toy_rows(40)
+    write(tmp_path / "train.csv", "id,text,label\n" + "".join(f"r{i},{t},{y}\n" for i, (t, y) in enumerate(rows)))
+    write(tmp_path / "test.csv", "id,text,label\n" + "".join(f"t{i},{t},{y}\n" for i, (t, y) in enumerate(toy_rows(9, 2))))
+    common = [f"data.output_dir={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'ck'}",
+              f"eval.output_dir={tmp_path / 'mp'}", "train.precision=no", "eval.precision=no", "data.n_folds=2",
+              f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}",
+              "data.id_column=id", "data.max_len=24"]
+    for family, extra in (("bert", []), ("gpt2", ["model.lora={r: 2}", "train.gradient_checkpointing=true"])):
+        args = [*common, f"model.name={premodels(family)}", f"data.name={family}"]
+        assert stage("data_process", *args).code == 0
+        assert stage("train", *args, "train.epochs=1", "train.batch_size=8", *extra).code == 0
+        assert stage("evaluate", *args, f"eval.run={tmp_path / 'ck' / family}").code == 0
+    result = stage("ensemble_and_submit", *common, f"model.name={premodels('bert')}", "data.name=bert",
+                   f"ensemble.predictions=[{tmp_path / 'mp' / 'bert'},{tmp_path / 'mp' / 'gpt2'}]",
+                   f"ensemble.output_dir={tmp_path / 'subs'}")
+    assert result.code == 0, result
+    summary = json.loads((tmp_path / "subs" / "submission.json").read_text())
+    assert summary["tuned_on"] == "oof" and len(summary["weights"]) == 2

@@ -504,8 +504,9 @@ def add_lora(backbone, lora):
         from peft import prepare_model_for_kbit_training
 
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+    conv1d = getattr(backbone.config, "model_type", "") == "gpt2"  # GPT-2's Conv1D stores weights transposed
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=lora["target_modules"], bias="none")
+                        target_modules=lora["target_modules"], bias="none", fan_in_fan_out=conv1d)
     try:
         return get_peft_model(backbone, config)
     except ValueError as err:  # target modules not found in this model
