@@ -313,3 +313,25 @@ def test_a_lora_decoder_run_blends_with_an_encoder_run_and_checkpoints_gradients
     assert result.code == 0, result
     summary = json.loads((tmp_path / "subs" / "submission.json").read_text())
     assert summary["tuned_on"] == "oof" and len(summary["weights"]) == 2
+
+
+def test_the_paper_llm_config_runs_end_to_end(stage, premodels, tmp_path):
+    """configs/paper_llm.yaml (template, decoder, LoRA, verbalizer) on a tiny random Llama."""
+    from conftest import ROOT
+
+    rows = paper_rows(30)
+    header = "id,title,abstract,label\n"
+    write(tmp_path / "train.csv", header + "".join(f"{i},{a},{b},{y}\n" for i, a, b, y in rows))
+    write(tmp_path / "test.csv", header + "".join(f"{i},{a},{b},{y}\n" for i, a, b, y in paper_rows(8, 4)))
+    common = ["--config", str(ROOT / "configs" / "paper_llm.yaml"), f"model.name={premodels('llama')}",
+              f"data.output_dir={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'ck'}",
+              f"eval.output_dir={tmp_path / 'mp'}", f"data.train_file={tmp_path / 'train.csv'}",
+              f"data.test_file={tmp_path / 'test.csv'}", "data.max_len=96", "data.n_folds=2", "train.epochs=1",
+              "train.precision=no", "eval.precision=no", "ensemble.sample_submission=null"]
+    for script in ("data_process", "train", "evaluate"):
+        result = stage(script, *common)
+        assert result.code == 0, (script, result)
+    result = stage("ensemble_and_submit", *common, f"ensemble.predictions=[{tmp_path / 'mp' / 'paper_llm'}]",
+                   f"ensemble.output_dir={tmp_path / 'subs'}")
+    assert result.code == 0, result
+    assert len((tmp_path / "subs" / "paper_llm.csv").read_text().splitlines()) == 9
