@@ -538,6 +538,9 @@ def load_into(model, state, where):
                         f"config differ")
 
 
+_HASHES = {}  # (file, size, mtime) -> sha256: K fold checkpoints on one base hash it once per process
+
+
 def weights_sha256(model_dir):
     """One hash over a model folder's weight files (safetensors or .bin), for a LoRA run's base."""
     import hashlib
@@ -547,7 +550,14 @@ def weights_sha256(model_dir):
     files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     if not files:
         raise UserError(f"{model_dir} holds no weight files (.safetensors or .bin)")
-    return hashlib.sha256("".join(f"{p.name}:{sha256_file(p)}\n" for p in files).encode()).hexdigest()
+    parts = []
+    for p in files:
+        stat = p.stat()
+        key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _HASHES:
+            _HASHES[key] = sha256_file(p)
+        parts.append(f"{p.name}:{_HASHES[key]}\n")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def find_base(spec, folder):
