@@ -507,8 +507,12 @@ def add_lora(backbone, lora):
     conv1d = getattr(backbone.config, "model_type", "") == "gpt2"  # GPT-2's Conv1D stores weights transposed
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                         target_modules=lora["target_modules"], bias="none", fan_in_fan_out=conv1d)
+    import warnings
+
     try:
-        return get_peft_model(backbone, config)
+        with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute (is_gradient_checkpointing)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(backbone, config)
     except ValueError as err:  # target modules not found in this model
         raise UserError(f"model.lora.target_modules={lora['target_modules']!r} does not fit "
                         f"{type(backbone).__name__}: {str(err).splitlines()[0][:200]}") from None
