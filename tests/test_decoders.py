@@ -284,6 +284,7 @@ def test_template_is_applied_alike_by_data_process_predictor_evaluate_and_onnx(s
     ("no fields here", "names no column"),
     ("{}", "is not a plain column name"),
     ("{nope} {title}", "has no column 'nope' (data.template)"),
+    ("q1: {1} q2: {title}", "is not a plain column name"),  # {1} would be a positional field
 ])
 def test_bad_templates_are_refused(stage, premodels, tmp_path, template, expected):
     write(tmp_path / "train.csv", "title,abstract,label\na b,c d,0\ne f,g h,1\n")
@@ -335,3 +336,21 @@ def test_the_paper_llm_config_runs_end_to_end(stage, premodels, tmp_path):
                    f"ensemble.output_dir={tmp_path / 'subs'}")
     assert result.code == 0, result
     assert len((tmp_path / "subs" / "paper_llm.csv").read_text().splitlines()) == 9
+
+
+def test_template_cells_and_plain_texts_are_read_alike_everywhere(stage, premodels, tmp_path):
+    from textclf.data import load_tokenizer
+    from textclf.errors import UserError
+    from textclf.tokenization import TextTokenizer, fill_template
+
+    # JSON true/false/null and invisible-only cells read as data_process reads them
+    assert fill_template("{a} | {b} | {c}", {"a": True, "b": None, "c": "\u200b"}) == "true |  |"
+    plain = TextTokenizer.from_hf(load_tokenizer(premodels("bert")), 16)
+    with pytest.raises(UserError, match="pass strings"):
+        plain.texts([{"text": "great film"}])  # no template: a mapping is refused, never read as its repr
+    # eval.texts with a template of several fields is refused before training starts
+    write(tmp_path / "t.csv", "title,abstract,label\n" + "".join(f"a{i} b,c d,{i % 2}\n" for i in range(20)))
+    base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}", "data.name=t"]
+    assert stage("data_process", *base, f"data.train_file={tmp_path / 't.csv'}", f"data.template={TEMPLATE}").code == 0
+    result = stage("train", *base, f"train.output_dir={tmp_path / 'ck'}", "eval.texts=[a great film]")
+    assert result.code == 2 and "eval.input" in result.err and not (tmp_path / "ck").exists(), result

@@ -121,3 +121,16 @@ def test_bad_groups_are_refused_before_writing(stage, premodels, tmp_path, body,
     assert result.code == 2 and expected in result.err, result
     assert len(result.err.strip().splitlines()) == 1
     assert not (tmp_path / "data").exists()
+
+
+def test_groups_too_small_to_stratify_still_keep_groups_whole(stage, premodels, tmp_path):
+    """Every class smaller than the number of group folds: groups whole, unstratified, no traceback."""
+    rows = [(f"r{i}", f"text number {i}", "ab"[i % 2], f"g{i % 12}") for i in range(18)]
+    train = write_grouped(tmp_path / "train.csv", rows)
+    result = process(stage, premodels, tmp_path, train, "data.group_column=author")
+    assert result.code == 0, result
+    folds = np.load(tmp_path / "data" / "d" / "train" / "folds.npy")
+    by_group = defaultdict(set)
+    for (_, _, _, group), fold in zip(rows, folds.tolist()):
+        by_group[group].add(fold)
+    assert all(len(f) == 1 for f in by_group.values()) and (folds == 0).any() and (folds == -1).any()

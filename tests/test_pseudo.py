@@ -167,3 +167,17 @@ def test_predictions_of_other_rows_are_refused(sets, tmp_path, premodels):
                      "pseudo.threshold=0.5")
     assert result.code == 2 and "predicted other test rows" in result.err, result
     assert not (tmp_path / "data" / "x").exists()
+
+
+def test_a_blends_tuned_thresholds_decide_the_pseudo_labels():
+    """Labels follow the submission's decision (a tuned threshold), confidence is that label's probability."""
+    from textclf.pseudo import select
+
+    probs = np.array([[0.8, 0.2], [0.35, 0.65], [0.6, 0.4], [0.05, 0.95]])
+    rows, labels, confidence = select(probs, "single_label", 0.0, 0, thresholds=0.3)
+    assert labels.tolist() == [0, 1, 1, 1] and confidence.tolist() == pytest.approx([0.8, 0.65, 0.4, 0.95])
+    rows, labels, _ = select(probs, "single_label", 0.6, 0, thresholds=0.3)
+    assert rows.tolist() == [0, 1, 3]
+    multi = np.array([[0.9, 0.1, 0.2], [0.5, 0.97, 0.02]])
+    _, labels, confidence = select(multi, "multi_label", 0.0, 0, thresholds=[0.05, 0.5, 0.5])
+    assert labels.tolist() == [[1, 0, 0], [1, 1, 0]] and confidence.tolist() == pytest.approx([0.8, 0.5])

@@ -398,12 +398,19 @@ def group_folds(labels, groups, n_folds, valid_size, seed):
     folds = np.full(len(keys), -1, dtype=np.int16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the least populated class has only n members": stratified as well as it can
-        split = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
-        for k, (_, held) in enumerate(split.split(np.zeros(len(keys)), keys, group_index)):
-            if n_folds >= 2:
-                folds[held] = k
-            elif k == 0:
-                folds[held] = 0
+        try:
+            parts = list(StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+                         .split(np.zeros(len(keys)), keys, group_index))
+        except ValueError:  # every class smaller than the number of folds: groups kept whole, not stratified
+            from sklearn.model_selection import GroupKFold
+
+            parts = list(GroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+                         .split(np.zeros(len(keys)), keys, group_index))
+    for k, (_, held) in enumerate(parts):
+        if n_folds >= 2:
+            folds[held] = k
+        elif k == 0:
+            folds[held] = 0
     return folds, n_groups
 
 

@@ -57,6 +57,8 @@ def read_predictions(paths):
         if len(weights) != len(sets):
             raise UserError(f"{path} has {len(weights)} weights for {len(sets)} prediction sets; {fix}")
         method, source = summary["method"], dict(summary=str(path), summary_sha256=sha256_file(path))
+        if summary.get("thresholds") is not None:  # the submission's tuned decision thresholds decide the labels too
+            source["thresholds"] = summary["thresholds"]
     else:
         for p in paths:
             if str(p).endswith(".json"):
@@ -70,15 +72,21 @@ def read_predictions(paths):
     return sets, np.asarray(weights, dtype=np.float64), method, source
 
 
-def select(probs, problem_type, threshold, top_k):
-    """(kept row numbers in row order, their labels, their confidence). Confidence: the top
-    probability, or for multi-label the least certain class's max(p, 1 - p)."""
+def select(probs, problem_type, threshold, top_k, thresholds=None):
+    """(kept row numbers in row order, their labels, their confidence). Labels as the submission
+    decides them (argmax; multi-label 0.5 per class; or the blend's tuned `thresholds`);
+    confidence: the probability of the label chosen, for multi-label the least certain class's
+    (p where the class is on, 1 - p where it is off)."""
     if problem_type == "multi_label":
-        confidence = np.maximum(probs, 1 - probs).min(axis=1)
-        labels = (probs >= 0.5).astype(np.uint8)
+        cut = np.asarray(thresholds if thresholds is not None else [0.5] * probs.shape[1])
+        labels = (probs >= cut[None, :]).astype(np.uint8)
+        confidence = np.where(labels == 1, probs, 1 - probs).min(axis=1)
     else:
-        confidence = probs.max(axis=1)
-        labels = probs.argmax(axis=1).astype(np.int64)
+        if thresholds is not None and probs.shape[1] == 2:  # a binary threshold tuned on the OOF rows
+            labels = (probs[:, 1] >= thresholds).astype(np.int64)
+        else:
+            labels = probs.argmax(axis=1).astype(np.int64)
+        confidence = probs[np.arange(len(probs)), labels]
     keep = confidence >= threshold
     if top_k:
         limited = np.zeros_like(keep)
@@ -149,10 +157,10 @@ def run(config):
     problem = sets[0][1]["problem_type"]
     members = [np.load(folder / "test" / "probs.npy") for folder, _ in sets]
     probs = normalise(blend(members, weights, method), problem)
-    rows, labels, confidence = select(probs, problem, cfg.threshold, cfg.top_k)
+    rows, labels, confidence = select(probs, problem, cfg.threshold, cfg.top_k, source.get("thresholds"))
     if not len(rows):
-        raise UserError(f"no test row reaches pseudo.threshold={cfg.threshold} (the most confident is "
-                        f"{float(np.maximum(probs, 1 - probs).min(1).max() if problem == 'multi_label' else probs.max(1).max()):.4f}); "
+        best = float(select(probs, problem, 0.0, 0, source.get("thresholds"))[2].max())
+        raise UserError(f"no test row reaches pseudo.threshold={cfg.threshold} (the most confident is {best:.4f}); "
                         f"lower the threshold or use pseudo.top_k")
 
     train = source_dir / "train"

@@ -8,11 +8,11 @@ import csv
 import json
 import math
 import sys
-import unicodedata
 from pathlib import Path
 
 from .config import unescape_delimiter
 from .errors import UserError
+from .tokenization import clean_text  # noqa: F401  (one definition of an empty text, shared with the predictors)
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -185,19 +185,6 @@ class RawFile:
                         f"give every record the same keys"
                     )
                 yield number, [record[c] for c in self.columns]
-
-
-# Characters that show nothing: a text made only of these (and spaces) is empty.
-_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
-
-
-def clean_text(text):
-    """The text with surrounding whitespace removed; "" when nothing visible is left (zero-width
-    spaces, joiners, byte-order marks and control characters alone are not a text)."""
-    text = text.strip()
-    if text and all(unicodedata.category(ch) in _INVISIBLE for ch in text):
-        return ""
-    return text
 
 
 def _json_kind(value):

@@ -5,9 +5,23 @@ predictor can use it; a transformers tokenizer is needed only to read the specia
 templates once (TextTokenizer.from_hf), which then travel as JSON (to_json / from_json).
 """
 
+import unicodedata
+
 import numpy as np
 
 from .errors import UserError
+
+# Characters that show nothing: a text made only of these (and spaces) is empty.
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+
+
+def clean_text(text):
+    """The text with surrounding whitespace removed; "" when nothing visible is left (zero-width
+    spaces, joiners, byte-order marks and control characters alone are not a text)."""
+    text = text.strip()
+    if text and all(unicodedata.category(ch) in _INVISIBLE for ch in text):
+        return ""
+    return text
 
 
 class TextTokenizer:
@@ -79,7 +93,11 @@ class TextTokenizer:
         if self.template:
             fields = template_fields(self.template)
             return [fill_template(self.template, item, fields) for item in items]
-        return [str(t).strip() for t in items]
+        for item in items:
+            if not isinstance(item, str):
+                raise UserError(f"a text to classify is a {type(item).__name__}; this model reads plain texts (it has "
+                                f"no data.template): pass strings")
+        return [t.strip() for t in items]
 
     def rows(self, texts, pairs=None):
         """Token rows for texts, as the training data was made: (input_ids, token_type_ids,
@@ -209,10 +227,10 @@ def template_fields(template):
     for _, name, spec, conversion in string.Formatter().parse(template):
         if name is None:
             continue
-        if not name or spec or conversion or any(c in name for c in ".[]"):
+        if not name or spec or conversion or any(c in name for c in ".[]") or name.isdigit():
             raise UserError(f"config key data.template: {{{name}{'!' + conversion if conversion else ''}"
                             f"{':' + spec if spec else ''}}} is not a plain column name; write fields as {{column}} "
-                            f"(and literal braces as {{{{ }}}})")
+                            f"(not a number alone; literal braces as {{{{ }}}})")
         if name not in fields:
             fields.append(name)
     if not fields:
@@ -237,8 +255,18 @@ def fill_template(template, item, fields=None):
     if missing:
         raise UserError(f"a row lacks '{missing[0]}', which the template {template!r} needs; give every row "
                         f"{', '.join(fields)}")
-    values = {f: "" if item[f] is None else str(item[f]).strip() for f in fields}
+    values = {f: cell_text(item[f]) for f in fields}
     return template.format_map(values).strip()
+
+
+def cell_text(value):
+    """A cell as data_process writes it into a template: text as is, JSON true/false as written,
+    null as nothing, numbers as Python prints them; stripped."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return clean_text(str(value))
 
 
 def window_starts(n_tokens, budget, stride, max_windows=0):
@@ -247,8 +275,8 @@ def window_starts(n_tokens, budget, stride, max_windows=0):
     if n_tokens <= budget:
         return [0]
     starts = list(range(0, n_tokens - budget, stride)) + [n_tokens - budget]
-    if max_windows and len(starts) > max_windows:
-        starts = starts[:max_windows - 1] + [starts[-1]] if max_windows > 1 else starts[:1]
+    if max_windows and len(starts) > max_windows:  # the first max_windows - 1 and the last (k = 1: the last)
+        starts = starts[:max_windows - 1] + [starts[-1]]
     return starts
 
 

@@ -377,6 +377,14 @@ def check_end_texts(texts, meta):
     if meta.get("text_pair_column"):
         raise UserError("eval.texts: this data has text pairs, and eval.texts gives single texts; predict pairs with "
                         "evaluate.py eval.input=<file with both columns> after training")
+    if meta.get("template"):
+        from .tokenization import template_fields
+
+        fields = template_fields(meta["template"])
+        if len(fields) > 1:
+            raise UserError(f"eval.texts gives plain texts, and this data's texts are made by data.template from "
+                            f"{', '.join(fields)}; predict such rows with evaluate.py eval.input=<file with those "
+                            f"columns> after training")
 
 
 def saved_precision(run_dir):
