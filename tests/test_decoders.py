@@ -354,3 +354,23 @@ def test_template_cells_and_plain_texts_are_read_alike_everywhere(stage, premode
     assert stage("data_process", *base, f"data.train_file={tmp_path / 't.csv'}", f"data.template={TEMPLATE}").code == 0
     result = stage("train", *base, f"train.output_dir={tmp_path / 'ck'}", "eval.texts=[a great film]")
     assert result.code == 2 and "eval.input" in result.err and not (tmp_path / "ck").exists(), result
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear",
+                                         "quantize": None}])
+def test_layer_wise_lr_decay_reaches_every_decoder_layer(premodels, lora):
+    """Llama's layers.N (also under peft's wrapper names) get lr * decay^depth, not one LR for all."""
+    from textclf.config import TrainConfig
+    from textclf.model import HeadConfig, build_classifier
+    from textclf.optim import make_optimizer
+
+    model = build_classifier(premodels("llama"), HeadConfig("last", 2, 0.0, lora=lora))
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5))
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    by_layer = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad and name.startswith("backbone.") and ".layers." in name:
+            by_layer.setdefault(int(name.split(".layers.")[1].split(".")[0]), set()).add(lr_of[id(param)])
+    assert by_layer == {1: {1e-3}, 0: {5e-4}}
+    if lora is None:
+        assert lr_of[id(dict(model.named_parameters())["backbone.embed_tokens.weight"])] == 2.5e-4
