@@ -95,6 +95,12 @@ def section(name, data_args, train_args, seeds):
     return arms
 
 
+def read_tsv(path):
+    """SST-2's `sentence<TAB>label` rows (header skipped, no quoting) as (text, label)."""
+    with open(path, encoding="utf-8") as fh:
+        return [(t, y) for t, y in list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
@@ -113,29 +119,16 @@ def main():
         if name == "r8":
             train_rows, test_rows = toolkit.r8()
             sample = toolkit.stratified_sample(train_rows, args.rows, 0)
-            toolkit.write_csv(WORK / "r8" / "train.csv", ["id", "text", "label"],
-                              [(f"tr{i}", t, c) for i, (t, c) in enumerate(sample)])
-            toolkit.write_csv(WORK / "r8" / "test.csv", ["id", "text", "label"],
-                              [(f"te{i}", t, c) for i, (t, c) in enumerate(test_rows)])
-            data = [f"data.train_file={WORK / 'r8' / 'train.csv'}", f"data.test_file={WORK / 'r8' / 'test.csv'}",
-                    "data.id_column=id"]
+            data = toolkit.write_splits(WORK / "r8", sample, test_rows)
             results["r8"] = {"rows": len(sample), "test_rows": len(test_rows), "epochs": 2,
                              "arms": section("r8", data, ["train.epochs=2"], seeds)}
         elif name == "sst2":
             if not (SST2 / "train.tsv").is_file():
                 print(f"sst2: {SST2} not found; skipped (set TEXTCLF_SST2)", flush=True)
                 continue
-            with open(SST2 / "train.tsv", encoding="utf-8") as fh:
-                rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-            sample = toolkit.stratified_sample([(t, y) for t, y in rows], args.rows * 2, 0)
-            toolkit.write_csv(WORK / "sst2" / "train.csv", ["id", "text", "label"],
-                              [(f"tr{i}", t, c) for i, (t, c) in enumerate(sample)])
-            with open(SST2 / "dev.tsv", encoding="utf-8") as fh:
-                dev = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-            toolkit.write_csv(WORK / "sst2" / "dev.csv", ["id", "text", "label"],
-                              [(f"dev{i}", t, y) for i, (t, y) in enumerate(dev)])
-            data = [f"data.train_file={WORK / 'sst2' / 'train.csv'}", f"data.test_file={WORK / 'sst2' / 'dev.csv'}",
-                    "data.id_column=id"]
+            sample = toolkit.stratified_sample(read_tsv(SST2 / "train.tsv"), args.rows * 2, 0)
+            dev = read_tsv(SST2 / "dev.tsv")
+            data = toolkit.write_splits(WORK / "sst2", sample, dev, test_name="dev")
             results["sst2"] = {"rows": len(sample), "dev_rows": len(dev), "epochs": 1,
                                "arms": section("sst2", data, ["train.epochs=1"], seeds)}
         results[name]["minutes"] = round((time.time() - started) / 60, 1)

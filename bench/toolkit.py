@@ -84,6 +84,21 @@ def write_csv(path, header, rows):
     return path
 
 
+def write_splits(folder, train_rows, test_rows, test_name="test"):
+    """train.csv and <test_name>.csv (id,text,label; (text, label) rows get ids tr<i> / te<i>)
+    in `folder`; returns the data.* overrides that read them. Rows that are already
+    (id, text, label, ...) tuples are written as they are, under `train_rows[0]`'s width."""
+    def rows_with_ids(rows, prefix):
+        return rows if rows and len(rows[0]) > 2 else [(f"{prefix}{i}", t, c) for i, (t, c) in enumerate(rows)]
+
+    train = rows_with_ids(train_rows, "tr")
+    header = ["id", "text", "label", "source"][:len(train[0])]
+    write_csv(folder / "train.csv", header, train)
+    write_csv(folder / f"{test_name}.csv", ["id", "text", "label"], rows_with_ids(test_rows, "te"))
+    return [f"data.train_file={folder / 'train.csv'}", f"data.test_file={folder / f'{test_name}.csv'}",
+            "data.id_column=id"]
+
+
 def stratified_sample(rows, n, seed):
     """n rows, each label in proportion (at least 2 of each)."""
     rng = random.Random(seed)
@@ -175,10 +190,7 @@ def summarise(results):
 def tricks(seeds, rows):
     train_rows, test_rows = r8()
     sample = stratified_sample(train_rows, rows, 0)
-    write_csv(WORK / "tricks" / "train.csv", ["id", "text", "label"], [(f"tr{i}", t, c) for i, (t, c) in enumerate(sample)])
-    write_csv(WORK / "tricks" / "test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test_rows)])
-    process("tricks", f"data.train_file={WORK / 'tricks' / 'train.csv'}", f"data.test_file={WORK / 'tricks' / 'test.csv'}",
-            "data.id_column=id")
+    process("tricks", *write_splits(WORK / "tricks", sample, test_rows))
     arms = {}
     for name, overrides in TRICKS:
         print(f"{name}:", flush=True)
@@ -198,10 +210,7 @@ def news():
 def windows(seeds, rows):
     train_rows, test_rows = news()
     sample, test = stratified_sample(train_rows, rows, 0), stratified_sample(test_rows, rows, 0)
-    write_csv(WORK / "news" / "train.csv", ["id", "text", "label"], [(f"tr{i}", t, c) for i, (t, c) in enumerate(sample)])
-    write_csv(WORK / "news" / "test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test)])
-    files = [f"data.train_file={WORK / 'news' / 'train.csv'}", f"data.test_file={WORK / 'news' / 'test.csv'}",
-             "data.id_column=id", "data.max_len=128"]
+    files = [*write_splits(WORK / "news", sample, test), "data.max_len=128"]
     arms_data = {"head_tail": ["data.truncation=head_tail"],
                  "windows stride 96, max 3, mean": ["data.window_stride=96", "data.max_windows=3"]}
     arms, lengths = {}, {}
@@ -265,10 +274,7 @@ def groups(seeds, texts=400, copies=3):
     sample = stratified_sample(train_rows, texts, 0)
     rows = [(f"g{g}-{j}", v, c, f"g{g}") for g, (t, c) in enumerate(sample)
             for j, v in enumerate(variants(t, copies, g))]
-    write_csv(WORK / "groups" / "train.csv", ["id", "text", "label", "source"], rows)
-    write_csv(WORK / "groups" / "test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test_rows)])
-    files = [f"data.train_file={WORK / 'groups' / 'train.csv'}", f"data.test_file={WORK / 'groups' / 'test.csv'}",
-             "data.id_column=id", "data.valid_size=0.2"]
+    files = [*write_splits(WORK / "groups", rows, test_rows), "data.valid_size=0.2"]
     arms = {}
     for name, extra in (("plain holdout (rows)", []), ("group holdout (data.group_column)", ["data.group_column=source"])):
         print(f"{name}:", flush=True)

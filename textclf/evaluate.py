@@ -109,7 +109,7 @@ def text_owner(data_dir, split, aggregate="mean"):
     """The split's loader.Windows, each token row's text, and the number of texts."""
     windows = Windows(data_dir / split, aggregate)
     n_texts = int(np.load(data_dir / split / "ids.npy", mmap_mode="r").shape[0])
-    return windows, (windows.doc if windows.windowed else np.arange(n_texts)), n_texts
+    return windows, windows.owner(n_texts), n_texts
 
 
 def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type, aggregate="mean"):

@@ -108,6 +108,10 @@ class Windows:
     def windowed(self):
         return self.doc is not None
 
+    def owner(self, n_texts):
+        """Each token row's text, for a whole split of n_texts texts."""
+        return self.doc if self.doc is not None else np.arange(n_texts)
+
     def rows(self, texts):
         texts = np.asarray(texts, dtype=np.int64)
         if self.doc is None:

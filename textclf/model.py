@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import lora_settings  # noqa: F401  (model.lora's checks live with the config)
 from .errors import UserError
 from .hf_remote.modeling_textclf import backbone_inputs, is_causal, mlp_layers, pool, uses_token_types
 
@@ -477,21 +476,29 @@ def verbalizer_ids(words, tokenizer, label_names, problem_type, config, head):
     return ids
 
 
+_LM_ROWS = {}  # (model_dir, ids) -> the LM head's rows: every fold starts from them, the LM loads once
+
+
 def init_verbalizer(model, model_dir, ids, trust_remote_code=False):
     """Set the output layer to the LM head's rows for the label words, so the classifier's logits
     are the decoder's next-token logits of those words (at the last token, after the final norm)."""
-    from transformers import AutoModelForCausalLM
+    key = (str(Path(model_dir).resolve()), tuple(ids))
+    if key not in _LM_ROWS:
+        from transformers import AutoModelForCausalLM
 
-    causal = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                  trust_remote_code=trust_remote_code)
-    lm_head = causal.get_output_embeddings()
+        causal = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                      trust_remote_code=trust_remote_code)
+        lm_head = causal.get_output_embeddings()
+        bias = getattr(lm_head, "bias", None)
+        _LM_ROWS[key] = (lm_head.weight[ids].detach().clone(), None if bias is None else bias[ids].detach().clone())
+        del causal
+    weight, bias = _LM_ROWS[key]
     with torch.no_grad():
-        model.fc.weight.copy_(lm_head.weight[ids])
-        if getattr(lm_head, "bias", None) is not None:
-            model.fc.bias.copy_(lm_head.bias[ids])
+        model.fc.weight.copy_(weight)
+        if bias is not None:
+            model.fc.bias.copy_(bias)
         else:
             model.fc.bias.zero_()
-    del causal
 
 
 def add_lora(backbone, lora):

@@ -228,7 +228,8 @@ def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels,
         folder = tmp / "train"
         folder.mkdir()
         # token rows: the texts' own, or with sliding windows each text's windows
-        train_rows, train_owner = Windows(train).rows(original)
+        train_windows = Windows(train)
+        train_rows, train_owner = train_windows.rows(original)
         test_rows, test_owner = Windows(test).rows(rows)
         for name in ARRAYS:
             a = _pad(np.load(train / f"{name}.npy", mmap_mode="r")[train_rows], width, pad[name])
@@ -236,7 +237,7 @@ def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels,
             np.save(folder / f"{name}.npy", np.concatenate([a, b]))
         lengths = np.concatenate([np.load(train / "lengths.npy")[train_rows], np.load(test / "lengths.npy")[test_rows]])
         np.save(folder / "lengths.npy", lengths)
-        if Windows(train).windowed:
+        if train_windows.windowed:
             np.save(folder / "window_doc.npy", np.concatenate([train_owner, test_owner + len(original)]).astype(np.int32))
         np.save(folder / "ids.npy", np.concatenate([np.load(train / "ids.npy")[original].astype(str), pseudo_ids]))
         old_labels = np.load(train / "labels.npy")[original]

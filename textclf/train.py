@@ -214,7 +214,7 @@ def test_metrics(job, predictor):
     labels = np.load(split / "labels.npy")
     problem_type, names = job.spec.labels.problem_type, job.spec.labels.names
     windows = Windows(split, job.spec.tokenization.window_aggregate)  # sliding windows -> one row per text
-    owner = windows.doc if windows.windowed else np.arange(len(labels))
+    owner = windows.owner(len(labels))
     probs = np.mean([windows.to_texts(p, owner, len(labels), problem_type) for p in fold_probs], axis=0)
     results = compute(probs, labels, problem_type)
     text = report(probs, labels, problem_type, names)
@@ -269,18 +269,18 @@ def check(config):
                             f"again with data.task=regression")
         target_mean = [float(stats[name]["mean"]) for name in label_names]
         target_std = [float(stats[name]["std"]) for name in label_names]
+    encoder_config = read_encoder_config(model_dir, config.model.trust_remote_code)
     # auto: cls for encoders, last for decoders; resolved here, so the run's config.yaml names the head it used
-    config.model.head = resolve_head(config.model.head, read_encoder_config(model_dir, config.model.trust_remote_code))
+    config.model.head = resolve_head(config.model.head, encoder_config)
     head = HeadConfig(config.model.head, num_outputs(problem_type, len(label_names)), config.model.dropout,
                       config.model.backbone_dropout, config.model.multi_sample_dropout, config.model.mlp_hidden,
                       target_mean, target_std, config.model.lora)
     if config.model.verbalizer:  # the output layer starts as the LM head's rows for the label words
-        ids = verbalizer_ids(config.model.verbalizer, tokenizer, label_names, problem_type,
-                             read_encoder_config(model_dir, config.model.trust_remote_code), head)
+        ids = verbalizer_ids(config.model.verbalizer, tokenizer, label_names, problem_type, encoder_config, head)
         head = dataclasses.replace(head, verbalizer=list(config.model.verbalizer), verbalizer_ids=ids)
     base = {}
     if config.model.lora:
-        check_lora(config)
+        check_lora(config, encoder_config)
         base = dict(base_dir=str(Path(model_dir).resolve()), base_sha256=weights_sha256(model_dir))
     spec = ModelSpec.for_data(head, meta, sha256_file(data_dir / "meta.json"), config.model.name, problem_type, **base)
     check_freeze(model_dir, config.model.freeze_embeddings, config.model.freeze_layers, config.model.trust_remote_code)
@@ -319,7 +319,7 @@ RESUME_FREE = ("train.max_time", "train.log_every_steps", "train.report_to", "tr
                "data.chunk_rows", "eval.", "ensemble.")
 
 
-def check_lora(config):
+def check_lora(config, encoder_config):
     """What LoRA adapters (model.lora) cannot do here."""
     if importlib.util.find_spec("peft") is None:
         raise UserError("model.lora needs peft: pip install 'textclf[peft]' (or pip install peft)")
@@ -333,10 +333,8 @@ def check_lora(config):
 
     from .model import add_lora
 
-    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
     with torch.device("meta"):  # the target modules must exist: tried on a weightless copy, before anything is written
-        backbone = AutoModel.from_config(read_encoder_config(model_dir, config.model.trust_remote_code),
-                                         trust_remote_code=config.model.trust_remote_code)
+        backbone = AutoModel.from_config(encoder_config, trust_remote_code=config.model.trust_remote_code)
         add_lora(backbone, dict(config.model.lora, quantize=None))
 
 
