@@ -73,7 +73,9 @@ for epoch in range(4):
     sampler.epoch = epoch
     rows = [batch["index"].tolist() for batch in loader]
     seen.append({"rows": rows, "batches": len(rows), "len": len(loader)})
-print("SHARD " + json.dumps({"process": accelerator.process_index, "epochs": seen}), flush=True)
+# one file per process: two processes printing long lines to one pipe can interleave them
+with open(f"{sys.argv[4]}/shard-{accelerator.process_index}.json", "w") as f:
+    json.dump({"process": accelerator.process_index, "epochs": seen}, f)
 """
 
 
@@ -86,9 +88,9 @@ def test_two_processes_see_every_row_of_every_epoch(stage, premodels, tmp_path):
                  "data.name=toy", f"data.train_file={tmp_path / 'train.csv'}", "data.valid_size=0.1").code == 0
     n = json.loads((tmp_path / "data" / "toy" / "meta.json").read_text())["splits"]["train"]["rows"]
     script = write(tmp_path / "shards.py", SHARDS)
-    proc = launch(str(script), ROOT, tmp_path / "data" / "toy" / "train", n)
-    shards = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("SHARD ")]
-    assert len(shards) == 2
+    launch(str(script), ROOT, tmp_path / "data" / "toy" / "train", n, tmp_path)
+    shards = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("shard-*.json"))]
+    assert [shard["process"] for shard in shards] == [0, 1]
     for epoch in range(4):
         covered = set()
         for shard in shards:
