@@ -206,6 +206,37 @@ def test_onnx_export_reads_every_window(win_run):
     np.testing.assert_allclose(got, np.load(tmp / "mp" / "win" / "test" / "probs.npy"), atol=1e-4)
 
 
+def test_onnx_export_of_max_windows_takes_each_folds_max_then_the_mean(stage, premodels, tmp_path):
+    """The max over a text's windows does not commute with the fold mean: the export keeps each
+    fold's probabilities, and OnnxPredictor aggregates them as Predictor and evaluate.py do."""
+    from textclf import Predictor, export
+    from textclf.onnx_predict import OnnxPredictor
+
+    assert process(stage, premodels, tmp_path, "data.window_stride=5", "data.window_aggregate=max",
+                   "data.n_folds=2").code == 0
+    common = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}", "data.name=win",
+              f"train.output_dir={tmp_path / 'ck'}", "train.precision=no", "eval.precision=no"]
+    assert stage("train", *common, "train.epochs=1", "train.batch_size=8", "train.lr=1e-3").code == 0
+    assert stage("evaluate", *common, f"eval.run={tmp_path / 'ck' / 'win'}",
+                 f"eval.output_dir={tmp_path / 'mp'}").code == 0
+    report = export.export(tmp_path / "ck" / "win", "onnx", tmp_path / "onnx", fold="mean", int8=True)
+    doc = json.loads((tmp_path / "onnx" / "textclf_onnx.json").read_text())
+    assert doc["outputs"] == ["fold_probs"] and doc["folds"] == 2 and report["folders"][0]["int8"]["rows"] == 40
+    texts = [t for _, t, _ in long_rows(17, seed=4, prefix="t")]
+    want = np.load(tmp_path / "mp" / "win" / "test" / "probs.npy")
+    got = OnnxPredictor.from_export(tmp_path / "onnx", batch_size=3).predict(texts)["probs"]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(Predictor.from_run(tmp_path / "ck" / "win", precision="no").predict(texts)["probs"],
+                               want, atol=1e-5)
+    # the max of the fold mean is another number: what the export gave before
+    per_fold = OnnxPredictor.from_export(tmp_path / "onnx")
+    ids, types, _, lengths, owner = per_fold.tokenizer.rows(texts)
+    folds = per_fold.probs(ids, types, lengths)
+    assert folds.shape[0] == 2
+    max_of_mean = per_fold.tokenizer.to_texts(folds.mean(0), owner, len(texts), "single_label")
+    assert np.abs(max_of_mean - want).max() > 1e-4
+
+
 def test_two_processes_evaluate_windows_like_one(win_run):
     tmp = win_run["tmp"]
     two = launch("evaluate.py", *win_run["common"], f"eval.run={tmp / 'ck' / 'win'}",

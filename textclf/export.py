@@ -52,17 +52,20 @@ ONNX_TOLERANCE = 1e-4
 
 
 class FoldMean(torch.nn.Module):
-    """The mean of the fold models' probabilities (what evaluate.py and Predictor compute)."""
+    """The mean of the fold models' probabilities (what evaluate.py and Predictor compute), or with
+    per_fold each fold's, stacked (folds, rows, k), for a reader that aggregates windows per fold."""
 
-    def __init__(self, models, problem_type, pass_token_types):
+    def __init__(self, models, problem_type, pass_token_types, per_fold=False):
         super().__init__()
         self.members = torch.nn.ModuleList(models)
         self.problem_type = problem_type
         self.pass_token_types = pass_token_types
+        self.per_fold = per_fold
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        probs = [probabilities(m(input_ids, attention_mask, token_type_ids), self.problem_type) for m in self.members]
-        return torch.stack(probs).mean(0)
+        probs = torch.stack([probabilities(m(input_ids, attention_mask, token_type_ids), self.problem_type)
+                             for m in self.members])
+        return probs if self.per_fold else probs.mean(0)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -89,9 +92,10 @@ def check_rows(spec, tokenizer, rows=24, seed=0):
 
 
 @torch.no_grad()
-def reference_probs(models, spec, batch):
+def reference_probs(models, spec, batch, per_fold=False):
     ids, mask, types = batch
-    return torch.stack([probabilities(m(ids, mask, types), spec.labels.problem_type) for m in models]).mean(0)
+    probs = torch.stack([probabilities(m(ids, mask, types), spec.labels.problem_type) for m in models])
+    return probs if per_fold else probs.mean(0)
 
 
 def require_close(got, want, tolerance, what, spec=None):
@@ -215,7 +219,8 @@ def write_onnx(folder, models, spec, tokenizer):
     import onnxruntime as ort
 
     pass_types = models[0].pass_token_types
-    module = FoldMean(models, spec.labels.problem_type, pass_types).eval()
+    per_fold = onnx_output(spec, len(models)) == "fold_probs"
+    module = FoldMean(models, spec.labels.problem_type, pass_types, per_fold).eval()
     batch = check_rows(spec, tokenizer)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if pass_types else [])
     # The example must hold padding: a mask of ones would let the encoder skip its mask code
@@ -230,19 +235,24 @@ def write_onnx(folder, models, spec, tokenizer):
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=[onnx_output(spec)],
+        torch.onnx.export(module, example, str(path), input_names=names, output_names=[onnx_output(spec, len(models))],
                           dynamic_shapes=dynamic, dynamo=True, opset_version=18, external_data=False)
     save_tokenizer(tokenizer, spec, folder)
     encoder = TextTokenizer.for_spec(tokenizer, spec.tokenization)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(names, batch)}
-    return encoder, require_close(session.run(None, feeds)[0], reference_probs(models, spec, batch).numpy(),
+    return encoder, require_close(session.run(None, feeds)[0], reference_probs(models, spec, batch, per_fold).numpy(),
                                   ONNX_TOLERANCE, "ONNX", spec)
 
 
-def onnx_output(spec):
-    """The graph's output: the probabilities, or a regression's predictions."""
-    return "predictions" if spec.labels.problem_type == "regression" else "probs"
+def onnx_output(spec, folds=1):
+    """The graph's output: the probabilities, or a regression's predictions; each fold's
+    probabilities (folds, rows, k) where several folds read sliding windows aggregated by their max,
+    which does not commute with the fold mean (the reader takes each fold's max, then the mean)."""
+    if spec.labels.problem_type == "regression":
+        return "predictions"
+    windowed_max = spec.tokenization.window_stride and spec.tokenization.window_aggregate == "max"
+    return "fold_probs" if windowed_max and folds > 1 else "probs"
 
 
 def quantize(folder):
@@ -293,6 +303,7 @@ def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_s
     import onnxruntime as ort
 
     from .loader import Windows
+    from .onnx_predict import per_text
 
     windows = Windows(split, aggregate)
     n_texts = len(rows)
@@ -310,7 +321,7 @@ def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_s
                      "attention_mask": (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64),
                      "token_type_ids": np.asarray(arrays["token_type_ids"][chunk, :width], dtype=np.int64)}
             probs.append(session.run(None, {k: feeds[k] for k in input_names})[0])
-        out[name] = windows.to_texts(np.concatenate(probs), owner, n_texts, problem_type)
+        out[name] = per_text(np.concatenate(probs, axis=-2), windows.to_texts, owner, n_texts, problem_type)
     fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
     name = "rmse" if problem_type == "regression" else "accuracy"
     return {"rows": int(n_texts), "metric": name, f"{name}_fp32": accuracy(fp32, labels, problem_type),
@@ -385,9 +396,10 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
                 encoder, entry["max_difference"] = write_onnx(folder, members, spec, tokenizer)
                 names = ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else [])
                 onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
-                            "inputs": names, "outputs": [onnx_output(spec)], "tokenization": encoder.to_json(),
+                            "inputs": names, "outputs": [onnx_output(spec, len(members))],
+                            "tokenization": encoder.to_json(),
                             "text_pair_column": spec.tokenization.text_pair_column,
-                            "models": {"fp32": "model.onnx"}}
+                            "folds": len(members), "models": {"fp32": "model.onnx"}}
                 if int8:
                     quantize(folder)
                     onnx_doc["models"]["int8"] = "model.int8.onnx"

@@ -20,6 +20,14 @@ from .errors import UserError
 from .tokenization import TextTokenizer, decide
 
 
+def per_text(values, to_texts, owner, n_texts, problem_type):
+    """Window rows -> one row per text (to_texts); (folds, windows, k) from a per-fold graph is
+    aggregated fold by fold, then averaged, as Predictor and evaluate.py do."""
+    if values.ndim == 3:
+        return np.mean([to_texts(v, owner, n_texts, problem_type) for v in values], axis=0).astype(np.float32)
+    return to_texts(values, owner, n_texts, problem_type)
+
+
 class OnnxPredictor:
     def __init__(self, session, doc, tokenizer, batch_size=64):
         self.session = session
@@ -29,6 +37,7 @@ class OnnxPredictor:
         self.pairs = bool(doc.get("text_pair_column"))
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.folds = doc.get("folds", 0) if doc["outputs"] == ["fold_probs"] else 0
 
     @classmethod
     def from_export(cls, folder, int8=False, batch_size=64, threads=None):
@@ -52,16 +61,18 @@ class OnnxPredictor:
         return cls(session, doc, TextTokenizer.from_json(backend, doc["tokenization"]), batch_size)
 
     def probs(self, input_ids, token_type_ids, lengths):
-        """Probabilities (rows, classes) in row order; rows batched longest first."""
+        """Probabilities (rows, classes) in row order, or (folds, rows, classes) from a graph whose
+        output is each fold's ("fold_probs"); rows batched longest first."""
         order = np.argsort(-lengths, kind="stable")
-        out = np.zeros((len(lengths), len(self.label_names)), dtype=np.float32)
+        shape = (len(lengths), len(self.label_names))
+        out = np.zeros((self.folds, *shape) if self.folds else shape, dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             width = int(lengths[rows].max())
             feeds = {"input_ids": input_ids[rows, :width].astype(np.int64),
                      "attention_mask": (np.arange(width)[None, :] < lengths[rows, None]).astype(np.int64),
                      "token_type_ids": token_type_ids[rows, :width].astype(np.int64)}
-            out[rows] = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
+            out[..., rows, :] = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
         return out
 
     def predict(self, texts, pairs=None):
@@ -76,8 +87,8 @@ class OnnxPredictor:
         texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
         pairs = None if pairs is None else [str(p).strip() for p in pairs]
         ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)  # sliding windows, if the run used them
-        return self._result(self.tokenizer.to_texts(self.probs(ids, types, lengths), owner, len(texts),
-                                                    self.problem_type))
+        return self._result(per_text(self.probs(ids, types, lengths), self.tokenizer.to_texts, owner, len(texts),
+                                     self.problem_type))
 
     def _result(self, probs):
         out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
