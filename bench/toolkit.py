@@ -21,6 +21,9 @@ pseudo   R8 with 10% of the train rows labelled and the other 90% unlabelled: pe
          baseline on the labelled rows, its predictions on the unlabelled ones, python -m
          textclf.pseudo (threshold 0.9), and a run on labelled + pseudo rows; both scored on
          the R8 test split with Predictor (the unlabelled rows are the pseudo folder's test split).
+pseudo_folds  the same with 3-fold runs (1,500 of the unlabelled rows): labelled only, + pseudo
+         rows labelled by every fold's blend (the default), + pseudo rows with pseudo.per_fold;
+         the gap between each run's out-of-fold and test accuracy shows the default's leak.
 groups   near-duplicate groups: 400 R8 train texts, each written 3 ways (15% of its words
          dropped at random), a 20% holdout drawn per row (plain) or per text (data.group_column);
          the holdout score against the R8 test score shows how far a leaky split overstates.
@@ -262,6 +265,46 @@ def pseudo(seeds, fraction=0.1, threshold=0.9):
             "arms": {name: summarise(results) for name, results in arms.items()}}
 
 
+def pseudo_folds(seeds, fraction=0.1, unlabelled_rows=1500, n_folds=3, threshold=0.9):
+    """K-fold pseudo-labelling, default vs pseudo.per_fold: how far each run's out-of-fold score
+    sits from its R8 test score (the default's fold k learns from labels made with fold k's rows)."""
+    train_rows, test_rows = r8()
+    labelled = stratified_sample(train_rows, round(len(train_rows) * fraction), 0)
+    taken = {id(r) for r in labelled}
+    unlabelled = stratified_sample([r for r in train_rows if id(r) not in taken], unlabelled_rows, 1)
+    folder = WORK / "pseudo-folds"
+    shutil.rmtree(WORK / "predictions", ignore_errors=True)
+    write_csv(folder / "labelled.csv", ["id", "text", "label"], [(f"l{i}", t, c) for i, (t, c) in enumerate(labelled)])
+    write_csv(folder / "unlabelled.csv", ["id", "text", "label"], [(f"u{i}", t, c) for i, (t, c) in enumerate(unlabelled)])
+    score = write_csv(folder / "r8-test.csv", ["id", "text", "label"], [(f"te{i}", t, c) for i, (t, c) in enumerate(test_rows)])
+    process("plk", f"data.train_file={folder / 'labelled.csv'}", f"data.test_file={folder / 'unlabelled.csv'}",
+            "data.id_column=id", f"data.n_folds={n_folds}")
+    common = [sys.executable, *BASE, "data.name=plk", f"eval.output_dir={WORK / 'predictions'}"]
+    names = {"labelled only": None, f"+ pseudo (p >= {threshold}), every fold's blend": "false",
+             f"+ pseudo (p >= {threshold}), per_fold": "true"}
+    arms, kept = {name: [] for name in names}, []
+    for seed in seeds:
+        base = train_run(f"labelled only seed {seed}", "data.name=plk", "train.epochs=3", f"train.run=plk-{seed}",
+                         f"train.seed={seed}", score=score)
+        arms["labelled only"].append(base)
+        run([common[0], str(ROOT / "evaluate.py"), *common[1:], f"eval.run={base['run_dir']}", "eval.precision=auto"])
+        predictions = sorted((WORK / "predictions").glob(f"plk-{seed}*"), key=lambda p: p.stat().st_mtime)[-1]
+        for name, per_fold in names.items():
+            if per_fold is None:
+                continue
+            data = f"plk-{'pf' if per_fold == 'true' else 'all'}-{seed}"
+            run([common[0], "-m", "textclf.pseudo", *common[1:], f"pseudo.name={data}", "pseudo.overwrite=true",
+                 f"pseudo.predictions=[{predictions}]", f"pseudo.threshold={threshold}", f"pseudo.per_fold={per_fold}"])
+            manifest = json.loads((WORK / "data" / data / "pseudo.json").read_text())
+            kept.append({"seed": seed, "per_fold": per_fold == "true", "rows": manifest["rows"],
+                         "label_accuracy": round(manifest["label_accuracy_on_labelled_test"], 4)})
+            arms[name].append(train_run(f"{data}", f"data.name={data}", "train.epochs=3", f"train.run={data}",
+                                        f"train.seed={seed}", score=score))
+    return {"labelled_rows": len(labelled), "unlabelled_rows": len(unlabelled), "test_rows": len(test_rows),
+            "n_folds": n_folds, "threshold": threshold, "epochs": 3, "pseudo_rows": kept,
+            "arms": {name: summarise(results) for name, results in arms.items()}}
+
+
 def variants(text, k, seed, drop=0.15):
     """k versions of a text, each with `drop` of its words removed at random (near-duplicates)."""
     rng = random.Random(seed)
@@ -314,7 +357,8 @@ def main():
                 earlier[name] = {**{k: earlier.get(k) for k in here}, **earlier[name]}
         results = {**earlier, **{k: v for k, v in head.items() if k not in here}}
     sections = {"tricks": lambda: tricks(seeds, args.rows), "windows": lambda: windows(seeds, args.news_rows),
-                "pseudo": lambda: pseudo(seeds), "groups": lambda: groups(seeds)}
+                "pseudo": lambda: pseudo(seeds), "pseudo_folds": lambda: pseudo_folds(seeds),
+                "groups": lambda: groups(seeds)}
     for section in args.only.split(","):
         started = time.time()
         results[section] = {**here, "seeds": seeds, **sections[section]()}
@@ -323,7 +367,7 @@ def main():
     print(json.dumps({k: v for k, v in results.items() if k in SECTIONS}, indent=1)[:8000])
 
 
-SECTIONS = ("tricks", "windows", "pseudo", "groups")
+SECTIONS = ("tricks", "windows", "pseudo", "pseudo_folds", "groups")
 
 
 if __name__ == "__main__":

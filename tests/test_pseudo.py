@@ -181,3 +181,72 @@ def test_a_blends_tuned_thresholds_decide_the_pseudo_labels():
     multi = np.array([[0.9, 0.1, 0.2], [0.5, 0.97, 0.02]])
     _, labels, confidence = select(multi, "multi_label", 0.0, 0, thresholds=[0.05, 0.5, 0.5])
     assert labels.tolist() == [[1, 0, 0], [1, 1, 0]] and confidence.tolist() == pytest.approx([0.8, 0.5])
+
+
+def test_per_fold_rows_are_labelled_by_that_folds_models_and_train_that_fold_only(sets):
+    """pseudo.per_fold: fold k's pseudo rows are chosen and labelled by the sets' fold-k models
+    alone and train fold k only, so no fold learns from labels its validation rows helped make."""
+    from textclf.config import TrainConfig
+    from textclf.train import fold_plan
+
+    tmp = sets["tmp"]
+    per = [np.mean([np.load(tmp / "mp" / run / "test" / f"fold{k}.npy").astype(np.float64) for run in ("a", "b")],
+                   axis=0) for k in (0, 1)]
+    threshold = float(np.quantile(np.concatenate([p.max(1) for p in per]), 0.5))
+    result = _pseudo(sets, "pseudo.name=pf", f"pseudo.predictions=[{tmp / 'mp' / 'a'},{tmp / 'mp' / 'b'}]",
+                     f"pseudo.threshold={threshold}", "pseudo.per_fold=true")
+    assert result.code == 0, result
+    out = tmp / "data" / "pf"
+    kept = [np.flatnonzero(p.max(1) >= threshold) for p in per]
+    assert all(len(k) for k in kept) and not np.array_equal(*kept)  # the folds' models disagree somewhere
+    test_ids = np.load(tmp / "data" / "toy" / "test" / "ids.npy").tolist()
+    n = 48 + len(kept[0]) + len(kept[1])
+    assert np.load(out / "train" / "source_row.npy").tolist() == list(range(48)) + kept[0].tolist() + kept[1].tolist()
+    assert np.load(out / "train" / "labels.npy")[48:].tolist() == per[0].argmax(1)[kept[0]].tolist() + \
+        per[1].argmax(1)[kept[1]].tolist()
+    only = np.load(out / "train" / "only_fold.npy")
+    assert only.tolist() == [-1] * 48 + [0] * len(kept[0]) + [1] * len(kept[1])
+    assert np.load(out / "train" / "ids.npy")[48:].tolist() == [f"pseudo:fold{k}:{test_ids[i]}" for k in (0, 1)
+                                                                 for i in kept[k]]
+    assert (np.load(out / "train" / "folds.npy")[48:] == -1).all()
+    manifest = json.loads((out / "pseudo.json").read_text())
+    assert manifest["rule"]["per_fold"] and [f["fold"] for f in manifest["folds"]] == [0, 1]
+    assert [sum(f["label_counts"].values()) for f in manifest["folds"]] == [len(kept[0]), len(kept[1])]
+
+    meta = json.loads((out / "meta.json").read_text())
+    folds = np.load(out / "train" / "folds.npy")
+    for fold, train_rows, _, eval_rows in fold_plan(meta, TrainConfig(), out):
+        pseudo_rows = train_rows[train_rows >= 48]
+        assert (only[pseudo_rows] == fold).all() and len(pseudo_rows) == len(kept[fold])
+        assert train_rows[train_rows < 48].tolist() == np.flatnonzero(folds[:48] != fold).tolist()
+        assert (eval_rows < 48).all()
+    result = run_stage("train", *sets["common"], "data.name=pf", "train.run=onpf", "train.epochs=1",
+                       "train.batch_size=8")
+    assert result.code == 0, result
+    oof_ids = np.load(tmp / "ck" / "onpf" / "oof" / "ids.npy").tolist()
+    assert sorted(oof_ids) == sorted(np.load(tmp / "data" / "toy" / "train" / "ids.npy").tolist())
+    assert len(np.load(out / "train" / "lengths.npy")) == n
+
+
+def test_per_fold_refuses_sets_of_other_folds(sets, tmp_path):
+    """A set whose fold k may have seen this data's fold-k rows cannot label fold k: one trained on
+    other folds (another data.seed) or on some folds only."""
+    tmp = sets["tmp"]
+    common = [a.replace(str(tmp / "ck"), str(tmp_path / "ck")).replace(str(tmp / "mp"), str(tmp_path / "mp"))
+              for a in sets["common"]]
+    assert run_stage("data_process", *common, "data.name=reseeded", "data.seed=7", "data.n_folds=2",
+                     f"data.train_file={tmp / 'train.csv'}", f"data.test_file={tmp / 'test.csv'}", "data.id_column=id",
+                     "data.max_len=32").code == 0
+    for name, extra in (("reseeded", ["data.name=reseeded"]), ("half", ["train.folds=[0]"])):
+        assert run_stage("train", *common, *extra, f"train.run={name}", "train.epochs=1").code == 0
+        assert run_stage("evaluate", *common, *extra, f"eval.run={tmp_path / 'ck' / name}").code == 0
+    before = sorted(p.name for p in (tmp / "data").iterdir())
+    for name, expected in (("reseeded", "held out other rows in its folds"), ("half", "predicted the test rows with fold(s) [0]")):
+        result = _pseudo(sets, "pseudo.name=x", f"pseudo.predictions=[{tmp_path / 'mp' / name}]", "pseudo.threshold=0.5",
+                         "pseudo.per_fold=true")
+        assert result.code == 2 and expected in result.err and "Traceback" not in result.err, result
+        assert len(result.err.strip().splitlines()) == 1
+    # without per_fold both are fine (the default blends whatever folds a set has)
+    assert _pseudo(sets, "pseudo.name=x", f"pseudo.predictions=[{tmp_path / 'mp' / 'reseeded'}]",
+                   "pseudo.threshold=0.5").code == 0
+    assert sorted(p.name for p in (tmp / "data").iterdir()) == sorted(before + ["x"])

@@ -262,3 +262,44 @@ def test_resume_with_windows_is_bit_exact(stage, premodels, tmp_path):
     assert strip_time(records(run, "eval")) == strip_time(records(straight, "eval"))
     assert (run / "fold0/best/model.safetensors").read_bytes() == (straight / "fold0/best/model.safetensors").read_bytes()
     assert np.array_equal(np.load(run / "oof/probs.npy"), np.load(straight / "oof/probs.npy"))
+
+
+def test_per_fold_pseudo_rows_keep_every_window_of_their_text(win_run):
+    """pseudo.per_fold on windowed data: a test text kept by both folds is two pseudo texts, each
+    with all its windows, keyed to its own row."""
+    from conftest import run_stage
+
+    tmp = win_run["tmp"]
+    result = run_stage_module_pseudo(*win_run["common"], "pseudo.name=winpf", f"pseudo.predictions=[{tmp / 'mp' / 'win'}]",
+                                     "pseudo.top_k=3", "pseudo.per_fold=true")
+    assert result == 0
+    src, out = tmp / "data" / "win", tmp / "data" / "winpf"
+    n_train = len(np.load(src / "train" / "ids.npy"))
+    source_row = np.load(out / "train" / "source_row.npy")[n_train:]
+    only = np.load(out / "train" / "only_fold.npy")[n_train:]
+    from textclf.pseudo import select
+
+    want = [select(np.load(tmp / "mp" / "win" / "test" / f"fold{k}.npy"), "single_label", 0.0, 3)[0] for k in (0, 1)]
+    assert source_row.tolist() == want[0].tolist() + want[1].tolist()  # at most 3 per predicted class per fold
+    assert only.tolist() == [0] * len(want[0]) + [1] * len(want[1])
+    assert len(np.intersect1d(*want))  # a text kept by both folds, once per fold
+    doc, test_doc = np.load(out / "train" / "window_doc.npy"), np.load(src / "test" / "window_doc.npy")
+    ids, test_ids = np.load(out / "train" / "input_ids.npy"), np.load(src / "test" / "input_ids.npy")
+    assert np.array_equal(np.unique(doc), np.arange(n_train + len(source_row))) and (np.diff(doc) >= 0).all()
+    for j, row in enumerate(source_row):
+        mine, theirs = ids[doc == n_train + j], test_ids[test_doc == row]
+        assert np.array_equal(mine[:, :theirs.shape[1]], theirs)
+    assert run_stage("train", *win_run["common"], "data.name=winpf", "train.run=winpf", "train.epochs=1",
+                     "train.batch_size=8").code == 0
+    assert len(np.load(tmp / "ck" / "winpf" / "oof" / "ids.npy")) == n_train
+
+
+def run_stage_module_pseudo(*args):
+    from textclf.errors import run_cli
+    from textclf.pseudo import main
+
+    try:
+        run_cli(main, [str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code
+    return 0

@@ -188,6 +188,7 @@ class PseudoConfig:
     threshold: float = 0.0  # keep test rows whose top probability is at least this (multi-label: every class's p or 1 - p)
     top_k: int = 0  # > 0: keep at most the k most confident rows of each predicted class
     id_prefix: str = "pseudo:"  # pseudo rows' ids: the prefix + the test row's id
+    per_fold: bool = False  # fold k trains only on rows labelled by the sets' fold-k models (K-fold without the leak)
     overwrite: bool = False  # replace <name> if textclf made it
 
 

@@ -16,6 +16,7 @@ Layout of models_input_files/<name>/:
     <split>/labels.npy           int64 (rows,) single-label | uint8 (rows, classes) multi-label
                                  | float32 (rows, targets) regression (data.task=regression)
     train/folds.npy              int16  (rows,)  fold k holds out rows == k; -1 = never held out
+    train/only_fold.npy          int16  (rows,)  pseudo.per_fold: k = the row trains fold k only; -1 = every fold
 With sliding windows (data.window_stride > 0) input_ids, attention_mask, token_type_ids and
 lengths hold one row per window, and <split>/window_doc.npy int32 (windows,) names each window's
 text (row of ids, labels and folds, which stay one per text; non-decreasing).

@@ -3,6 +3,7 @@
     python -m textclf.pseudo --config configs/x.yaml data.name=x pseudo.name=x-pseudo \\
         pseudo.predictions='[model_predictions/a, model_predictions/b]' pseudo.threshold=0.95
     python -m textclf.pseudo ... pseudo.predictions='[submissions/blend.json]' pseudo.top_k=500
+    python -m textclf.pseudo ... pseudo.threshold=0.95 pseudo.per_fold=true    # K-fold without the leak
 
 Reads the test split of models_input_files/<data.name> (the unlabelled rows, tokenized by
 data_process.py), the prediction sets made on exactly those rows (blended by their mean, or as
@@ -16,9 +17,17 @@ Leak guards, so that scores stay honest:
   - the labels come only from the predictions; a labelled test split's labels are never read
     into training (they score the pseudo labels in pseudo.json, nothing else);
   - a source that is itself pseudo-labelled keeps only its original rows: a new round replaces
-    the earlier round's rows instead of stacking them.
+    the earlier round's rows instead of stacking them;
+  - pseudo.per_fold=true closes the one leak left in K-fold: by default the pseudo labels are the
+    blend of every fold's model, and the models of folds j != k trained on fold k's rows, so fold
+    k's model learns from labels that its validation rows helped to make and its out-of-fold score
+    leans optimistic. With per_fold, fold k's pseudo rows are chosen and labelled by the sets'
+    fold-k models alone (which never saw fold k's rows) and train fold k only
+    (train/only_fold.npy); the sets must come from runs on this data's folds (checked on their
+    out-of-fold rows).
 train/origin.npy (0 original, 1 pseudo) and train/source_row.npy (the row's number in the source
-train split, or in its test split) say where every row came from; pseudo.json (also under
+train split, or in its test split) say where every row came from (with per_fold, a test row can
+be a pseudo row of several folds: one row each, id <prefix>fold<k>:<id>); pseudo.json (also under
 "pseudo" in meta.json) records the prediction sets with their hashes, the blend, the rule and
 what it kept. Runs on the new folder predict the same test rows as before, so their test scores
 are transductive (the test texts were trained on, with predicted labels).
@@ -155,13 +164,6 @@ def run(config):
     check_sets(sets, "test")
     test_ids = check_inputs(cfg, meta, source_dir, sets)
     problem = sets[0][1]["problem_type"]
-    members = [np.load(folder / "test" / "probs.npy") for folder, _ in sets]
-    probs = normalise(blend(members, weights, method), problem)
-    rows, labels, confidence = select(probs, problem, cfg.threshold, cfg.top_k, source.get("thresholds"))
-    if not len(rows):
-        best = float(select(probs, problem, 0.0, 0, source.get("thresholds"))[2].max())
-        raise UserError(f"no test row reaches pseudo.threshold={cfg.threshold} (the most confident is {best:.4f}); "
-                        f"lower the threshold or use pseudo.top_k")
 
     train = source_dir / "train"
     original = np.arange(meta["splits"]["train"]["rows"])
@@ -170,7 +172,24 @@ def run(config):
         previous = meta.get("pseudo", {}).get("rows")
         original = np.flatnonzero(np.load(train / "origin.npy") == 0)
     train_ids = np.load(train / "ids.npy")[original]
-    pseudo_ids = np.array([cfg.id_prefix + str(i) for i in test_ids[rows]])
+
+    # (fold, rows, labels, confidence) per group of pseudo rows: one group that trains every fold,
+    # or with pseudo.per_fold one per fold, labelled by the sets' models of that fold only
+    folds = check_fold_models(sets, meta, source_dir, train_ids, original) if cfg.per_fold else [-1]
+    groups = []
+    for fold in folds:
+        name = "probs.npy" if fold < 0 else f"fold{fold}.npy"
+        members = [np.load(folder / "test" / name) for folder, _ in sets]
+        probs = normalise(blend(members, weights, method), problem)
+        groups.append((fold, probs, *select(probs, problem, cfg.threshold, cfg.top_k, source.get("thresholds"))))
+    if not sum(len(g[2]) for g in groups):
+        best = max(float(select(g[1], problem, 0.0, 0, source.get("thresholds"))[2].max()) for g in groups)
+        raise UserError(f"no test row reaches pseudo.threshold={cfg.threshold} (the most confident is {best:.4f}); "
+                        f"lower the threshold or use pseudo.top_k")
+    rows, labels, confidence = (np.concatenate([g[i] for g in groups]) for i in (2, 3, 4))
+    only_fold = np.concatenate([np.full(len(g[2]), g[0], np.int16) for g in groups]) if cfg.per_fold else None
+    pseudo_ids = np.array([cfg.id_prefix + ("" if fold < 0 else f"fold{fold}:") + str(i)
+                           for fold, _, kept, _, _ in groups for i in test_ids[kept]])
     clash = np.intersect1d(train_ids.astype(str), pseudo_ids)
     if len(clash):
         raise UserError(f"pseudo row id '{clash[0]}' is also a train id; choose another pseudo.id_prefix")
@@ -181,25 +200,65 @@ def run(config):
         predictions=[dict(path=str(f), manifest_sha256=sha256_file(f / "manifest.json"),
                           run=m.get("run"), test_ids_sha256=m["splits"]["test"]["ids_sha256"]) for f, m in sets],
         blend=dict(method=method, weights=(weights / weights.sum()).tolist(), **source),
-        rule=dict(threshold=cfg.threshold, top_k=cfg.top_k), id_prefix=cfg.id_prefix,
+        rule=dict(threshold=cfg.threshold, top_k=cfg.top_k, per_fold=cfg.per_fold), id_prefix=cfg.id_prefix,
         rows=int(len(rows)), of_test_rows=int(len(test_ids)), original_rows=int(len(original)),
-        replaced_previous_round=previous,
-        confidence=dict(min=float(confidence.min()), mean=float(confidence.mean())),
-        label_counts=count_labels(labels, meta["label_names"], problem),
+        replaced_previous_round=previous, **describe(rows, labels, confidence, meta, source_dir, problem),
     )
-    if meta["splits"]["test"]["labelled"]:  # how right the pseudo labels are; never written into training
-        truth = np.load(source_dir / "test" / "labels.npy")[rows]
-        manifest["label_accuracy_on_labelled_test"] = float(
-            (truth == labels).all(axis=1).mean() if problem == "multi_label" else (truth == labels).mean())
-    write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels, manifest)
+    if cfg.per_fold:
+        manifest["folds"] = [dict(fold=int(fold), **describe(kept, y, c, meta, source_dir, problem))
+                             for fold, _, kept, y, c in groups]
+    write_folder(out, cfg, meta, source_dir, original, [g[2] for g in groups], pseudo_ids, labels, only_fold,
+                 manifest)
     accuracy = manifest.get("label_accuracy_on_labelled_test")
-    print(f"pseudo: kept {len(rows)} of {len(test_ids)} test rows (confidence >= {confidence.min():.4f}; "
-          + ", ".join(f"{k} {v}" for k, v in manifest["label_counts"].items()) + ")"
-          + (f"; their labels agree with the test labels on {accuracy:.4f}" if accuracy is not None else ""),
+    print(f"pseudo: kept {len(rows)} of {len(test_ids)} test rows" + (f" over {len(folds)} folds" if cfg.per_fold else "")
+          + f" (confidence >= {confidence.min():.4f}; " + ", ".join(f"{k} {v}" for k, v in manifest["label_counts"].items())
+          + ")" + (f"; their labels agree with the test labels on {accuracy:.4f}" if accuracy is not None else ""),
           flush=True)
-    print(f"pseudo: wrote {out} ({len(original)} original + {len(rows)} pseudo train rows; pseudo rows are in no "
-          f"fold's validation)", flush=True)
+    where = ("each trains only the fold whose models labelled it, and " if cfg.per_fold else "")
+    print(f"pseudo: wrote {out} ({len(original)} original + {len(rows)} pseudo train rows; {where}pseudo rows are in "
+          f"no fold's validation)", flush=True)
     return out
+
+
+def describe(rows, labels, confidence, meta, source_dir, problem):
+    """Counts, confidence and, where the test split is labelled, how right the pseudo labels are
+    (the test labels are read for this only; never written into training)."""
+    out = dict(confidence=dict(min=float(confidence.min()), mean=float(confidence.mean())) if len(rows) else None,
+               label_counts=count_labels(labels, meta["label_names"], problem))
+    if meta["splits"]["test"]["labelled"] and len(rows):
+        truth = np.load(source_dir / "test" / "labels.npy")[rows]
+        out["label_accuracy_on_labelled_test"] = float(
+            (truth == labels).all(axis=1).mean() if problem == "multi_label" else (truth == labels).mean())
+    return out
+
+
+def check_fold_models(sets, meta, source_dir, train_ids, original):
+    """pseudo.per_fold: every set must hold test predictions of one model per fold of this data,
+    each trained on this data's folds (its out-of-fold rows = this data's held-out rows, fold by
+    fold), so that fold k's pseudo labels come from models that never saw fold k's rows. The folds."""
+    n_folds = meta["folds"]["n_folds"]
+    fix = ("pseudo.per_fold needs prediction sets of runs trained on every fold of this data (train.folds=all) "
+           "and evaluated on its test split; or leave pseudo.per_fold off")
+    for folder, manifest in sets:
+        have = manifest["splits"]["test"].get("folds")
+        if sorted(have or []) != list(range(n_folds)) or not all(
+                (folder / "test" / f"fold{k}.npy").is_file() for k in range(n_folds)):
+            raise UserError(f"{folder} predicted the test rows with fold(s) {have}, {source_dir} has folds "
+                            f"0..{n_folds - 1}; {fix}")
+    if meta["folds"]["mode"] == "valid_file":  # one model, validated on the valid file: nothing to match
+        return [0]
+    folds = np.load(source_dir / "train" / "folds.npy")[original]
+    held = folds >= 0
+    want = dict(zip(train_ids[held].astype(str), folds[held].tolist()))
+    for folder, _ in sets:
+        oof = folder / "oof"
+        if not (oof / "ids.npy").is_file() or not (oof / "folds.npy").is_file():
+            raise UserError(f"{folder} has no out-of-fold rows, so its folds cannot be matched to {source_dir}'s; {fix}")
+        got = dict(zip(np.load(oof / "ids.npy").astype(str), np.load(oof / "folds.npy").tolist()))
+        if got != want:
+            raise UserError(f"{folder}'s run held out other rows in its folds than {source_dir} does (trained on other "
+                            f"folds or another data folder), so its fold-k model may have seen fold k's rows; {fix}")
+    return list(range(n_folds))
 
 
 def count_labels(labels, names, problem):
@@ -214,8 +273,10 @@ def _pad(block, width, value):
     return np.pad(block, ((0, 0), (0, width - block.shape[1])), constant_values=value)
 
 
-def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels, manifest):
-    """The source folder with the pseudo rows appended to train, written beside it atomically."""
+def write_folder(out, cfg, meta, source_dir, original, groups, pseudo_ids, labels, only_fold, manifest):
+    """The source folder with the pseudo rows appended to train, written beside it atomically:
+    `groups` are test row numbers, group after group (with pseudo.per_fold one group per fold,
+    a test row possibly in several), `only_fold` the fold each pseudo row trains (or None)."""
     train, test = source_dir / "train", source_dir / "test"
     pad = {"input_ids": meta["tokenizer"]["pad_token_id"], "attention_mask": 0, "token_type_ids": 0}
     width = max(meta["splits"]["train"]["padded_width"], meta["splits"]["test"]["padded_width"])
@@ -228,9 +289,15 @@ def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels,
         folder = tmp / "train"
         folder.mkdir()
         # token rows: the texts' own, or with sliding windows each text's windows
-        train_windows = Windows(train)
+        train_windows, test_windows = Windows(train), Windows(test)
         train_rows, train_owner = train_windows.rows(original)
-        test_rows, test_owner = Windows(test).rows(rows)
+        parts, offset = [], 0
+        for group in groups:
+            part_rows, part_owner = test_windows.rows(group)
+            parts.append((part_rows, part_owner + offset))
+            offset += len(group)
+        test_rows, test_owner = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+        rows = np.concatenate(groups)
         for name in ARRAYS:
             a = _pad(np.load(train / f"{name}.npy", mmap_mode="r")[train_rows], width, pad[name])
             b = _pad(np.load(test / f"{name}.npy", mmap_mode="r")[test_rows], width, pad[name])
@@ -244,6 +311,8 @@ def write_folder(out, cfg, meta, source_dir, original, rows, pseudo_ids, labels,
         np.save(folder / "labels.npy", np.concatenate([old_labels, labels.astype(old_labels.dtype)]))
         np.save(folder / "origin.npy", np.concatenate([np.zeros(len(original), np.int8), np.ones(len(rows), np.int8)]))
         np.save(folder / "source_row.npy", np.concatenate([original, rows]).astype(np.int64))
+        if only_fold is not None:
+            np.save(folder / "only_fold.npy", np.concatenate([np.full(len(original), -1, np.int16), only_fold]))
         if (train / "folds.npy").is_file():
             np.save(folder / "folds.npy", np.concatenate([np.load(train / "folds.npy")[original],
                                                           np.full(len(rows), -1, np.int16)]))

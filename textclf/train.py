@@ -942,13 +942,20 @@ def make_accelerator(config, run_dir, recorded=None):
 
 
 def fold_plan(meta, train_cfg, data_dir):
-    """[(fold, train_rows, eval_split, eval_rows)] for the folds to train."""
+    """[(fold, train_rows, eval_split, eval_rows)] for the folds to train. Rows that train one fold
+    only (train/only_fold.npy: per-fold pseudo rows, k; every other row -1) join that fold's rows."""
     folds_meta = meta["folds"]
     n_train = meta["splits"]["train"]["rows"]
+    only = data_dir / "train" / "only_fold.npy"
+    only = np.load(only) if only.is_file() else np.full(n_train, -1, dtype=np.int16)
+
+    def trains(fold, rows):
+        return rows[(only[rows] == -1) | (only[rows] == fold)]
+
     if folds_meta["mode"] == "valid_file":
         if train_cfg.folds not in ("all", [0]):
             raise UserError("train.folds: this data has a validation file, so there is one fold (0); use train.folds=all")
-        return [(0, np.arange(n_train), "valid", np.arange(meta["splits"]["valid"]["rows"]))]
+        return [(0, trains(0, np.arange(n_train)), "valid", np.arange(meta["splits"]["valid"]["rows"]))]
     folds = np.load(data_dir / "train" / "folds.npy")
     k = folds_meta["n_folds"]
     chosen = list(range(k)) if train_cfg.folds == "all" else list(train_cfg.folds)
@@ -956,7 +963,8 @@ def fold_plan(meta, train_cfg, data_dir):
         if not 0 <= fold < k:
             raise UserError(f"train.folds contains {fold}, but the data has {k} fold(s) (0..{k - 1}); "
                             f"set data.n_folds in data_process.py or pick folds in range")
-    return [(fold, np.flatnonzero(folds != fold), "train", np.flatnonzero(folds == fold)) for fold in chosen]
+    return [(fold, trains(fold, np.flatnonzero(folds != fold)), "train", np.flatnonzero(folds == fold))
+            for fold in chosen]
 
 
 class StopRequest:
