@@ -252,6 +252,47 @@ CASES = [
           ("a holdout with no rows", "t.csv", "text,label\na b,x\nc d,y\n", [], ["holds out 0", "data.valid_size"]),
       ]],
 
+    # 3b. found by a hostile review: each was a traceback, a half-made output or a silent loss
+    Case("a learning rate with its minus sign lost", "train", [*TRAIN, "train.lr=2e5"], ["train.lr", "far above"]),
+    Case("an infinite LoRA alpha", "train", [*TRAIN, "model.lora={{alpha: .inf}}"], ["model.lora.alpha"]),
+    Case("an MLP head of a trillion units", "train", [*TRAIN, "model.mlp_hidden=1e12"], ["model.mlp_hidden", "65536"]),
+    Case("an accumulation beyond int64", "train", [*TRAIN, "train.grad_accum=1e30"], ["train.grad_accum", "too large"]),
+    Case("an accumulation beyond any use", "train", [*TRAIN, "train.grad_accum=1e9"], ["train.grad_accum", "at most"]),
+    Case("a count written with an underscore", "train", [*TRAIN, "train.grad_accum=1_000"], ["not an integer"]),
+    Case("train.output_dir is a file", "train", [*TRAIN, "train.output_dir={t}/t.csv"], ["is a file, not a folder"],
+         {"t.csv": GOOD_CSV}),
+    *[Case(f"template {template!r}", "data_process",
+           [*DATA, "data.template=" + template.replace("{", "{{").replace("}", "}}")],
+           ["data.template", "cannot be read", "{{ }}"], {"t.csv": GOOD_CSV})
+      for template in ("T:{text", "x}{text}", "{text!}")],
+    *[Case(f"encoding {codec}", "data_process", [*DATA, f"data.encoding={codec}"], ["not a known text encoding"],
+           {"t.csv": GOOD_CSV}) for codec in ("rot13", "base64", "zlib")],
+    Case("encoding punycode on a file that is not", "data_process", [*DATA, "data.encoding=punycode"],
+         ["not punycode", "data.encoding"], {"t.csv": "text,label\n\u00e9t\u00e9 a,a\nb c,b\n" * 3}),
+    Case("targets that differ only below float32", "data_process", [*DATA, "data.task=regression",
+                                                                      "data.label_column=score"],
+         ["target 'score' is 1 on every row"],
+         {"t.csv": "text,score\n" + "".join(f"t {i},{['1.0', '1.000000001'][i % 2]}\n" for i in range(12))}),
+    Case("a target written with an underscore", "data_process", [*DATA, "data.task=regression",
+                                                                   "data.label_column=score"],
+         ["line 3", "'1_000'", "not a number"], {"t.csv": "text,score\na b,1\nc d,1_000\ne f,2\n"}),
+    Case("a fold written with an underscore", "data_process", [*DATA, "data.fold_column=fold"],
+         ["line 2", "the fold ('fold')"], {"t.csv": "text,label,fold\n" + "a b,a,0_1\n" + "c d,b,1\n" * 4}),
+    Case("a test label column blank on some rows only", "data_process", [*DATA, "data.test_file={t}/test.csv"],
+         ["line 3 of", "the label is empty while other rows"],
+         {"t.csv": GOOD_CSV, "test.csv": "text,label\nx y,a\nz w,\n"}),
+    Case("overwrite a foreign folder that holds a meta.json", "data_process",
+         [*DATA, "data.output_dir={t}/data", "data.overwrite=true"], ["was not made by data_process.py"],
+         {"t.csv": GOOD_CSV, "data/new/meta.json": '{"mine": 1}', "data/new/precious.txt": "keep me"}),
+    Case("overwrite a foreign folder that holds a run.json", "train",
+         [*TRAIN, "train.run=mine", "train.output_dir={t}/ck", "train.overwrite=true"], ["was not made by textclf"],
+         {"ck/mine/run.json": "{}", "ck/mine/precious.txt": "keep me"}),
+    Case("a config file with a section twice", "data_process", ["--config", "{t}/c.yaml"],
+         ["key 'data' is given twice", "line 4"],
+         {"c.yaml": "data:\n  name: new\n  max_len: 32\ndata:\n  n_folds: 3\n"}),
+    Case("a config file with a key twice", "train", ["--config", "{t}/c.yaml"], ["key 'lr' is given twice"],
+         {"c.yaml": "data:\n  name: ds\ntrain:\n  lr: 1.0e-4\n  lr: 2.0e-4\n"}),
+
     # 4. corrupt or foreign state files
     Case("run.json not JSON", "evaluate", ["data.name=ds", "eval.run={t}/ck/ds", "eval.output_dir={t}/mp"],
          ["run.json is not valid JSON"], setup=corrupt("run.json", "{ torn")),
@@ -358,7 +399,7 @@ def test_refused_with_one_line_and_nothing_changed(world, stage, tmp_path, case)
 
 
 def test_the_table_covers_every_class_with_enough_cases():
-    assert len(CASES) >= 80
+    assert len(CASES) >= 100
 
 
 # ---------------------------------------------------------------------------- what must work
@@ -451,3 +492,66 @@ def test_overwrite_replaces_a_folder_textclf_made(stage, world, tmp_path):
     data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}", "data.max_len=24",
                     "data.overwrite=true")
     assert json.loads((tmp_path / "data" / "new" / "meta.json").read_text())["max_len"] == 24
+
+
+def test_a_blank_label_column_in_a_test_file_is_unlabelled_and_eval_input_never_reads_labels(stage, world, tmp_path):
+    """Kaggle test files may carry the label column empty; eval.input ignores label columns."""
+    write(tmp_path / "t.csv", GOOD_CSV)
+    write(tmp_path / "test.csv", "text,label\nx y,\nz w,\n")
+    meta = data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}",
+                           f"data.test_file={tmp_path / 'test.csv'}")
+    assert meta["splits"]["test"]["labelled"] is False and meta["splits"]["test"]["rows"] == 2
+    assert not (tmp_path / "data" / "new" / "test" / "labels.npy").exists()
+    write(tmp_path / "in.csv", "id,text,label\n1,fine,\n2,also fine,zzz\n")  # blank and unknown labels alike
+    result = stage("evaluate", *world.base, "data.name=ds", f"eval.run={world.root / 'ck' / 'ds'}",
+                   f"eval.input={tmp_path / 'in.csv'}", "data.id_column=id", f"eval.output_dir={tmp_path / 'mp'}")
+    assert result.code == 0, result
+
+
+def test_a_submission_never_replaces_a_summary_json_of_the_same_name(stage, world, tmp_path):
+    write(tmp_path / "subs" / "final.json", '{"my": "notes"}')
+    result = stage("ensemble_and_submit", *world.base, "ensemble.predictions=[" + str(world.root / "mp" / "ds") + "]",
+                   f"ensemble.output_dir={tmp_path / 'subs'}", "ensemble.name=final")
+    assert result.code == 0, result
+    assert (tmp_path / "subs" / "final.json").read_text() == '{"my": "notes"}'
+    assert (tmp_path / "subs" / "final-v2.csv").is_file() and (tmp_path / "subs" / "final-v2.json").is_file()
+
+
+def test_evaluate_names_predictions_after_the_runs_real_folder(stage, world, tmp_path):
+    result = stage("evaluate", *world.base, "data.name=ds", f"eval.run={world.root / 'ck' / 'ds' / 'fold0'}/..",
+                   f"eval.output_dir={tmp_path / 'mp'}")
+    assert result.code == 0, result
+    assert [p.name for p in (tmp_path / "mp").iterdir()] == ["ds"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs-model", "a/b", ".."])
+def test_premodels_names_stay_inside_dest(tmp_path, name):
+    from textclf.errors import run_cli
+    from textclf.premodels import main
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main, ["random", "bert", "--name", name, "--dest", str(tmp_path / "pm")])
+    assert stop.value.code == 2
+    assert not (tmp_path / "escape").exists() and not os.path.exists("/tmp/abs-model") and not (tmp_path / "pm").exists()
+
+
+def test_diverged_weights_are_named_not_blamed_on_batching():
+    """NaN outputs (a diverged model) are one clear line, not "a bug in batching"."""
+    import torch
+
+    from textclf.errors import UserError
+    from textclf.loader import SortedBatches, SplitArrays, make_loader
+    from textclf.predict import predict_rows
+
+    n = 5
+    dataset = SplitArrays.in_memory({"input_ids": torch.ones(n, 3, dtype=torch.int64).numpy(),
+                                     "attention_mask": torch.ones(n, 3, dtype=torch.int64).numpy(),
+                                     "token_type_ids": torch.zeros(n, 3, dtype=torch.int64).numpy(),
+                                     "lengths": torch.full((n,), 3).numpy()})
+    loader = make_loader(dataset, SortedBatches(dataset.lengths(), 2))
+    model = torch.nn.Module()
+    fine = predict_rows(model, loader, n, compute=lambda m, b: b["index"].float()[:, None])
+    assert fine[:, 0].tolist() == list(range(n))
+    with pytest.raises(UserError, match="not finite .* on 2 of 5 rows: its weights have diverged"):
+        predict_rows(model, loader, n, compute=lambda m, b: torch.where(
+            b["index"][:, None] % 2 == 1, float("nan"), 1.0))

@@ -83,6 +83,9 @@ def choose_run_dir(train_cfg, data_name, resume):
     """(checkpoints/<run>, resuming). An existing run gets a new version folder (<run>-v2, ...)
     unless it is resumed; train.resume=auto takes the newest version, a path takes that run."""
     base = resolve_path(train_cfg.output_dir)
+    if base.exists() and not base.is_dir():
+        raise UserError(f"train.output_dir={train_cfg.output_dir} is a file, not a folder; pass the folder that holds "
+                        f"the runs (e.g. checkpoints)")
     name = train_cfg.run or data_name
     runs = [p for _, p in versions(base, name) if p.is_dir()]
     if resume == "auto":

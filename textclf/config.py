@@ -223,6 +223,25 @@ class TextLoader(yaml.SafeLoader):
     number 8 and `1.0` a float whose text is lost, in string-typed fields and label lists alike."""
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, mark):
+        super().__init__(f"key '{key}' is given twice")
+        self.key, self.problem_mark = key, mark
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    """YAML lets a repeated key silently replace the first (a second `data:` section dropping the
+    first one's keys); refuse it instead."""
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str) and key in seen:
+            raise DuplicateKey(key, key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+TextLoader.construct_mapping = _mapping_without_duplicates
 TextLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -256,6 +275,26 @@ _NULLS = ("null", "none", "~")
 def _is_null(value):
     """None, an empty string, or a null word; a string of spaces is a value (a space delimiter)."""
     return value is None or (isinstance(value, str) and (value == "" or value.strip().lower() in _NULLS))
+
+
+def _integer(value):
+    """An int from an int, an integral float or its text ('8', '1e3', '2.0'), else None. Text is
+    ASCII digits only: Python's int() would also take '1_000' and non-ASCII digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text, flags=re.ASCII):
+            return None
+        if re.fullmatch(r"[+-]?\d+", text, flags=re.ASCII):
+            return int(text)
+        number = float(text)
+        return int(number) if math.isfinite(number) and number.is_integer() else None
+    return None
 
 
 def coerce(value, tp, key):
@@ -302,23 +341,12 @@ def coerce(value, tp, key):
             return bool(value)
         raise UserError(f"config key {key}: {value!r} is not true or false")
     if tp is int:
-        if isinstance(value, bool):
+        number = _integer(value)
+        if number is None:
             raise UserError(f"config key {key}: {value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    f = None
-                if f is not None and f.is_integer():
-                    return int(f)
-        raise UserError(f"config key {key}: {value!r} is not an integer")
+        if abs(number) >= 2 ** 53:  # torch and numpy take int64; the settings' own ranges are checked in validate
+            raise UserError(f"config key {key}: {value!r} is far too large")
+        return number
     if tp is float:
         if isinstance(value, bool):
             raise UserError(f"config key {key}: {value!r} is not a number")
@@ -402,6 +430,9 @@ def _apply_yaml(cfg, path):
     try:
         with open(path, encoding="utf-8") as fh:
             doc = load_yaml(fh)
+    except DuplicateKey as err:
+        raise UserError(f"config file {path}: key '{err.key}' is given twice (again at line {err.problem_mark.line + 1}); "
+                        f"keep one, with every setting it needs") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -538,7 +569,7 @@ def lora_settings(raw):
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise UserError(f"config key model.lora.r: {r!r} must be a whole number of at least 1 (the adapters' rank)")
     out["alpha"] = alpha = 2 * r if alpha is None else alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
         raise UserError(f"config key model.lora.alpha: {alpha!r} must be a positive number (scaling alpha / r)")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise UserError(f"config key model.lora.dropout: {dropout!r} must be in [0, 1)")
@@ -611,7 +642,8 @@ def validate(cfg):
         need(len(delimiter) == 1 and delimiter not in "\r\n\"", "data.delimiter", data.delimiter,
              "must be one character (e.g. ';', '|' or '\\t' for a tab)")
     try:
-        codecs.lookup(data.encoding)
+        if not getattr(codecs.lookup(data.encoding), "_is_text_encoding", True):  # rot13, base64, zlib ...
+            raise LookupError(data.encoding)
     except LookupError:
         raise UserError(f"config key data.encoding: {data.encoding!r} is not a known text encoding; use e.g. "
                         f"utf-8, latin-1 or cp1252") from None
@@ -661,7 +693,8 @@ def validate(cfg):
     need(1 <= model.multi_sample_dropout <= 64, "model.multi_sample_dropout", model.multi_sample_dropout,
          "must be between 1 and 64")
     need(model.freeze_layers >= 0, "model.freeze_layers", model.freeze_layers, "must be 0 or more")
-    need(model.mlp_hidden >= 0, "model.mlp_hidden", model.mlp_hidden, "must be 0 (a linear head) or a layer width")
+    need(0 <= model.mlp_hidden <= 65536, "model.mlp_hidden", model.mlp_hidden,
+         "must be 0 (a linear head) or a layer width up to 65536")
     need(not (model.mlp_hidden and model.head == "fusion"), "model.mlp_hidden", model.mlp_hidden,
          "goes with heads cls, mean and pooler; fusion has two linear layers of its own")
 
@@ -674,12 +707,16 @@ def validate(cfg):
                    ("train.max_nonfinite", train.max_nonfinite), ("train.save_total_limit", train.save_total_limit),
                    ("train.log_every_steps", train.log_every_steps), ("eval.batch_size", evaluation.batch_size)):
         need(n >= 1, key, n, "must be positive (at least 1)")
+        need(n <= 2 ** 24, key, n, f"is far beyond any useful value (at most {2 ** 24:,})")
     for key, n in (("train.eval_every_steps", train.eval_every_steps), ("train.patience", train.patience),
                    ("train.save_every_steps", train.save_every_steps), ("train.num_workers", train.num_workers),
                    ("train.max_steps", train.max_steps), ("train.profile_steps", train.profile_steps)):
         need(n >= 0, key, n, "must be 0 or more")
     for key, x in (("train.lr", train.lr), ("train.head_lr", train.head_lr)):
         need(x is None or (finite(x) and x >= 0), key, x, "must be a number, 0 or more (0 leaves the weights as they are)")
+        # AdamW moves every weight by about lr a step: above 1 a model only diverges (2e5 for 2e-5, say)
+        need(x is None or x <= 1, key, x, "is far above any AdamW learning rate (fine-tuning uses about 1e-5 to 1e-3; "
+             "was a minus sign lost, e.g. 2e5 for 2e-5?)")
     need(finite(train.adam_eps) and train.adam_eps > 0, "train.adam_eps", train.adam_eps, "must be a positive number")
     for key, x in (("train.weight_decay", train.weight_decay), ("train.warmup", train.warmup),
                    ("train.max_grad_norm", train.max_grad_norm), ("train.min_delta", train.min_delta),

@@ -128,6 +128,9 @@ def scan_rows(reader, cfg, split, known_labels, id_hashes):
     counts = Counter()
     id_len = 1
     hashes, pending = [], []
+    # a test file's label column may be a blank placeholder (every cell empty): then it is unlabelled
+    placeholder = split == "test" and reader.labelled
+    blank_lines = []
     for row_number, (line, values) in enumerate(reader.raw.rows()):
         text = reader.text(values, line)
         if reader.pair_idx is not None:
@@ -148,7 +151,9 @@ def scan_rows(reader, cfg, split, known_labels, id_hashes):
         if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
             hashes.append(np.asarray(pending, dtype=np.int64))
             pending = []
-        if reader.labelled and cfg.task == "regression":
+        if placeholder and reader.label_cells_blank(values):
+            blank_lines.append(line)
+        elif reader.labelled and cfg.task == "regression":
             numbers = reader.targets(values, line)  # refused here, in pass 1, when not a finite number
             low = numbers if low is None else [min(a, b) for a, b in zip(low, numbers)]
             high = numbers if high is None else [max(a, b) for a, b in zip(high, numbers)]
@@ -167,6 +172,11 @@ def scan_rows(reader, cfg, split, known_labels, id_hashes):
         if reader.group_idx is not None:
             groups.append(stable_hash(reader.group(values, line)))
         rows += 1
+    if blank_lines and (len(blank_lines) < rows or counts or low is not None):
+        raise UserError(f"{reader.where(blank_lines[0])}: the label is empty while other rows of the test file have "
+                        f"labels; give every test row its label, or leave the whole label column blank (unlabelled)")
+    if blank_lines:
+        reader.labelled = False  # a blank placeholder column: the test rows are unlabelled
     if rows == 0:
         raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
     hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
@@ -610,7 +620,7 @@ def check_targets_vary(reader, names, target_range):
     """A regression target with one value on every train row cannot be learned (nor standardised)."""
     low, high = target_range
     for name, a, b in zip(names, low, high):
-        if a == b:
+        if np.float32(a) == np.float32(b):  # labels.npy holds float32: 1.0 and 1.000000001 are one value there
             raise UserError(f"train file {reader.raw.path}: target '{name}' is {a:g} on every row; a regression "
                             f"target must vary: check data.label_column / data.label_columns")
 

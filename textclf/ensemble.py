@@ -352,7 +352,7 @@ def run(config):
                             else label_names[int(p)]] for i, p in zip(ids, predicted)]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
-    target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv")
+    target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv", also=(".json",))  # the summary beside it
     atomic_write_text(target, buf.getvalue())
     summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets])
     write_json(target.with_suffix(".json"), summary)

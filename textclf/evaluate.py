@@ -50,7 +50,7 @@ def find_run(config):
         run = resolve_path(config.eval.run)
         if not run.is_dir():
             raise UserError(f"eval.run={config.eval.run}: no such folder; pass eval.run=checkpoints/<run>")
-        return run
+        return run.resolve()  # its real name names the predictions (run/fold0/.. is run)
     base = resolve_path(config.train.output_dir)
     name = config.train.run or config.data.name
     runs = [p for _, p in versions(base, name) if (p / "run.json").is_file()]
@@ -241,7 +241,7 @@ def read_texts(config, tokenization):
     data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
     raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
-    reader = RowReader(raw, data_cfg, need_labels=False)
+    reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)  # predictions only: labels unread
     scan_rows(reader, data_cfg, "input", None, None)  # refuses what data_process.py would refuse
     texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
     for row_number, (line, values) in enumerate(raw.rows()):

@@ -342,6 +342,9 @@ def choose_folds(run_dir, fold):
         k = int(fold)
     except ValueError:
         raise UserError(f"--fold {fold!r}: use a fold number ({', '.join(map(str, planned))}), mean or each") from None
+    if k not in planned:
+        raise UserError(f"--fold {k}: {run_dir} does not train fold {k}; use one of {', '.join(map(str, planned))}, "
+                        f"mean or each")
     return [k]
 
 

@@ -38,7 +38,6 @@ def _fsync_dir(path):
 # Every output folder textclf makes (a data set, a run, a prediction set) holds this file, naming
 # its kind: `overwrite` replaces only folders that carry it.
 MARKER = ".textclf"
-_LEGACY_MARKERS = {"data": "meta.json", "run": "run.json", "predictions": "manifest.json"}
 # Every temporary folder names the process that writes it, so that a later run can tell a dead
 # writer's leftovers from a live one's work in progress.
 _OWNER = ".textclf-writer"
@@ -49,17 +48,13 @@ def write_marker(folder, kind):
 
 
 def made_by_textclf(folder, kind):
-    """Whether `folder` is a textclf output of `kind` (its marker, or the main file of an output
-    written before markers existed)."""
-    folder = Path(folder)
-    marker = folder / MARKER
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text(encoding="utf-8")).get("kind") == kind
-        except (OSError, ValueError, AttributeError):
-            return False
-    legacy = _LEGACY_MARKERS.get(kind)
-    return legacy is not None and (folder / legacy).is_file()
+    """Whether `folder` is a textclf output of `kind`: its marker says so. A file that textclf
+    outputs also hold (meta.json, run.json) proves nothing: anyone can write one."""
+    marker = Path(folder) / MARKER
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("kind") == kind
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def replace_own_output(path, kind, key):
@@ -152,9 +147,10 @@ def versions(base, name, suffix=""):
     return sorted(found)
 
 
-def next_version(base, name, suffix=""):
-    """The path a new output takes: `<name><suffix>`, or one version past the newest existing one."""
-    found = versions(base, name, suffix)
+def next_version(base, name, suffix="", also=()):
+    """The path a new output takes: `<name><suffix>`, or one version past the newest existing one
+    (also counting `<name>[-vN]<s>` for each suffix s in `also`: files written beside it)."""
+    found = sorted(versions(base, name, suffix) + [v for s in also for v in versions(base, name, s)])
     return Path(base) / (f"{name}-v{found[-1][0] + 1}{suffix}" if found else f"{name}{suffix}")
 
 

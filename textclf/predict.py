@@ -74,10 +74,17 @@ def predict_rows(model, loader, n_rows, accelerator=None, device=None, compute=l
     model.train(training)
     values, index = torch.cat(chunks), torch.cat(indices)
     keep = index >= 0
-    out = torch.full((n_rows, *values.shape[1:]), float("nan"))
+    out = torch.zeros((n_rows, *values.shape[1:]))
     out[index[keep]] = values[keep]  # rows repeated to even out the shards write identical values
-    if torch.isnan(out).any():
+    filled = torch.zeros(n_rows, dtype=torch.bool)
+    filled[index[keep]] = True
+    if not filled.all():
         raise RuntimeError("some rows got no prediction; this is a bug in batching")
+    bad = (~torch.isfinite(out.reshape(n_rows, -1))).any(dim=1)
+    if bad.any():
+        raise UserError(f"the model's outputs are not finite (NaN or inf) on {int(bad.sum())} of {n_rows} rows: its "
+                        f"weights have diverged. In training, lower train.lr (or train.head_lr), or use "
+                        f"train.precision=no; a checkpoint that gives these outputs cannot predict")
     return out
 
 

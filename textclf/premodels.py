@@ -38,6 +38,16 @@ def folder_name(name):
     return name.rstrip("/").split("/")[-1]
 
 
+def plain_name(name, what="--name"):
+    """A model folder's name: a plain entry inside --dest, never a path out of it."""
+    from .config import NAME, NAME_RULE
+
+    if not NAME.fullmatch(name):
+        raise UserError(f"{what} {name!r}, which is not a plain folder name ({NAME_RULE}); the model goes inside "
+                        f"--dest, never elsewhere")
+    return name
+
+
 def resolve_model_dir(name, premodels_dir="premodels"):
     """The local folder for `name`: a path to a model folder, or premodels/<name>. Never downloads."""
     as_path = Path(name).expanduser()
@@ -74,7 +84,7 @@ def _hub_reachable(timeout=3.0):
 
 def fetch(name, dest="premodels", trust_remote_code=False):
     """Download `name` from the hub (model + tokenizer) into dest/<name>."""
-    target = resolve_path(dest) / folder_name(name)
+    target = resolve_path(dest) / plain_name(folder_name(name), f"model name {name!r} ends in")
     if target.exists():
         raise UserError(f"{target} already exists; remove it first to fetch '{name}' again")
     if not _hub_reachable():
@@ -240,7 +250,7 @@ def build_random(family, name=None, dest="premodels", seed=0, max_positions=512)
     quiet_transformers()
     if family not in FAMILIES + DECODERS:
         raise UserError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES + DECODERS)}")
-    target = resolve_path(dest) / (name or f"random-{family}")
+    target = resolve_path(dest) / plain_name(name or f"random-{family}")
     tokenizer = _build_tokenizer(family)
     config = _build_config(family, len(tokenizer), tokenizer.pad_token_id, max_positions)
     torch.manual_seed(seed)

@@ -7,6 +7,7 @@ in memory beyond one row, so files of any size stream through.
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def _first_bad_line(path, encoding):
         for number, raw in enumerate(fh, 1):
             try:
                 raw.decode(encoding)
-            except UnicodeDecodeError:
+            except UnicodeError:  # a decode error, or a codec's own (punycode)
                 return number
     return None
 
@@ -97,7 +98,7 @@ class RawFile:
                 return columns
             with self._open_text() as fh:
                 header = next(csv.reader(fh, **self._dialect()), None)
-        except UnicodeDecodeError:
+        except UnicodeError:  # a decode error, or a codec's own (punycode)
             raise self._decode_error() from None
         if not header or not any(h.strip() for h in header):
             raise UserError(f"{self.role} file {self.path} has no header line; add one or set data.header=false")
@@ -150,7 +151,7 @@ class RawFile:
                 yield from self._jsonl_rows()
             else:
                 yield from self._csv_rows()
-        except UnicodeDecodeError:
+        except UnicodeError:  # a decode error, or a codec's own (punycode)
             raise self._decode_error() from None
 
     def _csv_rows(self):
@@ -213,7 +214,7 @@ def same_number_labels(names):
 class RowReader:
     """Pulls text, text pair, label(s) and id out of the rows of one RawFile."""
 
-    def __init__(self, raw, cfg, need_labels):
+    def __init__(self, raw, cfg, need_labels, read_labels=True):
         self.raw = raw
         self.cfg = cfg
         cols = {name: i for i, name in enumerate(raw.columns)}
@@ -239,7 +240,9 @@ class RowReader:
         self.id_idx = index(cfg.id_column, "data.id_column") if cfg.id_column else None
         self.multi_columns = None
         self.label_idx = None
-        if cfg.label_columns:
+        if not read_labels:  # eval.input: whatever label columns the file has are never read
+            pass
+        elif cfg.label_columns:
             present = [c for c in cfg.label_columns if c in cols]
             if present or need_labels:
                 self.multi_columns = [index(c, "data.label_columns") for c in cfg.label_columns]
@@ -256,6 +259,11 @@ class RowReader:
 
     def where(self, line):
         return f"line {line} of {self.raw.path}"
+
+    def label_cells_blank(self, values):
+        """Whether every label (or target) cell of a row is empty."""
+        cells = self.multi_columns if self.multi_columns is not None else [self.label_idx]
+        return all(self._as_text(values[i]).strip() == "" for i in cells)
 
     @staticmethod
     def _as_text(value):
@@ -336,10 +344,7 @@ class RowReader:
         """The row's given fold number (data.fold_column): an integer 0..32767, or -1 for never held out."""
         value = values[self.fold_idx]
         text = "" if isinstance(value, (bool, list, dict)) else self._as_text(value).strip()
-        try:
-            number = float(text)
-        except ValueError:
-            number = None
+        number = plain_number(text)
         if number is None or not number.is_integer() or not -1 <= number <= 32767:
             shown = _json_kind(value) if isinstance(value, (bool, list, dict)) else repr(text[:40])
             raise UserError(f"{self.where(line)}: the fold ('{self.cfg.fold_column}') is {shown}; data.fold_column "
@@ -374,12 +379,11 @@ class RowReader:
             text = self._as_text(value).strip()
             if not text:
                 raise UserError(f"{self.where(line)}: target '{name}' is empty; fill in a number or remove the row")
-            try:
-                number = float(text)
-            except ValueError:
+            number = plain_number(text)
+            if number is None:
                 raise UserError(f"{self.where(line)}: target '{name}' is {text[:40]!r}, not a number; data.task="
                                 f"regression needs numbers (fix the cell, or use data.task=classification for "
-                                f"class labels)") from None
+                                f"class labels)")
             if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
                 raise UserError(f"{self.where(line)}: target '{name}' is {text[:40]!r}; targets must be finite numbers "
                                 f"within float32 range (+-3.4e38): fix the cell or remove the row")
@@ -388,3 +392,11 @@ class RowReader:
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
+# a number as data files write it: ASCII digits, a point, an exponent, inf / nan (refused later, by name);
+# Python's float() would also read '1_000', non-ASCII digits and surrounding junk like '\x0c'
+_NUMBER = re.compile(r"[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf(inity)?|nan)", re.ASCII | re.IGNORECASE)
+
+
+def plain_number(text):
+    """float(text) for a number written as data files write them, else None."""
+    return float(text) if _NUMBER.fullmatch(text) else None

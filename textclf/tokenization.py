@@ -224,7 +224,12 @@ def template_fields(template):
     import string
 
     fields = []
-    for _, name, spec, conversion in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:  # an unbalanced brace, an empty conversion ...
+        raise UserError(f"config key data.template: {template!r} cannot be read ({exc}); write fields as {{column}} "
+                        f"and literal braces as {{{{ }}}}") from None
+    for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if not name or spec or conversion or any(c in name for c in ".[]") or name.isdigit():

@@ -269,6 +269,11 @@ def check(config):
                             f"again with data.task=regression")
         target_mean = [float(stats[name]["mean"]) for name in label_names]
         target_std = [float(stats[name]["std"]) for name in label_names]
+        for name, std in zip(label_names, target_std):
+            if not (math.isfinite(std) and std > 0):
+                raise UserError(f"{data_dir / 'meta.json'}: target '{name}' has standard deviation {std:g} on the "
+                                f"train rows; a regression target must vary: check the data and run data_process.py "
+                                f"again")
     encoder_config = read_encoder_config(model_dir, config.model.trust_remote_code)
     # auto: cls for encoders, last for decoders; resolved here, so the run's config.yaml names the head it used
     config.model.head = resolve_head(config.model.head, encoder_config)
