@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from conftest import run_stage, write
@@ -555,3 +556,73 @@ def test_diverged_weights_are_named_not_blamed_on_batching():
     with pytest.raises(UserError, match="not finite .* on 2 of 5 rows: its weights have diverged"):
         predict_rows(model, loader, n, compute=lambda m, b: torch.where(
             b["index"][:, None] % 2 == 1, float("nan"), 1.0))
+
+
+def test_predictor_takes_any_sequence_and_refuses_pairs_that_do_not_fit(world):
+    import numpy as np
+
+    from textclf import Predictor
+    from textclf.errors import UserError
+
+    predictor = Predictor.from_run(world.root / "ck" / "ds", precision="no")
+    texts = ["row 1 is b b", "row 2 is a a", "row 5 is b"]
+    want = predictor.predict(texts)["probs"]
+    for given in (tuple(texts), (t for t in texts), np.array(texts), iter(texts)):
+        np.testing.assert_array_equal(predictor.predict(given)["probs"], want)
+    # a lone surrogate (a JSON '\ud800' escape) is read as U+FFFD, not a tokenizer crash
+    np.testing.assert_array_equal(predictor.predict(["abc \ud800 def"])["probs"],
+                                  predictor.predict(["abc \ufffd def"])["probs"])
+    with pytest.raises(UserError, match="reads single texts"):
+        predictor.predict(texts, pairs=["x", "y", "z"])
+    with pytest.raises(UserError, match="no texts"):
+        predictor.embed([])
+
+
+def test_a_pair_model_refuses_pairs_of_another_length(stage, world, tmp_path):
+    from textclf import Predictor
+    from textclf.errors import UserError
+
+    write(tmp_path / "p.csv", "text,second,label\n" + "".join(f"row {i},other {i},{'ab'[i % 2]}\n" for i in range(24)))
+    data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 'p.csv'}", "data.text_pair_column=second")
+    result = stage("train", *world.base, "data.name=new", f"data.output_dir={tmp_path / 'data'}",
+                   f"train.output_dir={tmp_path / 'ck'}", "train.epochs=1", "train.batch_size=8")
+    assert result.code == 0, result
+    predictor = Predictor.from_run(tmp_path / "ck" / "new", precision="no")
+    assert predictor.predict(["a", "b"], pairs=["x", "y"])["probs"].shape == (2, 2)
+    for pairs, phrase in ((["x"], "2 text\\(s\\) but 1 pair"), (["x", "y", "z"], "but 3 pair"), ([None, "y"], "strings"),
+                          (None, "trained on text pairs")):
+        with pytest.raises(UserError, match=phrase):
+            predictor.predict(["a", "b"], pairs=pairs)
+    result = stage("evaluate", *world.base, "data.name=new", f"data.output_dir={tmp_path / 'data'}",
+                   f"eval.run={tmp_path / 'ck' / 'new'}", 'eval.texts=["a"]', f"eval.output_dir={tmp_path / 'mp'}")
+    expect_refusal(result, "trained on text pairs", "eval.input")
+
+
+@pytest.mark.parametrize("change, phrase", [
+    (lambda p: np.concatenate([p, p[:1]]), "has shape (7, 2)"),
+    (lambda p: p[:, 0], "has shape (6,)"),
+    (lambda p: np.concatenate([p, p[:, :1]], axis=1), "has shape (6, 3)"),
+    (lambda p: p * np.nan, "not finite"),
+])
+def test_a_prediction_set_edited_after_evaluate_is_refused_before_writing(stage, world, tmp_path, change, phrase):
+    shutil.copytree(world.root / "mp" / "ds", tmp_path / "mp" / "ds")
+    path = tmp_path / "mp" / "ds" / "test" / "probs.npy"
+    np.save(path, change(np.load(path)))
+    result = stage("ensemble_and_submit", *world.base, f"ensemble.predictions=[{tmp_path / 'mp' / 'ds'}]",
+                   f"ensemble.output_dir={tmp_path / 'subs'}", "ensemble.name=e")
+    expect_refusal(result, phrase, "changed after evaluate.py")
+    assert not (tmp_path / "subs").exists()
+
+
+def test_evaluate_says_when_the_data_was_made_again_after_training(stage, world, tmp_path):
+    common = [*world.base, "data.name=ds", f"data.output_dir={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'ck'}",
+              f"eval.output_dir={tmp_path / 'mp'}"]
+    shutil.copytree(world.root / "data" / "ds", tmp_path / "data" / "ds")
+    assert stage("train", *common, "train.epochs=1", "train.batch_size=8").code == 0
+    assert stage("evaluate", *common, f"eval.output_dir={tmp_path / 'same'}").err.count("warning") == 0
+    write(tmp_path / "other.csv", "id,text,label\n" + ROWS.replace(" is ", " was "))
+    assert stage("data_process", *common, f"data.train_file={tmp_path / 'other.csv'}", "data.id_column=id",
+                 "data.overwrite=true").code == 0
+    result = stage("evaluate", *common)
+    assert result.code == 0 and "was made again after this run trained" in result.err, result
+    assert json.loads((tmp_path / "mp" / "ds" / "manifest.json").read_text())["data_changed_since_training"] is True

@@ -5,6 +5,7 @@ apart, labels come from the predictions alone, and a new round replaces the last
 import contextlib
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -230,18 +231,26 @@ def test_per_fold_rows_are_labelled_by_that_folds_models_and_train_that_fold_onl
 
 def test_per_fold_refuses_sets_of_other_folds(sets, tmp_path):
     """A set whose fold k may have seen this data's fold-k rows cannot label fold k: one trained on
-    other folds (another data.seed) or on some folds only."""
+    other folds (another data.seed), on some folds only, or on pseudo rows that every fold's
+    models labelled together."""
     tmp = sets["tmp"]
     common = [a.replace(str(tmp / "ck"), str(tmp_path / "ck")).replace(str(tmp / "mp"), str(tmp_path / "mp"))
               for a in sets["common"]]
     assert run_stage("data_process", *common, "data.name=reseeded", "data.seed=7", "data.n_folds=2",
                      f"data.train_file={tmp / 'train.csv'}", f"data.test_file={tmp / 'test.csv'}", "data.id_column=id",
                      "data.max_len=32").code == 0
-    for name, extra in (("reseeded", ["data.name=reseeded"]), ("half", ["train.folds=[0]"])):
+    # a pseudo folder made without per_fold: its rows were labelled by both folds' models together
+    shutil.copytree(tmp / "data" / "toy", tmp_path / "data" / "toy")
+    assert _pseudo(dict(sets, common=common), f"data.output_dir={tmp_path / 'data'}", "pseudo.name=blended",
+                   f"pseudo.predictions=[{tmp / 'mp' / 'a'}]", "pseudo.top_k=2").code == 0
+    runs = (("reseeded", ["data.name=reseeded"]), ("half", ["train.folds=[0]"]),
+            ("blended", ["data.name=blended", f"data.output_dir={tmp_path / 'data'}"]))
+    for name, extra in runs:
         assert run_stage("train", *common, *extra, f"train.run={name}", "train.epochs=1").code == 0
         assert run_stage("evaluate", *common, *extra, f"eval.run={tmp_path / 'ck' / name}").code == 0
     before = sorted(p.name for p in (tmp / "data").iterdir())
-    for name, expected in (("reseeded", "held out other rows in its folds"), ("half", "predicted the test rows with fold(s) [0]")):
+    for name, expected in (("reseeded", "model trained on"), ("half", "predicted the test rows with fold(s) [0]"),
+                           ("blended", "labelled by every fold's models together")):
         result = _pseudo(sets, "pseudo.name=x", f"pseudo.predictions=[{tmp_path / 'mp' / name}]", "pseudo.threshold=0.5",
                          "pseudo.per_fold=true")
         assert result.code == 2 and expected in result.err and "Traceback" not in result.err, result

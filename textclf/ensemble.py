@@ -17,6 +17,7 @@ The submission writes each target's value (7 significant digits, no exponent).
 import csv
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -64,6 +65,33 @@ def load_set(path):
             raise UserError(f"{folder / 'manifest.json'} is not a prediction-set manifest (split '{name}' has no "
                             f"ids_sha256); {fix}")
     return folder, manifest
+
+
+def load_array(folder, manifest, split, name="probs.npy"):
+    """One array of a prediction set, checked against its manifest: probabilities (and each
+    fold's) (rows, labels) and finite, ids and labels one per row. A file edited or torn after
+    evaluate.py wrote it is one line, before anything is written."""
+    path = Path(folder) / split / name
+    fix = "run evaluate.py again for this run, or leave the set out"
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} cannot be read ({str(err).splitlines()[0]}); {fix}") from None
+    entry = manifest["splits"].get(split, {})
+    rows = entry.get("rows")
+    if rows is None and split == "oof":
+        rows = len(np.load(Path(folder) / split / "ids.npy", allow_pickle=False))
+    width = len(manifest["label_names"])
+    if name in ("ids.npy", "labels.npy"):
+        want, ok = f"{rows} rows", array.ndim >= 1 and len(array) == rows
+    else:
+        want = f"({rows}, {width})"
+        ok = array.ndim == 2 and array.shape == (rows, width) and bool(np.isfinite(array).all())
+    if not ok:
+        raise UserError(f"{path} has shape {array.shape}" + ("" if array.ndim != 2 or array.shape != (rows, width)
+                                                              else " with values that are not finite")
+                        + f", while its manifest says {want}; it was changed after evaluate.py wrote it: {fix}")
+    return array
 
 
 def check_sets(sets, split):
@@ -308,8 +336,8 @@ def run(config):
     weights = np.full(len(sets), 1.0 / len(sets))
     thresholds = None
     if tune_split:
-        labels = np.load(sets[0][0] / tune_split / "labels.npy")
-        members = [np.load(folder / tune_split / "probs.npy") for folder, _ in sets]
+        labels = load_array(*sets[0], tune_split, "labels.npy")
+        members = [load_array(folder, m, tune_split) for folder, m in sets]
         for (folder, _), probs in zip(sets, members):
             s = score(probs, labels, problem_type, metric)
             summary["members"].append({"path": str(folder), tune_split: s})
@@ -333,12 +361,12 @@ def run(config):
 
     if not all(split in m["splits"] for _, m in sets):
         raise UserError(f"not every prediction set has a '{split}' split; run evaluate.py with eval.splits=[test]")
-    test_members = [np.load(folder / split / "probs.npy") for folder, _ in sets]
+    test_members = [load_array(folder, m, split) for folder, m in sets]
     test_probs = normalise(blend(test_members, weights, ecfg.method), problem_type)
     if np.isnan(test_probs).any():
         raise UserError("the blended test probabilities contain NaN; a prediction set is corrupted, re-run evaluate.py")
     predicted = decide(test_probs, problem_type, thresholds)
-    ids = np.load(sets[0][0] / split / "ids.npy")
+    ids = load_array(*sets[0], split, "ids.npy")
 
     if ecfg.sample_submission:
         sample_path, header, body = read_sample(ecfg.sample_submission)
@@ -350,15 +378,16 @@ def run(config):
         header = ["id", "label"]
         rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem_type == "multi_label"
                             else label_names[int(p)]] for i, p in zip(ids, predicted)]
+    test_score = None
+    if split in manifest["splits"] and "metrics" in manifest["splits"][split]:  # scored before anything is written
+        test_score = score(test_probs, load_array(*sets[0], split, "labels.npy"), problem_type, metric)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv", also=(".json",))  # the summary beside it
     atomic_write_text(target, buf.getvalue())
     summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets])
     write_json(target.with_suffix(".json"), summary)
-    if split in manifest["splits"] and "metrics" in manifest["splits"][split]:
-        labels = np.load(sets[0][0] / split / "labels.npy")
-        test_score = score(test_probs, labels, problem_type, metric)
+    if test_score is not None:
         print(f"blend on labelled test rows: {metric} {test_score:.4f}", flush=True)
     print(f"ensemble: wrote {target} ({len(rows) - 1} rows)", flush=True)
     return target

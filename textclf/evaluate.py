@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import io
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,11 @@ def run(config):
     folds = [c["fold"] for c in checkpoints]
     check_arrays_fit(meta, spec, data_dir, run_dir)
     problem_type, label_names = spec.labels.problem_type, spec.labels.names
+    remade = sha256_file(data_dir / "meta.json") != spec.provenance.data_meta_sha256
+    if remade and main:  # same settings (checked above), other rows perhaps: say so, and record it
+        print(f"evaluate: warning: {data_dir} was made again after this run trained (its meta.json differs); its "
+              f"train/valid rows may not be the ones the run held out, so scores on them may be optimistic",
+              file=sys.stderr, flush=True)
 
     splits = [s for s in config.eval.splits if s in meta["splits"]]
     missing = [s for s in config.eval.splits if s not in meta["splits"]]
@@ -188,7 +194,8 @@ def run(config):
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         run=str(run_dir), label_names=label_names, problem_type=problem_type,
         checkpoints=checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
-        trained_on_meta_sha256=spec.provenance.data_meta_sha256, splits={}, config=config.to_dict(),
+        trained_on_meta_sha256=spec.provenance.data_meta_sha256, data_changed_since_training=remade, splits={},
+        config=config.to_dict(),
         precision=choice.record(),
     )
     remove_dead_temporaries(out.parent)  # what a killed evaluate.py left
@@ -271,6 +278,9 @@ def predict_raw(config, run_dir):
     spec = ModelSpec.from_json(load_json(folds[0][1] / "head.json", "a textclf head.json", "retrain this fold"),
                                folds[0][1] / "head.json")
     texts, ids, pairs = read_texts(config, spec.tokenization)
+    if spec.tokenization.text_pair_column and pairs is None:
+        raise UserError(f"this run was trained on text pairs (second segment: '{spec.tokenization.text_pair_column}'); "
+                        f"eval.texts gives single texts: use eval.input with a file that has that column")
     predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
                                    precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code)
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)

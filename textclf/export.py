@@ -38,7 +38,7 @@ import torch
 
 from .config import resolve_path
 from .errors import UserError, run_cli
-from .fileio import atomic_dir, made_by_textclf, write_json, write_marker
+from .fileio import atomic_dir, made_by_textclf, remove_dead_temporaries, write_json, write_marker
 from .model import REMOTE_CODE, hf_config, merge_lora, probabilities, read_encoder_config
 from .predict import load_fold_models, recover_best
 from .tokenization import TextTokenizer
@@ -356,7 +356,9 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     if int8 and fmt != "onnx":
         raise UserError("--int8 quantises an ONNX graph; add --format onnx")
     if out.exists() and not (overwrite and made_by_textclf(out, "export")):
-        raise UserError(f"{out} already exists; choose another --out, or pass --overwrite to replace an earlier "
+        raise UserError(f"{out} already exists and was not exported by textclf, so --overwrite will not replace it; "
+                        f"choose another --out" if overwrite else
+                        f"{out} already exists; choose another --out, or pass --overwrite to replace an earlier "
                         f"export (only a folder textclf exported is replaced)")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} is inside the run {run_dir}; export somewhere else")
@@ -384,6 +386,7 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
                      f"longer than max_len={spec.tokenization.max_len} tokens differ (OnnxPredictor keeps head_tail)")
     if spec.tokenization.text_pair_column:
         notes.append("the run used text pairs: pass {'text': ..., 'text_pair': ...} to the pipeline")
+    remove_dead_temporaries(out.parent)  # what a killed export left
     with atomic_dir(out, replace=out.exists()) as tmp:
         report = {"run": str(run_dir), "format": fmt, "fold": fold, "folders": []}
         for group in groups:

@@ -11,13 +11,12 @@ batched longest first and each batch is cut to its longest row. Needs numpy, tok
 onnxruntime only.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .tokenization import TextTokenizer, decide
+from .tokenization import TextTokenizer, decide, predict_inputs
 
 
 def per_text(values, to_texts, owner, n_texts, problem_type):
@@ -44,15 +43,25 @@ class OnnxPredictor:
         """The model in an export folder written by `python -m textclf.export --format onnx`."""
         import onnxruntime as ort
 
+        from .fileio import load_json
+
         folder = Path(folder)
         doc_path = folder / "textclf_onnx.json"
+        fix = "export again with python -m textclf.export --format onnx"
         if not doc_path.is_file():
-            raise UserError(f"{folder} is not a textclf ONNX export (no textclf_onnx.json); export with "
-                            f"python -m textclf.export --format onnx")
-        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+            each = sorted(p.name for p in folder.glob("fold*") if (p / "textclf_onnx.json").is_file())
+            raise UserError(f"{folder} is not a textclf ONNX export (no textclf_onnx.json)" + (
+                f"; it holds one export per fold: pass {folder / each[0]} (or {', '.join(each[1:])})" if each
+                else f"; {fix}"))
+        doc = load_json(doc_path, "a textclf ONNX export's description", fix,
+                        {"models": dict, "labels": list, "problem_type": str, "inputs": list, "outputs": list,
+                         "tokenization": dict})
         name = doc["models"].get("int8" if int8 else "fp32")
         if name is None:
-            raise UserError(f"{folder} has no int8 model; export again with --int8")
+            raise UserError(f"{folder} has no {'int8' if int8 else 'fp32'} model; export again" + (
+                " with --int8" if int8 else ""))
+        if not isinstance(name, str) or not (folder / name).is_file():
+            raise UserError(f"{folder} lacks {name}, the model textclf_onnx.json names; {fix}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -78,14 +87,10 @@ class OnnxPredictor:
     def predict(self, texts, pairs=None):
         """Labels and probabilities for raw texts (and second segments, if the run used pairs);
         regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
-        if isinstance(texts, (str, dict)):
-            texts = [texts]
+        texts, pairs = predict_inputs(texts, pairs, self.pairs)
         if not texts:
             return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
-        if self.pairs and pairs is None:
-            raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
-        pairs = None if pairs is None else [str(p).strip() for p in pairs]
         ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)  # sliding windows, if the run used them
         return self._result(per_text(self.probs(ids, types, lengths), self.tokenizer.to_texts, owner, len(texts),
                                      self.problem_type))

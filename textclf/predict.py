@@ -24,7 +24,7 @@ from .loader import SortedBatches, SplitArrays, make_loader
 from .hf_remote.modeling_textclf import backbone_inputs
 from .model import load_classifier, probabilities
 from .precision import autocast, resolve as resolve_precision
-from .tokenization import TextTokenizer, aggregate_windows, decide
+from .tokenization import TextTokenizer, aggregate_windows, decide, predict_inputs
 
 
 def logits_of(model, batch):
@@ -154,7 +154,17 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto"):
-        """The best model of each fold of a run (`folds`: all, which must be finished, or a list)."""
+        """The best model of each fold of a run (`folds`: all, which must be finished, a fold
+        number, or a list of distinct fold numbers)."""
+        if isinstance(folds, int) and not isinstance(folds, bool):
+            folds = [folds]
+        if folds != "all" and (not isinstance(folds, (list, tuple)) or not all(
+                isinstance(f, int) and not isinstance(f, bool) for f in folds) or len(set(folds)) != len(folds)):
+            raise UserError(f"folds={folds!r}: pass all, a fold number, or a list of distinct fold numbers, e.g. [0, 2]")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size={batch_size!r}: pass a positive whole number")
+        if precision not in ("auto", "no", "bf16", "fp16"):
+            raise UserError(f"precision={precision!r}: use auto, no, bf16 or fp16")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         recover_best(run_dir)
         models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
@@ -179,15 +189,15 @@ class Predictor:
         fold number of the run, default the first one loaded): {"embeddings": (rows, dim),
         "fold": k}, and with hidden_states=True also "hidden_states" (rows, max_len, hidden),
         zero beyond each row's "lengths"."""
-        if isinstance(texts, (str, dict)):
-            texts = [texts]
+        texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
+        if not texts:
+            raise UserError("embed got no texts; pass at least one")
         folds = [c["fold"] for c in self.checkpoints] or list(range(len(self.models)))
         if fold is not None and fold not in folds:
             raise UserError(f"fold {fold} is not among the loaded folds {folds}")
         model = self.models[folds.index(fold) if fold is not None else 0]
         texts = self.tokenizer.texts(texts)
-        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, None if pairs is None else
-                                                               [str(p).strip() for p in pairs])
+        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)
         if self.tokenizer.window_stride:
             if hidden_states:
                 raise UserError("hidden_states are one row of token states per text, and this model reads texts as "
@@ -214,15 +224,11 @@ class Predictor:
     def predict(self, texts, pairs=None):
         """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs).
         Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
-        if isinstance(texts, (str, dict)):
-            texts = [texts]
+        texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
         if not texts:
             return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
-        if self.spec.tokenization.text_pair_column and pairs is None:
-            raise UserError("this model was trained on text pairs; pass pairs=[...] with the second segments")
         texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
-        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, None if pairs is None else
-                                                               [str(p).strip() for p in pairs])
+        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)
         folds = [self.tokenizer.to_texts(p, owner, len(texts), self.problem_type)  # windows -> texts, per fold
                  for p in self.fold_probs(ids, mask, types, lengths)]
         return self._result(np.mean(folds, axis=0).astype(np.float32))

@@ -36,12 +36,13 @@ are transductive (the test texts were trained on, with predicted labels).
 import datetime
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 
 from .config import resolve_path
 from .data import load_meta
-from .ensemble import blend, check_sets, load_set, normalise
+from .ensemble import blend, check_sets, load_array, load_set, normalise
 from .errors import UserError, run_cli
 from .evaluate import _ids_hash
 from .loader import Windows
@@ -179,7 +180,7 @@ def run(config):
     groups = []
     for fold in folds:
         name = "probs.npy" if fold < 0 else f"fold{fold}.npy"
-        members = [np.load(folder / "test" / name) for folder, _ in sets]
+        members = [load_array(folder, m, "test", name) for folder, m in sets]
         probs = normalise(blend(members, weights, method), problem)
         groups.append((fold, probs, *select(probs, problem, cfg.threshold, cfg.top_k, source.get("thresholds"))))
     if not sum(len(g[2]) for g in groups):
@@ -234,30 +235,47 @@ def describe(rows, labels, confidence, meta, source_dir, problem):
 
 def check_fold_models(sets, meta, source_dir, train_ids, original):
     """pseudo.per_fold: every set must hold test predictions of one model per fold of this data,
-    each trained on this data's folds (its out-of-fold rows = this data's held-out rows, fold by
-    fold), so that fold k's pseudo labels come from models that never saw fold k's rows. The folds."""
+    and its fold-k model must never have trained on this data's fold-k validation rows, nor on
+    pseudo rows labelled by models that did (a run on a pseudo folder made without per_fold).
+    Checked on the data folder each set's run trained on. Returns the folds."""
     n_folds = meta["folds"]["n_folds"]
-    fix = ("pseudo.per_fold needs prediction sets of runs trained on every fold of this data (train.folds=all) "
-           "and evaluated on its test split; or leave pseudo.per_fold off")
+    fix = ("pseudo.per_fold needs prediction sets of runs trained on every fold of this data (train.folds=all), or "
+           "of a pseudo folder made from it with pseudo.per_fold, evaluated on its test split; or leave "
+           "pseudo.per_fold off")
+    valid_file = meta["folds"]["mode"] == "valid_file"
+    if valid_file:  # one model, validated on the valid file
+        held = [np.load(source_dir / "valid" / "ids.npy").astype(str)]
+    else:
+        folds = np.load(source_dir / "train" / "folds.npy")[original]
+        held = [train_ids[folds == k].astype(str) for k in range(n_folds)]
     for folder, manifest in sets:
         have = manifest["splits"]["test"].get("folds")
         if sorted(have or []) != list(range(n_folds)) or not all(
                 (folder / "test" / f"fold{k}.npy").is_file() for k in range(n_folds)):
             raise UserError(f"{folder} predicted the test rows with fold(s) {have}, {source_dir} has folds "
                             f"0..{n_folds - 1}; {fix}")
-    if meta["folds"]["mode"] == "valid_file":  # one model, validated on the valid file: nothing to match
-        return [0]
-    folds = np.load(source_dir / "train" / "folds.npy")[original]
-    held = folds >= 0
-    want = dict(zip(train_ids[held].astype(str), folds[held].tolist()))
-    for folder, _ in sets:
-        oof = folder / "oof"
-        if not (oof / "ids.npy").is_file() or not (oof / "folds.npy").is_file():
-            raise UserError(f"{folder} has no out-of-fold rows, so its folds cannot be matched to {source_dir}'s; {fix}")
-        got = dict(zip(np.load(oof / "ids.npy").astype(str), np.load(oof / "folds.npy").tolist()))
-        if got != want:
-            raise UserError(f"{folder}'s run held out other rows in its folds than {source_dir} does (trained on other "
-                            f"folds or another data folder), so its fold-k model may have seen fold k's rows; {fix}")
+        run_data = Path(manifest.get("data_dir", ""))
+        if not (run_data / "meta.json").is_file() or sha256_file(run_data / "meta.json") != manifest.get(
+                "trained_on_meta_sha256"):
+            raise UserError(f"the data folder {folder}'s run trained on ({run_data}) is gone or was made again, so "
+                            f"what its fold models saw cannot be checked; {fix}")
+        run_meta = load_meta(run_data)
+        if run_meta.get("pseudo") and not run_meta["pseudo"].get("rule", {}).get("per_fold"):
+            raise UserError(f"{folder}'s run trained on {run_data}, whose pseudo rows were labelled by every fold's "
+                            f"models together, so its fold-k model learnt from labels made with fold k's rows; {fix}")
+        ids = np.load(run_data / "train" / "ids.npy").astype(str)
+        only = run_data / "train" / "only_fold.npy"
+        only = np.load(only) if only.is_file() else np.full(len(ids), -1)
+        run_folds = None if run_meta["folds"]["mode"] == "valid_file" else np.load(run_data / "train" / "folds.npy")
+        for k in range(n_folds):
+            trained = (only == -1) | (only == k)
+            if run_folds is not None:
+                trained &= run_folds != k
+            seen = np.intersect1d(ids[trained], held[k])
+            if len(seen):
+                what = "validation rows" if valid_file else f"fold {k}'s rows"
+                raise UserError(f"{folder}'s fold-{k} model trained on {len(seen)} of {source_dir}'s {what} "
+                                f"(e.g. id '{seen[0]}'), so its labels are not independent of them; {fix}")
     return list(range(n_folds))
 
 

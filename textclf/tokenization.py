@@ -5,6 +5,7 @@ predictor can use it; a transformers tokenizer is needed only to read the specia
 templates once (TextTokenizer.from_hf), which then travel as JSON (to_json / from_json).
 """
 
+import re
 import unicodedata
 
 import numpy as np
@@ -22,6 +23,40 @@ def clean_text(text):
     if text and all(unicodedata.category(ch) in _INVISIBLE for ch in text):
         return ""
     return text
+
+
+def encodable(texts):
+    """Texts the tokenizer can take: a lone UTF-16 surrogate (a JSON '\\ud800' escape, say) cannot
+    be encoded as UTF-8, so it becomes U+FFFD, as a file read with errors="replace" would have it."""
+    return [t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _SURROGATE.search(t) else t
+            for t in texts]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def predict_inputs(texts, pairs, needs_pairs):
+    """What Predictor.predict / OnnxPredictor.predict were given -> (a list of rows, a list of
+    second segments or None): one text or row, or any sequence, iterable or array of them (read
+    once); pairs, when the model reads text pairs, one string per text."""
+    if texts is None:
+        texts = []
+    elif isinstance(texts, (str, dict)):
+        texts = [texts]
+    texts = list(texts)
+    if pairs is not None:
+        if not needs_pairs:
+            raise UserError("this model reads single texts (it was not trained on text pairs); drop pairs=")
+        pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+        if len(pairs) != len(texts):
+            raise UserError(f"{len(texts)} text(s) but {len(pairs)} pair(s); give one second segment per text")
+        bad = next((p for p in pairs if not isinstance(p, str)), None)
+        if bad is not None or any(p is None for p in pairs):
+            raise UserError(f"a second segment is a {type(bad).__name__}; pairs must be strings, one per text")
+        pairs = [p.strip() for p in pairs]
+    elif needs_pairs and texts:
+        raise UserError("this model was trained on text pairs; pass pairs=[...] with one second segment per text")
+    return texts, pairs
 
 
 class TextTokenizer:
@@ -164,7 +199,7 @@ class TextTokenizer:
         budget = self.max_len - len(pre) - len(post)
         pieces, doc = [], []
         several = 0
-        for row, encoding in enumerate(self.backend.encode_batch(texts, add_special_tokens=False)):
+        for row, encoding in enumerate(self.backend.encode_batch(encodable(texts), add_special_tokens=False)):
             ids = encoding.ids
             starts = window_starts(len(ids), budget, stride, max_windows)
             several += len(starts) > 1
@@ -180,10 +215,10 @@ class TextTokenizer:
 
     def encode(self, texts, pairs=None):
         """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, n_truncated)."""
-        first = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        first = [e.ids for e in self.backend.encode_batch(encodable(texts), add_special_tokens=False)]
         second = None
         if pairs is not None:
-            second = [e.ids for e in self.backend.encode_batch(pairs, add_special_tokens=False)]
+            second = [e.ids for e in self.backend.encode_batch(encodable(pairs), add_special_tokens=False)]
         n = len(texts)
         input_ids = np.full((n, self.max_len), self.pad_id, dtype=np.int32)
         token_types = np.zeros((n, self.max_len), dtype=np.uint8)
