@@ -23,8 +23,8 @@ Leak guards, so that scores stay honest:
     k's model learns from labels that its validation rows helped to make and its out-of-fold score
     leans optimistic. With per_fold, fold k's pseudo rows are chosen and labelled by the sets'
     fold-k models alone (which never saw fold k's rows) and train fold k only
-    (train/only_fold.npy); the sets must come from runs on this data's folds (checked on their
-    out-of-fold rows).
+    (train/only_fold.npy); the data each set's run trained on is checked: no fold-k model saw
+    this data's fold-k rows, nor pseudo rows labelled by every fold's models together.
 train/origin.npy (0 original, 1 pseudo) and train/source_row.npy (the row's number in the source
 train split, or in its test split) say where every row came from (with per_fold, a test row can
 be a pseudo row of several folds: one row each, id <prefix>fold<k>:<id>); pseudo.json (also under
