@@ -229,6 +229,14 @@ def windows(seeds, rows):
     return {"rows": len(sample), "test_rows": len(test), "max_len": 128, "epochs": 2, "data": lengths, "arms": arms}
 
 
+def labelled_baseline(data, seed, score, common):
+    """A run on data.name=`data`'s labelled rows and its prediction set on the unlabelled ones."""
+    base = train_run(f"labelled only seed {seed}", f"data.name={data}", "train.epochs=3", f"train.run={data}-{seed}",
+                     f"train.seed={seed}", score=score)
+    run([common[0], str(ROOT / "evaluate.py"), *common[1:], f"eval.run={base['run_dir']}", "eval.precision=auto"])
+    return base, sorted((WORK / "predictions").glob(f"{data}-{seed}*"), key=lambda p: p.stat().st_mtime)[-1]
+
+
 def pseudo(seeds, fraction=0.1, threshold=0.9):
     train_rows, test_rows = r8()
     labelled = stratified_sample(train_rows, round(len(train_rows) * fraction), 0)
@@ -246,11 +254,8 @@ def pseudo(seeds, fraction=0.1, threshold=0.9):
     arms = {"labelled only": [], f"+ pseudo rows (p >= {threshold})": []}
     kept = []
     for seed in seeds:
-        base = train_run(f"labelled only seed {seed}", "data.name=pl", "train.epochs=3", f"train.run=pl-{seed}",
-                         f"train.seed={seed}", score=score)
+        base, predictions = labelled_baseline("pl", seed, score, common)
         arms["labelled only"].append(base)
-        run([common[0], str(ROOT / "evaluate.py"), *common[1:], f"eval.run={base['run_dir']}", "eval.precision=auto"])
-        predictions = sorted((WORK / "predictions").glob(f"pl-{seed}*"), key=lambda p: p.stat().st_mtime)[-1]
         run([common[0], "-m", "textclf.pseudo", *common[1:], f"pseudo.name=pl-pseudo-{seed}", "pseudo.overwrite=true",
              f"pseudo.predictions=[{predictions}]", f"pseudo.threshold={threshold}"])
         manifest = json.loads((WORK / "data" / f"pl-pseudo-{seed}" / "pseudo.json").read_text())
@@ -284,11 +289,8 @@ def pseudo_folds(seeds, fraction=0.1, unlabelled_rows=1500, n_folds=3, threshold
              f"+ pseudo (p >= {threshold}), per_fold": "true"}
     arms, kept = {name: [] for name in names}, []
     for seed in seeds:
-        base = train_run(f"labelled only seed {seed}", "data.name=plk", "train.epochs=3", f"train.run=plk-{seed}",
-                         f"train.seed={seed}", score=score)
+        base, predictions = labelled_baseline("plk", seed, score, common)
         arms["labelled only"].append(base)
-        run([common[0], str(ROOT / "evaluate.py"), *common[1:], f"eval.run={base['run_dir']}", "eval.precision=auto"])
-        predictions = sorted((WORK / "predictions").glob(f"plk-{seed}*"), key=lambda p: p.stat().st_mtime)[-1]
         for name, per_fold in names.items():
             if per_fold is None:
                 continue
