@@ -287,13 +287,13 @@ def _integer(value):
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
     if isinstance(value, str):
+        from .rawdata import plain_number  # one rule for numbers, in configs and data cells
+
         text = value.strip()
-        if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text, flags=re.ASCII):
-            return None
         if re.fullmatch(r"[+-]?\d+", text, flags=re.ASCII):
-            return int(text)
-        number = float(text)
-        return int(number) if math.isfinite(number) and number.is_integer() else None
+            return int(text)  # exact, however long
+        number = plain_number(text)
+        return int(number) if number is not None and math.isfinite(number) and number.is_integer() else None
     return None
 
 
