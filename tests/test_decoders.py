@@ -36,7 +36,7 @@ def train(stage, tmp_path, base, *args, out="ck"):
 def test_last_token_pooling_equals_the_hand_computation_under_left_and_right_padding(premodels, family):
     from transformers import AutoTokenizer
 
-    from textclf.data import load_tokenizer
+    from textclf.premodels import load_tokenizer
     from textclf.model import HeadConfig, build_classifier
 
     folder = premodels(family)
@@ -175,14 +175,15 @@ def test_two_processes_train_lora_like_one(stage, premodels, tmp_path):
 def test_verbalizer_logits_are_the_lm_heads_next_token_logits(premodels):
     from transformers import AutoModelForCausalLM
 
-    from textclf.data import load_tokenizer
+    from textclf.premodels import load_tokenizer
     from textclf.model import HeadConfig, build_classifier, init_verbalizer, verbalizer_ids
+    from textclf.problem import problem_type
 
     for family in DECODERS:
         folder = premodels(family)
         tokenizer = load_tokenizer(folder)
         head = HeadConfig("last", 2, 0.0)
-        ids = verbalizer_ids(["0", "1"], tokenizer, ["0", "1"], "single_label",
+        ids = verbalizer_ids(["0", "1"], tokenizer, ["0", "1"], problem_type("single_label"),
                              AutoModelForCausalLM.from_pretrained(str(folder)).config, head)
         model = build_classifier(folder, head).eval()
         init_verbalizer(model, folder, ids)
@@ -237,7 +238,7 @@ def paper_rows(n, seed=0):
 
 def test_template_is_applied_alike_by_data_process_predictor_evaluate_and_onnx(stage, premodels, tmp_path):
     from textclf import Predictor, export
-    from textclf.data import load_tokenizer
+    from textclf.premodels import load_tokenizer
     from textclf.onnx_predict import OnnxPredictor
 
     rows, test = paper_rows(40), paper_rows(10, seed=3)
@@ -339,9 +340,10 @@ def test_the_paper_llm_config_runs_end_to_end(stage, premodels, tmp_path):
 
 
 def test_template_cells_and_plain_texts_are_read_alike_everywhere(stage, premodels, tmp_path):
-    from textclf.data import load_tokenizer
+    from textclf.premodels import load_tokenizer
     from textclf.errors import UserError
-    from textclf.tokenization import TextTokenizer, fill_template
+    from textclf.text_rules import fill_template
+    from textclf.tokenization import TextTokenizer
 
     # JSON true/false/null and invisible-only cells read as data_process reads them
     assert fill_template("{a} | {b} | {c}", {"a": True, "b": None, "c": "\u200b"}) == "true |  |"

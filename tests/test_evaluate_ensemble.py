@@ -10,6 +10,7 @@ from conftest import write
 from test_train import toy_rows
 from textclf import ensemble
 from textclf.errors import UserError
+from textclf.problem import problem_type
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +139,11 @@ def test_weight_search_beats_or_equals_the_mean():
     good[flip] = np.roll(good[flip], 1, axis=1)
     noise = rng.dirichlet(np.ones(3), size=400)
     members = [good, noise]
-    weights, best = ensemble.search_weights(members, labels, "single_label", "accuracy", "weighted")
-    mean = ensemble.score(ensemble.blend(members, [0.5, 0.5], "mean"), labels, "single_label", "accuracy")
+    weights, best = ensemble.search_weights(members, labels, problem_type("single_label"), "accuracy", "weighted")
+    mean = ensemble.score(ensemble.blend(members, [0.5, 0.5], "mean"), labels, problem_type("single_label"), "accuracy")
     assert best >= mean
     assert weights[0] > weights[1]
-    alone = ensemble.score(good, labels, "single_label", "accuracy")
+    alone = ensemble.score(good, labels, problem_type("single_label"), "accuracy")
     assert best >= alone
 
 
@@ -151,14 +152,14 @@ def test_thresholds_improve_f1_on_an_imbalanced_case():
     labels = (rng.random(1000) < 0.1).astype(int)  # 10% positives
     score = np.clip(0.25 * labels + rng.normal(0.2, 0.1, 1000), 0, 1)  # positives score higher, but below 0.5
     probs = np.stack([1 - score, score], 1)
-    t = ensemble.tune_thresholds(probs, labels, "single_label", "f1_macro")
+    t = ensemble.tune_thresholds(probs, labels, problem_type("single_label"), "f1_macro")
     from sklearn.metrics import f1_score
 
     before = f1_score(labels, probs.argmax(1), average="macro")
-    after = f1_score(labels, ensemble.decide(probs, "single_label", t), average="macro")
+    after = f1_score(labels, problem_type("single_label").decide(probs, t), average="macro")
     assert t < 0.5 and after > before + 0.1
     multi = np.stack([labels, 1 - labels], 1)
-    per_class = ensemble.tune_thresholds(np.stack([score, 1 - score], 1), multi, "multi_label", "f1_micro")
+    per_class = ensemble.tune_thresholds(np.stack([score, 1 - score], 1), multi, problem_type("multi_label"), "f1_micro")
     assert len(per_class) == 2 and per_class[0] < 0.5
 
 
@@ -167,15 +168,15 @@ def test_submission_layouts_follow_the_sample():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
     pred = probs.argmax(1)
     names = ["x", "y", "z"]
-    rows = ensemble.submission_rows(["id", "label"], [["c", "x"], ["a", "x"], ["b", "x"]], ids, probs, pred, names, "single_label")
+    rows = ensemble.submission_rows(["id", "label"], [["c", "x"], ["a", "x"], ["b", "x"]], ids, probs, pred, names, problem_type("single_label"))
     assert rows == [["id", "label"], ["c", "z"], ["a", "x"], ["b", "y"]]
-    rows = ensemble.submission_rows(["id", "target"], [["a", "0"], ["b", "0"], ["c", "0"]], ids, probs, pred, names, "single_label")
+    rows = ensemble.submission_rows(["id", "target"], [["a", "0"], ["b", "0"], ["c", "0"]], ids, probs, pred, names, problem_type("single_label"))
     assert [r[1] for r in rows[1:]] == ["0", "1", "2"]  # the sample uses class numbers
     rows = ensemble.submission_rows(["id", "z", "x", "y"], [["a", "0", "0", "0"], ["b", "0", "0", "0"], ["c", "0", "0", "0"]],
-                                    ids, probs, pred, names, "single_label")
+                                    ids, probs, pred, names, problem_type("single_label"))
     assert rows[1] == ["a", "0.100000", "0.700000", "0.200000"]
     with pytest.raises(UserError, match="ids do not match"):
-        ensemble.submission_rows(["id", "label"], [["a", "x"], ["q", "x"], ["c", "x"]], ids, probs, pred, names, "single_label")
+        ensemble.submission_rows(["id", "label"], [["a", "x"], ["q", "x"], ["c", "x"]], ids, probs, pred, names, problem_type("single_label"))
 
 
 # ---------------------------------------------------------------------------- classic task configs

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, run_stage, write
 from test_train import toy_rows
 from textclf import export
-from textclf.data import load_tokenizer
+from textclf.premodels import load_tokenizer
 from textclf.errors import UserError, run_cli
 from textclf.model import HeadConfig, Labels, ModelSpec, Provenance, Tokenization, build_classifier, save_classifier
 from textclf.predict import Predictor

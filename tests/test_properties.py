@@ -10,9 +10,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from textclf.config import DataConfig, SECTIONS, _field_types, parse_args, resolve_path
+from textclf.config import DataConfig, SECTIONS, field_types, parse_args, resolve_path
 from textclf.errors import UserError
-from textclf.rawdata import RawFile, RowReader, clean_text
+from textclf.rawdata import RawFile, RowReader
+from textclf.text_rules import clean_text
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -82,7 +83,7 @@ def test_jsonl_of_any_values_is_rows_or_one_user_error(records):
         assert result == [(clean_text(r["text"]), r["label"].strip()) for r in records]
 
 
-KEYS = [f"{section}.{key}" for section in SECTIONS for key in _field_types(section)]
+KEYS = [f"{section}.{key}" for section in SECTIONS for key in field_types(section)]
 
 
 @SETTINGS
@@ -95,7 +96,7 @@ def test_any_overrides_give_a_config_or_one_user_error(pairs):
         return
     for key, value in pairs[-1:]:
         section, name = key.split(".")
-        if _field_types(section)[name] is str:  # a string key keeps exactly what was given
+        if field_types(section)[name] is str:  # a string key keeps exactly what was given
             assert getattr(getattr(config, section), name) == value
 
 

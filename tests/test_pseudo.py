@@ -13,6 +13,7 @@ import pytest
 from conftest import Result, run_stage, write
 from test_train import toy_rows
 from textclf.errors import run_cli
+from textclf.problem import problem_type
 from textclf.pseudo import main as pseudo_main
 
 
@@ -175,12 +176,12 @@ def test_a_blends_tuned_thresholds_decide_the_pseudo_labels():
     from textclf.pseudo import select
 
     probs = np.array([[0.8, 0.2], [0.35, 0.65], [0.6, 0.4], [0.05, 0.95]])
-    rows, labels, confidence = select(probs, "single_label", 0.0, 0, thresholds=0.3)
+    rows, labels, confidence = select(probs, problem_type("single_label"), 0.0, 0, thresholds=0.3)
     assert labels.tolist() == [0, 1, 1, 1] and confidence.tolist() == pytest.approx([0.8, 0.65, 0.4, 0.95])
-    rows, labels, _ = select(probs, "single_label", 0.6, 0, thresholds=0.3)
+    rows, labels, _ = select(probs, problem_type("single_label"), 0.6, 0, thresholds=0.3)
     assert rows.tolist() == [0, 1, 3]
     multi = np.array([[0.9, 0.1, 0.2], [0.5, 0.97, 0.02]])
-    _, labels, confidence = select(multi, "multi_label", 0.0, 0, thresholds=[0.05, 0.5, 0.5])
+    _, labels, confidence = select(multi, problem_type("multi_label"), 0.0, 0, thresholds=[0.05, 0.5, 0.5])
     assert labels.tolist() == [[1, 0, 0], [1, 1, 0]] and confidence.tolist() == pytest.approx([0.8, 0.5])
 
 
@@ -188,7 +189,7 @@ def test_per_fold_rows_are_labelled_by_that_folds_models_and_train_that_fold_onl
     """pseudo.per_fold: fold k's pseudo rows are chosen and labelled by the sets' fold-k models
     alone and train fold k only, so no fold learns from labels its validation rows helped make."""
     from textclf.config import TrainConfig
-    from textclf.train import fold_plan
+    from textclf.preflight import fold_plans
 
     tmp = sets["tmp"]
     per = [np.mean([np.load(tmp / "mp" / run / "test" / f"fold{k}.npy").astype(np.float64) for run in ("a", "b")],
@@ -216,7 +217,8 @@ def test_per_fold_rows_are_labelled_by_that_folds_models_and_train_that_fold_onl
 
     meta = json.loads((out / "meta.json").read_text())
     folds = np.load(out / "train" / "folds.npy")
-    for fold, train_rows, _, eval_rows in fold_plan(meta, TrainConfig(), out):
+    for plan in fold_plans(meta, TrainConfig(), out):
+        fold, train_rows, eval_rows = plan.fold, plan.train_rows, plan.eval_rows
         pseudo_rows = train_rows[train_rows >= 48]
         assert (only[pseudo_rows] == fold).all() and len(pseudo_rows) == len(kept[fold])
         assert train_rows[train_rows < 48].tolist() == np.flatnonzero(folds[:48] != fold).tolist()

@@ -13,7 +13,7 @@ from scipy import stats
 from conftest import write
 from test_train import records, strip_time
 from textclf import export, metrics
-from textclf.tokenization import decide
+from textclf.problem import problem_type
 
 FILLER = "the movie was a film story plot actor one two three very really".split()
 CUE = "great"
@@ -149,23 +149,26 @@ def test_regression_settings_that_cannot_work_are_refused(stage, premodels, tmp_
 def test_metrics_equal_hand_computations():
     target = np.array([3.0, -1.0, 2.0, 2.0, 7.5, 0.0, 4.0])
     pred = np.array([2.5, 0.0, 2.0, 3.0, 6.0, 1.0, 1.0])
-    got = metrics.compute(pred[:, None], target[:, None], "regression")
+    got = metrics.compute(pred[:, None], target[:, None], problem_type("regression"))
     assert got["rmse"] == pytest.approx(np.sqrt(np.mean((pred - target) ** 2)), abs=1e-12)
     assert got["mae"] == pytest.approx(np.mean(np.abs(pred - target)), abs=1e-12)
     assert got["pearson"] == pytest.approx(np.corrcoef(pred, target)[0, 1], abs=1e-12)
     assert got["spearman"] == pytest.approx(stats.spearmanr(pred, target).statistic, abs=1e-12)  # ties in both
     # two targets: each metric is the mean over the columns
     second = np.stack([target, target * 10], 1), np.stack([pred, pred[::-1] * 10], 1)
-    both = metrics.compute(second[1], second[0], "regression")
+    both = metrics.compute(second[1], second[0], problem_type("regression"))
     col2 = pred[::-1] * 10 - target * 10
     assert both["rmse"] == pytest.approx((np.sqrt(np.mean((pred - target) ** 2)) + np.sqrt(np.mean(col2 ** 2))) / 2)
     assert both["spearman"] == pytest.approx((stats.spearmanr(pred, target).statistic
                                               + stats.spearmanr(pred[::-1], target).statistic) / 2)
     # a constant prediction correlates 0 (never NaN, which no comparison would ever beat)
-    flat = metrics.compute(np.full((7, 1), 2.0), target[:, None], "regression")
+    flat = metrics.compute(np.full((7, 1), 2.0), target[:, None], problem_type("regression"))
     assert flat["pearson"] == 0.0 and flat["spearman"] == 0.0
     assert metrics.metric_mode("rmse", "auto") == "min" and metrics.metric_mode("mae", "auto") == "min"
     assert metrics.metric_mode("pearson", "auto") == "max" and metrics.metric_mode("spearman", "auto") == "max"
+    def decide(probs, names, name):
+        return problem_type(name).labels(probs, names)
+
     assert decide(np.array([[1.5], [-2.0]]), ["score"], "regression") == [1.5, -2.0]
     assert decide(np.array([[1.5, 2.0]]), ["a", "b"], "regression") == [[1.5, 2.0]]
 

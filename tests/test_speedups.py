@@ -85,7 +85,7 @@ def test_applied_model_predicts_like_the_stock_one_and_saves_a_stock_config(prem
 def test_clip_gradients_matches_clip_grad_norm():
     from accelerate import Accelerator
 
-    from textclf.train import clip_gradients
+    from textclf.loop import clip_gradients
 
     accelerator = Accelerator(cpu=True)
     for max_norm in (0.01, 1e6):

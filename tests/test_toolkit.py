@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from test_train import make_data, records, strip_time, toy_rows, train
 from textclf.adversarial import AWP, FGM
-from textclf.model import Classifier, load_backbone
+from textclf.model import Classifier, HeadConfig, load_backbone
 
 
 def states(run, fold=0):
@@ -74,7 +74,7 @@ def test_swa_is_the_mean_of_the_last_evaluations(stage, premodels, tmp_path):
 def tiny_classifier(premodels, **head):
     torch.manual_seed(0)
     backbone = load_backbone(premodels("bert"), backbone_dropout=0.0)
-    return Classifier(backbone, 3, dropout=0.0, **head)
+    return Classifier(backbone, HeadConfig(n_outputs=3, dropout=0.0, **head))
 
 
 def batch(seed, rows=4, length=9, vocab=100):

@@ -123,7 +123,13 @@ def test_binary_problem_types_learn(stage, premodels, tmp_path, problem, extra):
 def test_class_weights_and_smoothing_in_the_loss():
     import torch
 
-    from textclf.model import auto_class_weights, make_loss
+    from textclf.problem import problem_type
+
+    def make_loss(name, *args):
+        return problem_type(name).loss(*args)
+
+    def auto_class_weights(labels, name, n_labels):
+        return problem_type(name).auto_class_weights(labels, n_labels)
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.0]])
     labels = torch.tensor([0, 1, 1])

@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import write
 from test_distributed import launch
-from textclf.tokenization import aggregate_windows, window_starts
+from textclf.problem import problem_type
+from textclf.tokenization import aggregate_windows, per_text, window_starts
 
 FILLER = "the movie was a film story plot actor one two three very really".split()
 
@@ -70,7 +71,7 @@ def test_aggregation_equals_a_hand_computation_in_any_window_order(counts, k, se
                 want.append(v.max(0) / v.max(0).sum())
             else:
                 want.append((v[0] + v[-1]) / 2)
-        got = aggregate_windows(values, owner, len(counts), how, "single_label")
+        got = aggregate_windows(values, owner, len(counts), how, problem_type("single_label"))
         np.testing.assert_allclose(got, np.array(want), rtol=1e-6)
         # texts' windows interleaved (as batches or processes may hand them back), each text's in order
         by_text = {t: list(np.flatnonzero(owner == t)) for t in range(len(counts))}
@@ -79,7 +80,7 @@ def test_aggregation_equals_a_hand_computation_in_any_window_order(counts, k, se
             t = rng.choice([t for t, w in by_text.items() if w])
             order.append(by_text[t].pop(0))
         order = np.array(order)
-        np.testing.assert_allclose(aggregate_windows(values[order], owner[order], len(counts), how, "single_label"),
+        np.testing.assert_allclose(aggregate_windows(values[order], owner[order], len(counts), how, problem_type("single_label")),
                                    np.array(want), rtol=1e-6)
 
 
@@ -233,7 +234,7 @@ def test_onnx_export_of_max_windows_takes_each_folds_max_then_the_mean(stage, pr
     ids, types, _, lengths, owner = per_fold.tokenizer.rows(texts)
     folds = per_fold.probs(ids, types, lengths)
     assert folds.shape[0] == 2
-    max_of_mean = per_fold.tokenizer.to_texts(folds.mean(0), owner, len(texts), "single_label")
+    max_of_mean = per_text(folds.mean(0), owner, len(texts), per_fold.tokenizer.aggregate, per_fold.problem)
     assert np.abs(max_of_mean - want).max() > 1e-4
 
 
@@ -279,7 +280,7 @@ def test_per_fold_pseudo_rows_keep_every_window_of_their_text(win_run):
     only = np.load(out / "train" / "only_fold.npy")[n_train:]
     from textclf.pseudo import select
 
-    want = [select(np.load(tmp / "mp" / "win" / "test" / f"fold{k}.npy"), "single_label", 0.0, 3)[0] for k in (0, 1)]
+    want = [select(np.load(tmp / "mp" / "win" / "test" / f"fold{k}.npy"), problem_type("single_label"), 0.0, 3)[0] for k in (0, 1)]
     assert source_row.tolist() == want[0].tolist() + want[1].tolist()  # at most 3 per predicted class per fold
     assert only.tolist() == [0] * len(want[0]) + [1] * len(want[1])
     assert len(np.intersect1d(*want))  # a text kept by both folds, once per fold

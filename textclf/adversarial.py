@@ -16,13 +16,15 @@ does not depend on the scale; a gradient that is zero or not finite perturbs not
 skipped for a non-finite one anyway). With several processes the clean pass runs without gradient
 synchronisation, so each process perturbs along its own batch's gradient and the window's
 gradients are reduced once, by the adversarial backward at the window's end.
+
+The training loop calls `backward` in place of its plain forward and backward: the protocol
+(remember, clean backward, attack, second backward, restore) is written here, once.
 """
 
 import torch
 
 from .errors import UserError
 
-METHODS = ("none", "fgm", "awp")
 DEFAULT_EPS = {"fgm": 1.0, "awp": 0.01}
 
 
@@ -88,6 +90,23 @@ class AWP:
         self.before = self.backup = None
 
 
+def backward(adversary, accelerator, model, loss_fn, batch, weight):
+    """One batch's clean forward and backward, then a second on the weights pushed along its own
+    gradient, then the weights restored exactly. Both gradients are added to .grad, weighted as the
+    loop weights a batch. Returns the clean loss."""
+    # the window's gradients are reduced by the adversarial backward, not by this one
+    with accelerator.no_sync(model):
+        adversary.remember(batch)
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        loss = loss_fn(logits, batch["labels"])
+        accelerator.backward(loss * weight)
+    adversary.attack()  # the same batch again, on weights pushed along its gradient
+    adv_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    accelerator.backward(loss_fn(adv_logits, batch["labels"]) * weight)
+    adversary.restore()
+    return loss
+
+
 def make_adversary(model, train_cfg):
     """FGM or AWP for train.adversarial on the (unwrapped) model, or None."""
     method = train_cfg.adversarial
@@ -100,9 +119,20 @@ def make_adversary(model, train_cfg):
 
 
 def check(train_cfg, model_cfg):
+    """What the adversary cannot do with these model settings, refused before anything is written."""
+    if train_cfg.adversarial == "fgm" and model_cfg.lora:
+        raise UserError("train.adversarial=fgm perturbs the word embeddings along their gradient, and LoRA keeps the "
+                        "base (embeddings included) frozen; use train.adversarial=awp with LoRA")
     if train_cfg.adversarial == "fgm" and (model_cfg.freeze_embeddings or model_cfg.freeze_layers):
         raise UserError("train.adversarial=fgm perturbs the word embeddings along their gradient, and "
                         "model.freeze_embeddings / freeze_layers leave them without one; use awp, or train them")
+
+
+def check_sharded(train_cfg, sharded):
+    """The adversary under FSDP / DeepSpeed (each process holds a shard of the weights)."""
+    if train_cfg.adversarial != "none" and sharded is not None:
+        raise UserError(f"train.adversarial={train_cfg.adversarial} perturbs whole weight tensors, which {sharded} "
+                        f"shards across processes; use DDP (accelerate launch --multi_gpu) or train.adversarial=none")
 
 
 def describe(train_cfg):

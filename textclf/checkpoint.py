@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import averaging, lora
 from .config import resolve_path
 from .errors import UserError
 from .fileio import atomic_dir, atomic_write_text, load_json, next_version, versions, write_json
 from .metrics import compute
-from .model import save_classifier
+from .model import load_into, save_classifier
 
 
 @dataclasses.dataclass
@@ -201,9 +202,8 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep, 
         elif sharded == "deepspeed":
             model.save_checkpoint(str(tmp / "deepspeed"))
         if accelerator.is_main_process:
-            from .model import saved_state  # LoRA: the adapters and head; the frozen base is reloaded from its folder
-
-            full_state = saved_state(accelerator.unwrap_model(model), full_state)
+            # LoRA: the adapters and head; the frozen base is reloaded from its folder
+            full_state = lora.saved_state(accelerator.unwrap_model(model), full_state)
             weights = {k: v.detach().cpu().contiguous() for k, v in full_state.items()}
             save_file(weights, str(tmp / "model.safetensors"))
             if sharded is None:
@@ -213,9 +213,7 @@ def save_state(accelerator, fold_dir, model, optimizer, scheduler, state, keep, 
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             torch.save(all_rng, tmp / "rng.pt")
             if average is not None:  # train.ema_decay / swa_last: the weight average so far
-                from .averaging import save as save_average
-
-                save_average(average, tmp)
+                averaging.save(average, tmp)
             write_json(tmp / "state.json", state.to_json())
     if accelerator.is_main_process:
         for old in sorted(fold_dir.glob("last-*"))[:-max(keep, 1)]:
@@ -266,9 +264,7 @@ def load_state(accelerator, state_dir, model, optimizer, scheduler, average=None
         raise UserError(f"{state_dir} does not fit this model or optimizer ({str(err).splitlines()[0][:120]}); "
                         f"resume with the settings the run was started with, or start a new run") from None
     if average is not None:
-        from .averaging import load as load_average
-
-        load_average(average, state_dir)
+        averaging.load(average, state_dir)
     if accelerator.scaler is not None and (state_dir / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(load_pt(state_dir / "scaler.pt"))
     all_rng = load_pt(state_dir / "rng.pt")
@@ -284,8 +280,6 @@ def load_weights(accelerator, model, weights):
     """Load a full state dict (every tensor whole) into the prepared model, on every process. FSDP
     shards the parameters, so the load goes through FSDP's full-state-dict API there."""
     if sharding(accelerator) != "fsdp":
-        from .model import load_into
-
         unwrapped = accelerator.unwrap_model(model)
         if getattr(unwrapped, "lora", None):  # the adapters and head; the base weights are in place
             load_into(unwrapped, weights, "the checkpoint")
@@ -325,7 +319,7 @@ def write_fold_oof(fold_dir, probs, ids, rows, labels):
         np.save(tmp / "labels.npy", labels)
 
 
-def merge_oof(run_dir, folds, eval_split, problem_type):
+def merge_oof(run_dir, folds, eval_split, problem):
     """Every fold's held-out probabilities in one place (oof/), in row order, and the CV score."""
     parts = {name: [] for name in ("probs", "ids", "rows", "labels")}
     fold_of = []
@@ -340,7 +334,7 @@ def merge_oof(run_dir, folds, eval_split, problem_type):
         np.save(tmp / "ids.npy", ids[order])
         np.save(tmp / "labels.npy", labels[order])
         np.save(tmp / "folds.npy", np.concatenate(fold_of)[order])
-        score = compute(probs, labels, problem_type)
+        score = compute(probs, labels, problem)
         write_json(tmp / "metrics.json", {"split": eval_split, "folds": list(folds), **score})
     return score
 

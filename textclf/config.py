@@ -1,4 +1,4 @@
-"""One config mechanism for all four stages.
+"""One config mechanism for all the stages, and the schema every key lives in.
 
     python <stage>.py --config configs/x.yaml key=value section.key=value ...
 
@@ -6,9 +6,15 @@ The YAML file is read with `yaml.safe_load`, then the `key=value` overrides are 
 order. Every value is coerced to the type declared below (PyYAML reads `1e-5` as a string;
 here it becomes a float). Unknown keys are an error that names the closest valid ones.
 A bare `key=value` is accepted when exactly one section has that key.
+
+Each section is a dataclass: its keys, each with a default and a one-line description
+(`--help`, and the key list in the README), the facts other stages need about a key as field
+metadata (see `key`), and right under the keys the section's own `check()`: what a type alone
+does not say. A new key touches one class.
 """
 
 import codecs
+import copy
 import dataclasses
 import difflib
 import math
@@ -17,11 +23,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import ClassVar, Literal, Union
 
 import yaml
 
 from .errors import UserError
+from .metrics import BLEND_METRICS, TRAIN_METRICS
+from .problem import NAMES as PROBLEM_NAMES
+from .text_rules import plain_number, template_fields, unescape_delimiter
 
 # The folder above the package: a checkout when it holds the stage scripts.
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -39,157 +48,476 @@ def project_root():
     return Path.cwd()
 
 
-def __getattr__(name):
-    # `ROOT` was a constant before the package could be installed; old importers get the root now.
-    if name == "ROOT":
-        return project_root()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def resolve_path(path):
+    """A config path as an absolute Path: relative paths resolve against the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+# ---------------------------------------------------------------------------- the schema
+
+
+def key(default, help, *, fixed=False, free_on_resume=False, describes_file=False):
+    """A config key: its default, a one-line description, and what other stages need to know of it:
+
+    fixed           (data.*) fixed when data_process.py writes the arrays: meta.json records it, and
+                    a later stage refuses another value on its command line (datadir.check_data_keys)
+    free_on_resume  may change when a run is resumed: it cannot change the run's result
+                    (preflight.check_resume); a section whose every key may says FREE_ON_RESUME
+    describes_file  (data.*) describes how a raw file is read, not what the arrays hold: evaluate.py
+                    reads a new file (eval.input) with its own value
+    """
+    metadata = {"help": help, "fixed": fixed, "free_on_resume": free_on_resume, "describes_file": describes_file}
+    if isinstance(default, (list, dict)):  # a fresh copy for every config
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def need(ok, key_name, value, expected):
+    """A section's rule: refuse `value` of `key_name` with one line saying what was expected."""
+    if not ok:
+        raise UserError(f"config key {key_name}: {value!r} {expected}")
+
+
+def finite(x):
+    return x is not None and math.isfinite(x)
+
+
+def distinct(items):
+    return len(set(items)) == len(items)
+
+
+# A name a user gives (data set, run, submission) is one folder or file inside its output folder:
+# no path separators, no leading '.' (so never '..', nor textclf's hidden temporary folders).
+NAME = re.compile(r"\w[\w.+=@-]{0,127}")
+NAME_RULE = "letters, digits and . _ - + = @, starting with a letter, digit or _, at most 128 characters"
+
+
+def check_name(value, key_name):
+    """Refuse a name that would not resolve to a plain entry inside its output folder."""
+    if not NAME.fullmatch(value):
+        raise UserError(f"config key {key_name}: {value!r} is not a plain name ({NAME_RULE}); it names a folder "
+                        f"inside the output folder, never a path")
+
+
+def check_seed(seed, key_name):
+    need(0 <= seed < 2 ** 32, key_name, seed, "must be between 0 and 2**32 - 1")
+
+
+TRUNCATIONS = ("head", "tail", "head_tail")
+WINDOW_AGGREGATES = ("mean", "max", "first_last")
+HEADS = ("cls", "mean", "pooler", "fusion", "last")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
 @dataclass
 class DataConfig:
-    name: str = ""  # output folder models_input_files/<name>; default: the config file's stem
-    train_file: str = ""
-    valid_file: str | None = None
-    test_file: str | None = None
-    output_dir: str = "models_input_files"
-    overwrite: bool = False  # replace an existing models_input_files/<name>
-    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file extension
-    delimiter: str | None = None  # override the csv/tsv delimiter
-    quoting: Literal["auto", "minimal", "none"] = "auto"  # auto: csv minimal, tsv none
-    header: bool = True  # false: headerless csv/tsv, names from `columns`
-    columns: list[str] | None = None  # column names for a headerless file
-    encoding: str = "utf-8"
-    text_columns: list[str] = field(default_factory=lambda: ["text"])  # several are joined
-    text_separator: str = " "  # what joins several text columns
-    template: str | None = None  # the text from several columns, e.g. "title:{title}, abstract:{abstract}" (replaces text_columns)
-    text_pair_column: str | None = None  # second segment (token_type_ids 1)
-    label_column: str | None = "label"
-    label_columns: list[str] | None = None  # multi-label: one 0/1 column per class
-    label_delimiter: str | None = None  # multi-label: a delimited list in label_column
-    labels: list[str] | None = None  # fixed label order; default: sorted train labels
-    task: Literal["classification", "regression"] = "classification"  # regression: numeric targets in label_column (or label_columns)
-    id_column: str | None = None  # default: the row number
-    max_len: int = 128
-    truncation: Literal["head", "tail", "head_tail"] = "head"
-    head_tokens: int | None = None  # head_tail: tokens kept from the start (default: a quarter)
-    window_stride: int = 0  # > 0: whole texts as sliding windows of max_len starting every this many tokens
-    max_windows: int = 0  # > 0: at most this many windows a text (the first ones and the last)
-    window_aggregate: Literal["mean", "max", "first_last"] = "mean"  # windows' probabilities -> one row per text
-    n_folds: int = 0  # >= 2: K stratified folds over train instead of a validation split
-    fold_column: str | None = None  # train's own fold numbers (0..K-1, -1 = never held out) instead of drawn folds
-    group_column: str | None = None  # rows with one value here share a fold (StratifiedGroupKFold), e.g. one author
-    valid_size: float = 0.1  # held-out fraction when there is no valid_file and no folds
-    seed: int = 42
-    drop_empty: bool = False  # drop rows whose text is empty (counted) instead of failing
-    chunk_rows: int = 20000  # rows read and tokenized at a time; memory stays flat
+    name: str = key("", "output folder models_input_files/<name>; default: the config file's stem",
+                    free_on_resume=True)
+    train_file: str = key("", "the labelled train file (csv, tsv or jsonl)", fixed=True, describes_file=True)
+    valid_file: str | None = key(None, "a validation file; without one, a held-out split or K folds of train",
+                                 fixed=True, describes_file=True)
+    test_file: str | None = key(None, "a test file, labelled or not (a blank label column is unlabelled)",
+                                fixed=True, describes_file=True)
+    output_dir: str = key("models_input_files", "where data sets are written", free_on_resume=True)
+    overwrite: bool = key(False, "replace an existing models_input_files/<name> that data_process.py made",
+                          free_on_resume=True)
+    format: Literal["auto", "csv", "tsv", "jsonl"] = key("auto", "file format; auto: from the file extension",
+                                                         fixed=True, describes_file=True)
+    delimiter: str | None = key(None, "override the csv/tsv delimiter ('\\t' for a tab)", fixed=True,
+                                describes_file=True)
+    quoting: Literal["auto", "minimal", "none"] = key("auto", "csv/tsv quoting; auto: csv minimal, tsv none",
+                                                      fixed=True, describes_file=True)
+    header: bool = key(True, "false: a headerless csv/tsv whose columns data.columns names", fixed=True,
+                       describes_file=True)
+    columns: list[str] | None = key(None, "column names of a headerless file", fixed=True, describes_file=True)
+    encoding: str = key("utf-8", "the files' text encoding (e.g. latin-1)", fixed=True, describes_file=True)
+    text_columns: list[str] = key(["text"], "the text column(s); several are joined by data.text_separator",
+                                  fixed=True)
+    text_separator: str = key(" ", "what joins several text columns", fixed=True)
+    template: str | None = key(None, "the text made from several columns, e.g. 'title:{title}, abstract:{abstract}' "
+                               "(replaces text_columns)", fixed=True)
+    text_pair_column: str | None = key(None, "a second segment (token type 1) read with the text", fixed=True)
+    label_column: str | None = key("label", "the label column (regression: the target)", fixed=True)
+    label_columns: list[str] | None = key(None, "multi-label: one 0/1 column per class (regression: one column per "
+                                          "target)", fixed=True)
+    label_delimiter: str | None = key(None, "multi-label: a delimited list of labels in label_column", fixed=True)
+    labels: list[str] | None = key(None, "a fixed label order; default: the train labels sorted", fixed=True)
+    task: Literal["classification", "regression"] = key("classification", "regression: numeric targets in "
+                                                        "label_column (or label_columns)", fixed=True)
+    id_column: str | None = key(None, "the row id column; default: the row number", fixed=True, describes_file=True)
+    max_len: int = key(128, "tokens per row, special tokens included", fixed=True)
+    truncation: Literal[TRUNCATIONS] = key("head", "how long texts are cut: head, tail or head_tail", fixed=True)
+    head_tokens: int | None = key(None, "head_tail: tokens kept from the start (default: a quarter)", fixed=True)
+    window_stride: int = key(0, "> 0: whole texts as sliding windows of max_len starting every this many tokens",
+                             fixed=True)
+    max_windows: int = key(0, "> 0: at most this many windows a text (the first ones and the last)", fixed=True)
+    window_aggregate: Literal[WINDOW_AGGREGATES] = key("mean", "windows' probabilities -> one row per text: mean, "
+                                                       "max or first_last", fixed=True)
+    n_folds: int = key(0, ">= 2: K stratified folds over train instead of a validation split", fixed=True)
+    fold_column: str | None = key(None, "train's own fold numbers (0..K-1, -1 = never held out) instead of drawn "
+                                  "folds", fixed=True)
+    group_column: str | None = key(None, "rows with one value here share a fold (StratifiedGroupKFold), e.g. one "
+                                   "author", fixed=True)
+    valid_size: float = key(0.1, "held-out fraction when there is no valid_file and no folds", fixed=True)
+    seed: int = key(42, "the seed of the held-out split and the folds", fixed=True)
+    drop_empty: bool = key(False, "drop rows whose text is empty (counted) instead of refusing the file", fixed=True,
+                           describes_file=True)
+    chunk_rows: int = key(20000, "rows read and tokenized at a time; memory stays flat", free_on_resume=True)
+
+    def check(self):
+        if self.name:
+            check_name(self.name, "data.name")
+        if self.template is not None:
+            fields = template_fields(self.template)  # refuses a template that names no plain column
+            need(self.text_pair_column not in fields, "data.text_pair_column", self.text_pair_column,
+                 "is a field of data.template; the second segment must be another column")
+        if self.delimiter is not None:
+            try:
+                delimiter = unescape_delimiter(self.delimiter)
+            except UnicodeDecodeError:
+                delimiter = self.delimiter
+            need(len(delimiter) == 1 and delimiter not in "\r\n\"", "data.delimiter", self.delimiter,
+                 "must be one character (e.g. ';', '|' or '\\t' for a tab)")
+        try:
+            if not getattr(codecs.lookup(self.encoding), "_is_text_encoding", True):  # rot13, base64, zlib ...
+                raise LookupError(self.encoding)
+        except LookupError:
+            raise UserError(f"config key data.encoding: {self.encoding!r} is not a known text encoding; use e.g. "
+                            f"utf-8, latin-1 or cp1252") from None
+        for key_name, items in (("data.text_columns", self.text_columns), ("data.columns", self.columns),
+                                ("data.label_columns", self.label_columns), ("data.labels", self.labels)):
+            if items is not None:
+                need(items and distinct(items) and all(str(i).strip() for i in items), key_name, items,
+                     "must list distinct, non-empty names")
+        need(self.text_pair_column not in self.text_columns, "data.text_pair_column", self.text_pair_column,
+             "is one of data.text_columns; the second segment must be another column")
+        need(self.label_delimiter is None or self.label_delimiter != "", "data.label_delimiter", self.label_delimiter,
+             "must be at least one character")
+        need(not (self.label_columns and self.label_delimiter), "data.label_delimiter", self.label_delimiter,
+             "and data.label_columns are both set; a multi-label file uses one of them")
+        self.check_tokens()
+        self.check_folds()
+        need(self.chunk_rows >= 1, "data.chunk_rows", self.chunk_rows, "must be at least 1")
+        if self.task == "regression":
+            need(self.labels is None, "data.labels", self.labels, "lists class names; data.task=regression reads "
+                 "numbers: drop data.labels")
+            need(self.label_delimiter is None, "data.label_delimiter", self.label_delimiter, "is for multi-label "
+                 "lists; several numeric targets go in data.label_columns=[a,b] with data.task=regression")
+            need(self.label_columns or self.label_column, "data.label_column", self.label_column,
+                 "must name the target column for data.task=regression")
+
+    def check_tokens(self):
+        """max_len, head_tail and sliding windows."""
+        need(self.max_len >= 4, "data.max_len", self.max_len, "must be at least 4 (special tokens and some text)")
+        need(self.head_tokens is None or self.head_tokens >= 0, "data.head_tokens", self.head_tokens,
+             "must be 0 or more")
+        need(self.window_stride >= 0, "data.window_stride", self.window_stride,
+             "must be 0 (no windows) or a number of tokens")
+        need(self.max_windows >= 0, "data.max_windows", self.max_windows, "must be 0 (every window) or more")
+        need(self.max_windows == 0 or self.window_stride > 0, "data.max_windows", self.max_windows,
+             "limits sliding windows; set data.window_stride too (or drop data.max_windows)")
+        if self.window_stride:
+            need(self.text_pair_column is None, "data.window_stride", self.window_stride,
+                 "cuts single texts into windows; text pairs (data.text_pair_column) are truncated instead: drop one")
+            need(self.truncation == "head", "data.truncation", self.truncation,
+                 "does not apply with sliding windows (they cover the whole text): drop data.truncation")
+            need(not (self.window_aggregate == "max" and self.task == "regression"), "data.window_aggregate",
+                 self.window_aggregate, "takes the classwise max of probabilities; a regression uses mean or "
+                 "first_last")
+
+    def check_folds(self):
+        """The held-out split or the folds, and where they come from."""
+        need(self.n_folds == 0 or self.n_folds >= 2, "data.n_folds", self.n_folds,
+             "must be 0 (a validation split) or >= 2 (K folds)")
+        need(not (self.n_folds >= 2 and self.valid_file), "data.n_folds", self.n_folds,
+             "and data.valid_file are both set; use folds over train or a valid file, not both")
+        need(not (self.fold_column and self.group_column), "data.group_column", self.group_column,
+             "and data.fold_column are both set; given folds already decide where each row goes: use one of them")
+        for key_name in ("fold_column", "group_column"):
+            need(not (getattr(self, key_name) and self.valid_file), f"data.{key_name}", getattr(self, key_name),
+                 "and data.valid_file are both set; folds over train or a valid file, not both")
+        need(finite(self.valid_size) and 0 < self.valid_size < 1, "data.valid_size", self.valid_size,
+             "must be between 0 and 1")
+        check_seed(self.seed, "data.seed")
+
+
+LORA_DEFAULTS = {"r": 8, "alpha": None, "dropout": 0.0, "target_modules": "all-linear", "quantize": None}
 
 
 @dataclass
 class ModelConfig:
-    name: str = "all-MiniLM-L6-v2"  # a folder in premodels/, a path, or a hub name
-    premodels_dir: str = "premodels"
-    trust_remote_code: bool = False
-    head: Literal["auto", "cls", "mean", "pooler", "fusion", "last"] = "auto"  # auto: cls for encoders, last for decoders
-    dropout: float = 0.1  # before the head
-    backbone_dropout: float | None = None  # override the encoder's own dropout (null: keep its config)
-    multi_sample_dropout: int = 1  # k dropout masks, logits averaged
-    mlp_hidden: int = 0  # > 0: the head is Linear(hidden, mlp_hidden)-ReLU-Dropout-Linear instead of one Linear
-    freeze_embeddings: bool = False  # keep the embeddings as loaded
-    freeze_layers: int = 0  # keep the embeddings and the first k layers as loaded (backward skips them)
-    problem_type: Literal["auto", "single_label", "binary_bce", "multi_label", "regression"] = "auto"  # auto: from the data
-    verbalizer: list[str] | None = None  # decoders: one label word per label (label order); the head starts as the LM head's rows for them
-    lora: dict | None = None  # LoRA adapters on a frozen base: {r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear, quantize: null | 4bit}
+    name: str = key("all-MiniLM-L6-v2", "a folder in premodels/, a path, or a hub name (fetched with "
+                    "python -m textclf.premodels fetch)")
+    premodels_dir: str = key("premodels", "where model folders are found", free_on_resume=True)
+    trust_remote_code: bool = key(False, "run a model folder's own Python code (only for models you trust)",
+                                  free_on_resume=True)
+    head: Literal[("auto",) + HEADS] = key("auto", "what the classifier reads: cls, mean, pooler, fusion or last; "
+                                           "auto: cls for encoders, last for decoders")
+    dropout: float = key(0.1, "dropout before the head")
+    backbone_dropout: float | None = key(None, "override the encoder's own dropout (null: keep its config)")
+    multi_sample_dropout: int = key(1, "k dropout masks on the pooled features, logits averaged")
+    mlp_hidden: int = key(0, "> 0: the head is Linear(hidden, mlp_hidden)-ReLU-Dropout-Linear instead of one Linear")
+    freeze_embeddings: bool = key(False, "keep the embeddings as loaded")
+    freeze_layers: int = key(0, "keep the embeddings and the first k layers as loaded (backward skips them)")
+    problem_type: Literal[("auto",) + PROBLEM_NAMES] = key("auto", "single_label, binary_bce, multi_label or "
+                                                           "regression; auto: from the data")
+    verbalizer: list[str] | None = key(None, "decoders: one label word per label (label order); the head starts as "
+                                       "the LM head's rows for them")
+    lora: dict | None = key(None, "LoRA adapters on a frozen base: {r: 8, alpha: 16, dropout: 0.05, target_modules: "
+                            "all-linear, quantize: null | 4bit}")
+
+    def check(self):
+        self.lora = lora_settings(self.lora)
+        need(self.name.strip() != "", "model.name", self.name, "must name a model")
+        for key_name, p in (("model.dropout", self.dropout), ("model.backbone_dropout", self.backbone_dropout)):
+            need(p is None or (finite(p) and 0 <= p < 1), key_name, p, "must be at least 0 and below 1")
+        need(1 <= self.multi_sample_dropout <= 64, "model.multi_sample_dropout", self.multi_sample_dropout,
+             "must be between 1 and 64")
+        need(self.freeze_layers >= 0, "model.freeze_layers", self.freeze_layers, "must be 0 or more")
+        need(0 <= self.mlp_hidden <= 65536, "model.mlp_hidden", self.mlp_hidden,
+             "must be 0 (a linear head) or a layer width up to 65536")
+        need(not (self.mlp_hidden and self.head == "fusion"), "model.mlp_hidden", self.mlp_hidden,
+             "goes with heads cls, mean and pooler; fusion has two linear layers of its own")
+
+
+def lora_settings(raw):
+    """model.lora checked, with its defaults filled in (alpha: 2 r), or None when off. Raises a
+    UserError naming the bad key."""
+    if raw is None:
+        return None
+    unknown = sorted(set(raw) - set(LORA_DEFAULTS))
+    if unknown:
+        raise UserError(f"config key model.lora: unknown setting '{unknown[0]}'; model.lora takes "
+                        f"{', '.join(LORA_DEFAULTS)}, e.g. model.lora='{{r: 8, alpha: 16, dropout: 0.05}}'")
+    out = {**LORA_DEFAULTS, **raw}
+    out["r"] = coerce(out["r"], int, "model.lora.r")
+    out["alpha"] = None if _is_null(out["alpha"]) else coerce(out["alpha"], float, "model.lora.alpha")
+    out["dropout"] = coerce(out["dropout"], float, "model.lora.dropout")
+    out["quantize"] = None if _is_null(out["quantize"]) else str(out["quantize"]).strip()
+    if isinstance(out["target_modules"], str) and out["target_modules"].strip() != "all-linear":
+        out["target_modules"] = [out["target_modules"].strip()]
+    r, alpha, dropout, targets = out["r"], out["alpha"], out["dropout"], out["target_modules"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise UserError(f"config key model.lora.r: {r!r} must be a whole number of at least 1 (the adapters' rank)")
+    out["alpha"] = alpha = 2 * r if alpha is None else alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
+        raise UserError(f"config key model.lora.alpha: {alpha!r} must be a positive number (scaling alpha / r)")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UserError(f"config key model.lora.dropout: {dropout!r} must be in [0, 1)")
+    if not (targets == "all-linear" or (isinstance(targets, list) and targets
+                                        and all(isinstance(t, str) and t for t in targets))):
+        raise UserError(f"config key model.lora.target_modules: {targets!r} must be all-linear or a list of module "
+                        f"names, e.g. [q_proj, v_proj] (Llama) or [query, value] (BERT)")
+    if out["quantize"] not in (None, "4bit"):
+        raise UserError(f"config key model.lora.quantize: {out['quantize']!r} must be null or 4bit (QLoRA)")
+    return out
 
 
 @dataclass
 class TrainConfig:
-    run: str = ""  # checkpoints/<run>; default: the data name
-    output_dir: str = "checkpoints"
-    folds: list[int] | Literal["all"] = "all"
-    epochs: float = 3.0
-    max_steps: int = 0  # > 0: exactly this many optimizer steps per fold (overrides epochs for the schedule and the stop)
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    grad_accum: int = 1
-    lr: float = 1e-4
-    head_lr: float | None = None  # default: lr
-    layer_lr_decay: float = 1.0  # < 1: each lower encoder layer gets lr * decay^depth
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    scheduler: Literal["linear", "cosine", "constant", "onecycle"] = "linear"
-    warmup: float = 0.06  # < 1: a ratio of optimizer steps; >= 1: a number of steps
-    max_grad_norm: float = 1.0  # 0: no clipping
-    precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: the fastest exact one on this device (textclf/precision.py)
-    label_smoothing: float = 0.0
-    loss: Literal["auto", "mse", "huber"] = "auto"  # regression: mse (auto) or huber, on standardised targets
-    huber_delta: float = 1.0  # loss=huber: where the loss turns linear, in target standard deviations
-    class_weights: list[float] | Literal["auto"] | None = None
-    sampler: Literal["length_grouped", "random"] = "length_grouped"
-    ema_decay: float = 0.0  # > 0: evaluate and keep an EMA of the weights, updated every step (textclf/averaging.py)
-    swa_last: int = 0  # > 0: SWA, the mean of the weights at the last k evaluations (one per epoch by default)
-    adversarial: Literal["none", "fgm", "awp"] = "none"  # a second pass on perturbed embeddings / weights (textclf/adversarial.py)
-    adv_eps: float | None = None  # fgm: the step's norm (1.0); awp: the largest change relative to each weight (0.01)
-    adv_lr: float = 1.0  # awp: the step relative to each weight tensor's norm
-    adv_start_epoch: float = 0.0  # the adversarial pass starts here (epochs, fractions allowed)
-    gradient_checkpointing: bool = False  # recompute the layers' activations in backward: less memory, ~30% slower
-    pad_to_multiple: int = 1  # round batch widths up to a multiple (8 measured slower on CPU; try on GPU)
-    cpu_speedups: bool = True  # on a CPU: fast dropout and attention, embedding-gradient buffer, freed memory kept (textclf/speedups.py)
-    eval_every_steps: int = 0  # 0: evaluate once per epoch
-    metric: str = "auto"  # auto (accuracy; rmse for regression) | accuracy | f1_macro | f1_micro | roc_auc | rmse | mae | pearson | spearman | loss
-    metric_mode: Literal["max", "min", "auto"] = "auto"
-    patience: int = 0  # evaluations without improvement before stopping; 0: never
-    min_delta: float = 0.0
-    max_nonfinite: int = 20  # non-finite losses in a row before the run stops
-    save_total_limit: int = 1  # resumable `last/` states kept per fold
-    save_every_steps: int = 0  # also save `last/` every N optimizer steps
-    resume: str | None = None  # auto (the newest version of the run) | checkpoints/<run> | .../fold<k>/last-<step>
-    max_time: float = 0.0  # seconds; stop gracefully before this wall-clock budget
-    num_workers: int = 0
-    seed: int = 42
-    log_every_steps: int = 20
-    report_to: str | list[str] | None = "tensorboard"  # tensorboard | wandb | mlflow | none, or a list of them
-    profile_steps: int = 0  # > 0: a torch profiler trace of this many steps of the first fold, in <run>/profile/
-    overwrite: bool = False  # false: a run name that exists gets a new version folder
+    run: str = key("", "the run folder checkpoints/<run>; default: the data name", free_on_resume=True)
+    output_dir: str = key("checkpoints", "where runs are written", free_on_resume=True)
+    folds: list[int] | Literal["all"] = key("all", "the folds to train: all, or a list of fold numbers")
+    epochs: float = key(3.0, "passes over the train rows (fractions allowed)")
+    max_steps: int = key(0, "> 0: exactly this many optimizer steps per fold (overrides epochs)")
+    batch_size: int = key(32, "rows per batch on each process")
+    eval_batch_size: int = key(128, "rows per batch when scoring held-out rows")
+    grad_accum: int = key(1, "batches summed into one optimizer step")
+    lr: float = key(1e-4, "the encoder's peak learning rate (AdamW)")
+    head_lr: float | None = key(None, "the head's learning rate; default: lr")
+    layer_lr_decay: float = key(1.0, "< 1: each lower encoder layer gets lr * decay^depth")
+    weight_decay: float = key(0.01, "AdamW weight decay (never on biases and norms)")
+    adam_eps: float = key(1e-8, "AdamW epsilon")
+    betas: list[float] = key([0.9, 0.999], "AdamW betas")
+    scheduler: Literal["linear", "cosine", "constant", "onecycle"] = key("linear", "the learning-rate schedule after "
+                                                                         "warmup")
+    warmup: float = key(0.06, "< 1: a ratio of the optimizer steps; >= 1: a number of steps")
+    max_grad_norm: float = key(1.0, "clip the gradient norm to this; 0: no clipping")
+    precision: Literal[PRECISIONS] = key("auto", "auto: the fastest exact one on this device (textclf/precision.py); "
+                                         "no, fp16 or bf16", free_on_resume=True)
+    label_smoothing: float = key(0.0, "smooth class targets by this much")
+    loss: Literal["auto", "mse", "huber"] = key("auto", "regression: mse (auto) or huber, on standardised targets")
+    huber_delta: float = key(1.0, "loss=huber: where the loss turns linear, in target standard deviations")
+    class_weights: list[float] | Literal["auto"] | None = key(None, "weight each class in the loss: one number per "
+                                                              "label, or auto (inverse frequency)")
+    sampler: Literal["length_grouped", "random"] = key("length_grouped", "batches of similar length (little padding), "
+                                                       "or plain random batches")
+    ema_decay: float = key(0.0, "> 0: evaluate and keep an EMA of the weights, updated every step "
+                           "(textclf/averaging.py)")
+    swa_last: int = key(0, "> 0: SWA, the mean of the weights at the last k evaluations (one per epoch by default)")
+    adversarial: Literal["none", "fgm", "awp"] = key("none", "a second pass on perturbed embeddings / weights "
+                                                     "(textclf/adversarial.py)")
+    adv_eps: float | None = key(None, "fgm: the step's norm (1.0); awp: the largest change relative to each weight "
+                                "(0.01)")
+    adv_lr: float = key(1.0, "awp: the step relative to each weight tensor's norm")
+    adv_start_epoch: float = key(0.0, "the adversarial pass starts here (epochs, fractions allowed)")
+    gradient_checkpointing: bool = key(False, "recompute the layers' activations in backward: less memory, ~30% "
+                                       "slower")
+    pad_to_multiple: int = key(1, "round batch widths up to a multiple (8 measured slower on CPU; try on GPU)")
+    cpu_speedups: bool = key(True, "on a CPU: fast dropout and attention, embedding-gradient buffer, freed memory kept "
+                             "(textclf/speedups.py)")
+    eval_every_steps: int = key(0, "evaluate every this many optimizer steps; 0: once per epoch")
+    metric: str = key("auto", "what best/ is chosen by: auto (accuracy; rmse for regression), "
+                      + ", ".join(TRAIN_METRICS))
+    metric_mode: Literal["max", "min", "auto"] = key("auto", "whether the metric is better higher or lower; auto: "
+                                                     "as the metric is")
+    patience: int = key(0, "evaluations without improvement before the fold stops; 0: never")
+    min_delta: float = key(0.0, "the least change that counts as an improvement")
+    max_nonfinite: int = key(20, "non-finite losses in a row before the run stops")
+    save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold", free_on_resume=True)
+    save_every_steps: int = key(0, "also save a resumable state every this many optimizer steps",
+                                free_on_resume=True)
+    resume: str | None = key(None, "auto (the newest version of the run), checkpoints/<run>, or "
+                             ".../fold<k>/last-<step>", free_on_resume=True)
+    max_time: float = key(0.0, "seconds; stop gracefully (state saved) before this wall-clock budget",
+                          free_on_resume=True)
+    num_workers: int = key(0, "DataLoader worker processes", free_on_resume=True)
+    seed: int = key(42, "the seed of the head's initial weights, the batches and dropout")
+    log_every_steps: int = key(20, "a log record every this many optimizer steps", free_on_resume=True)
+    report_to: str | list[str] | None = key("tensorboard", "tensorboard, wandb, mlflow or none, or a list of them",
+                                            free_on_resume=True)
+    profile_steps: int = key(0, "> 0: a torch profiler trace of this many steps of the first fold, in "
+                             "<run>/profile/", free_on_resume=True)
+    overwrite: bool = key(False, "replace a run textclf made under this name; false: a new version folder "
+                          "(<run>-v2)", free_on_resume=True)
+
+    def check(self):
+        if self.run:
+            check_name(self.run, "train.run")
+        check_seed(self.seed, "train.seed")
+        need(self.folds == "all" or (self.folds and distinct(self.folds) and min(self.folds) >= 0), "train.folds",
+             self.folds, "must be all or a list of distinct fold numbers, e.g. [0,1]")
+        need(finite(self.epochs) and 0 < self.epochs <= 100_000, "train.epochs", self.epochs,
+             "must be a positive number")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "pad_to_multiple", "max_nonfinite",
+                     "save_total_limit", "log_every_steps"):
+            check_count(getattr(self, name), f"train.{name}")
+        for name in ("eval_every_steps", "patience", "save_every_steps", "num_workers", "max_steps", "profile_steps"):
+            need(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be 0 or more")
+        self.check_optimizer()
+        need(finite(self.ema_decay) and 0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay,
+             "must be 0 (off) or a decay below 1, e.g. 0.999")
+        need(self.swa_last >= 0, "train.swa_last", self.swa_last, "must be 0 (off) or a number of evaluations")
+        need(self.adv_eps is None or (finite(self.adv_eps) and self.adv_eps > 0), "train.adv_eps", self.adv_eps,
+             "must be a positive number")
+        need(finite(self.adv_lr) and self.adv_lr > 0, "train.adv_lr", self.adv_lr, "must be a positive number")
+        need(finite(self.adv_start_epoch) and self.adv_start_epoch >= 0, "train.adv_start_epoch",
+             self.adv_start_epoch, "must be 0 or more")
+        need(finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "train.label_smoothing",
+             self.label_smoothing, "must be at least 0 and below 1")
+        if isinstance(self.class_weights, list):
+            need(self.class_weights and all(finite(w) and w >= 0 for w in self.class_weights)
+                 and sum(self.class_weights) > 0, "train.class_weights", self.class_weights,
+                 "must be non-negative numbers, one per label, not all 0")
+        need(finite(self.huber_delta) and self.huber_delta > 0, "train.huber_delta", self.huber_delta,
+             "must be a positive number (in target standard deviations)")
+        metrics = ("auto",) + TRAIN_METRICS
+        if self.metric not in metrics:
+            close = difflib.get_close_matches(self.metric, metrics, n=1)
+            raise UserError(f"train.metric={self.metric} is not a metric textclf computes; choose from "
+                            f"{', '.join(metrics)}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+    def check_optimizer(self):
+        """The learning rates, AdamW's settings, warmup and clipping."""
+        for key_name, x in (("train.lr", self.lr), ("train.head_lr", self.head_lr)):
+            need(x is None or (finite(x) and x >= 0), key_name, x,
+                 "must be a number, 0 or more (0 leaves the weights as they are)")
+            # AdamW moves every weight by about lr a step: above 1 a model only diverges (2e5 for 2e-5, say)
+            need(x is None or x <= 1, key_name, x, "is far above any AdamW learning rate (fine-tuning uses about 1e-5 "
+                 "to 1e-3; was a minus sign lost, e.g. 2e5 for 2e-5?)")
+        need(finite(self.adam_eps) and self.adam_eps > 0, "train.adam_eps", self.adam_eps, "must be a positive number")
+        for name in ("weight_decay", "warmup", "max_grad_norm", "min_delta", "max_time"):
+            need(finite(getattr(self, name)) and getattr(self, name) >= 0, f"train.{name}", getattr(self, name),
+                 "must be a number, 0 or more")
+        need(finite(self.layer_lr_decay) and 0 < self.layer_lr_decay <= 1, "train.layer_lr_decay",
+             self.layer_lr_decay, "must be above 0 and at most 1")
+        need(len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas), "train.betas", self.betas,
+             "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+def check_count(n, key_name):
+    """A size or count that must be at least 1, and not absurdly large."""
+    need(n >= 1, key_name, n, "must be positive (at least 1)")
+    need(n <= 2 ** 24, key_name, n, f"is far beyond any useful value (at most {2 ** 24:,})")
 
 
 @dataclass
 class EvalConfig:
-    run: str = ""  # checkpoints/<run> to predict with
-    output_dir: str = "model_predictions"
-    splits: list[Literal["train", "valid", "test"]] = field(default_factory=lambda: ["valid", "test"])
-    folds: list[int] | Literal["all"] = "all"  # the run's folds to predict with; all of them must be finished
-    batch_size: int = 128
-    precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # as train.precision, for prediction
-    texts: list[str] | None = None  # raw texts to classify (train.py also predicts them at its end)
-    embeddings: bool = False  # also write each row's pooled vector (the head's input), keyed by id
-    hidden_states: bool = False  # with embeddings: also the last hidden layer, (rows, max_len, hidden) with lengths
-    input: str | None = None  # a raw csv/tsv/jsonl file to classify
+    FREE_ON_RESUME: ClassVar[bool] = True  # another stage's settings: a resumed training run may change them
+
+    run: str = key("", "the run to predict with (checkpoints/<run>); default: the newest run of train.run or "
+                   "data.name")
+    output_dir: str = key("model_predictions", "where prediction sets are written")
+    splits: list[Literal["train", "valid", "test"]] = key(["valid", "test"], "the data's splits to predict")
+    folds: list[int] | Literal["all"] = key("all", "the run's folds to predict with; all of them must be finished")
+    batch_size: int = key(128, "rows per batch")
+    precision: Literal[PRECISIONS] = key("auto", "as train.precision, for prediction")
+    texts: list[str] | None = key(None, "raw texts to classify (train.py also predicts them at its end)")
+    embeddings: bool = key(False, "also write each row's pooled vector (the head's input), keyed by id")
+    hidden_states: bool = key(False, "with embeddings: also the last hidden layer, (rows, max_len, hidden) with "
+                              "lengths")
+    input: str | None = key(None, "a raw csv/tsv/jsonl file to classify")
+
+    def check(self):
+        need(self.splits and distinct(self.splits), "eval.splits", self.splits,
+             "must list distinct splits (train, valid, test)")
+        need(self.folds == "all" or (self.folds and distinct(self.folds) and min(self.folds) >= 0), "eval.folds",
+             self.folds, "must be all or a list of distinct fold numbers")
+        check_count(self.batch_size, "eval.batch_size")
+        need(not self.hidden_states or self.embeddings, "eval.hidden_states", self.hidden_states,
+             "comes with the embeddings: set eval.embeddings=true too")
 
 
 @dataclass
 class EnsembleConfig:
-    name: str = "submission"
-    predictions: list[str] = field(default_factory=list)  # model_predictions/<run> folders
-    method: Literal["mean", "weighted", "geometric", "rank"] = "weighted"  # rank: for roc_auc only
-    metric: Literal["auto", "accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss", "rmse", "mae", "pearson",
-                    "spearman"] = "auto"  # auto: accuracy, or rmse for regression
-    sample_submission: str | None = None
-    label_format: Literal["auto", "name", "index"] = "auto"  # a label column holds label names or class numbers
-    output_dir: str = "submissions"
-    tune_thresholds: bool = True
+    FREE_ON_RESUME: ClassVar[bool] = True
+
+    name: str = key("submission", "the submission's name: submissions/<name>.csv (and <name>.json)")
+    predictions: list[str] = key([], "model_predictions/<run> folders to blend")
+    method: Literal["mean", "weighted", "geometric", "rank"] = key("weighted", "how the sets are blended; weighted: "
+                                                                   "weights searched on the out-of-fold rows; rank: "
+                                                                   "for roc_auc only")
+    metric: Literal[("auto",) + BLEND_METRICS] = key("auto", "what the blend is tuned and scored by; auto: accuracy, "
+                                                     "or rmse for regression")
+    sample_submission: str | None = key(None, "a sample submission: its ids, order and columns are followed")
+    label_format: Literal["auto", "name", "index"] = key("auto", "a label column holds label names or class numbers")
+    output_dir: str = key("submissions", "where submissions are written")
+    tune_thresholds: bool = key(True, "tune the binary threshold (multi-label: one per class) on the out-of-fold "
+                                "rows")
+
+    def check(self):
+        check_name(self.name, "ensemble.name")
+        need(distinct(self.predictions), "ensemble.predictions", self.predictions, "lists a prediction set twice")
+        need(self.method != "rank" or self.metric == "roc_auc", "ensemble.method", self.method,
+             "ranks each class column across rows, which changes argmax and threshold decisions; it suits "
+             "ensemble.metric=roc_auc only: use weighted or mean, or set ensemble.metric=roc_auc")
 
 
 @dataclass
 class PseudoConfig:
-    name: str = ""  # the new training input: <data.output_dir>/<name>, made from data.name's folder
-    predictions: list[str] = field(default_factory=list)  # model_predictions/<run> folders (their mean) or one submissions/<name>.json (that blend)
-    threshold: float = 0.0  # keep test rows whose top probability is at least this (multi-label: every class's p or 1 - p)
-    top_k: int = 0  # > 0: keep at most the k most confident rows of each predicted class
-    id_prefix: str = "pseudo:"  # pseudo rows' ids: the prefix + the test row's id
-    per_fold: bool = False  # fold k trains only on rows labelled by the sets' fold-k models (K-fold without the leak)
-    overwrite: bool = False  # replace <name> if textclf made it
+    FREE_ON_RESUME: ClassVar[bool] = True
+
+    name: str = key("", "the new training input: <data.output_dir>/<name>, made from data.name's folder")
+    predictions: list[str] = key([], "model_predictions/<run> folders (their mean) or one submissions/<name>.json "
+                                 "(that blend)")
+    threshold: float = key(0.0, "keep test rows whose top probability is at least this (multi-label: every class's "
+                           "p or 1 - p)")
+    top_k: int = key(0, "> 0: keep at most the k most confident rows of each predicted class")
+    id_prefix: str = key("pseudo:", "pseudo rows' ids: the prefix + the test row's id")
+    per_fold: bool = key(False, "fold k trains only on rows labelled by the sets' fold-k models (K-fold without the "
+                         "leak)")
+    overwrite: bool = key(False, "replace <name> if textclf made it")
+
+    def check(self):
+        if self.name:
+            check_name(self.name, "pseudo.name")
+        need(finite(self.threshold) and 0 <= self.threshold <= 1, "pseudo.threshold", self.threshold,
+             "must be a probability between 0 and 1")
+        need(self.top_k >= 0, "pseudo.top_k", self.top_k, "must be 0 (no limit) or more")
+        need(distinct(self.predictions), "pseudo.predictions", self.predictions, "lists a prediction set twice")
+        need(len(self.id_prefix) > 0 and "\n" not in self.id_prefix, "pseudo.id_prefix", self.id_prefix,
+             "must be a non-empty prefix (it keeps pseudo rows' ids apart from the train ids)")
 
 
 @dataclass
@@ -215,6 +543,64 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("config_file", "explicit")}
+
+
+def validate(cfg):
+    """Every section's own check (ranges, lengths, uniqueness, known encodings, one-character
+    delimiters, names that stay inside their folder), before any stage writes anything. No rule
+    crosses sections today; one that does goes here."""
+    for section in SECTIONS:
+        getattr(cfg, section).check()
+
+
+# ---------------------------------------------------------------------------- facts about keys
+
+
+def fields_of(section):
+    return dataclasses.fields(SECTIONS[section])
+
+
+def field_types(section):
+    return {f.name: f.type for f in fields_of(section)}
+
+
+def fixed_data_keys():
+    """The data.* keys fixed when data_process.py writes the arrays (recorded in meta.json)."""
+    return [f.name for f in fields_of("data") if f.metadata["fixed"]]
+
+
+def file_reading_keys():
+    """The data.* keys that say how a raw file is read: a new input file (eval.input) may differ."""
+    return [f.name for f in fields_of("data") if f.metadata["describes_file"]]
+
+
+def free_on_resume(section, name):
+    """Whether section.name may change when a run is resumed (it cannot change the result)."""
+    cls = SECTIONS[section]
+    return getattr(cls, "FREE_ON_RESUME", False) or cls.__dataclass_fields__[name].metadata["free_on_resume"]
+
+
+def key_list():
+    """[(section.key, type, default, description)] of every key, in schema order."""
+    defaults = Config()
+    return [(f"{section}.{f.name}", _type_name(f.type), getattr(getattr(defaults, section), f.name), f.metadata["help"])
+            for section in SECTIONS for f in fields_of(section)]
+
+
+def keys_markdown():
+    """The key list as the README shows it: one table per section, from the schema."""
+    lines = []
+    for section in SECTIONS:
+        lines += ["", f"**{section}**", "", "| key | type = default | what it does |", "|---|---|---|"]
+        for name, tp, default, text in key_list():
+            if name.startswith(section + "."):
+                cell = f"{tp} = {default!r}".replace("|", "\\|")
+                text = text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+                lines.append(f"| `{name}` | `{cell}` | {text} |")
+    return "\n".join(lines[1:])
+
+
+# ---------------------------------------------------------------------------- reading YAML and overrides
 
 
 class TextLoader(yaml.SafeLoader):
@@ -252,12 +638,6 @@ def load_yaml(text):
     return yaml.load(text, Loader=TextLoader)  # noqa: S506 (a SafeLoader subclass: no object construction)
 
 
-def resolve_path(path):
-    """A config path as an absolute Path: relative paths resolve against the project root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else project_root() / p
-
-
 # ---------------------------------------------------------------------------- coercion
 
 
@@ -287,9 +667,7 @@ def _integer(value):
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
     if isinstance(value, str):
-        from .rawdata import plain_number  # one rule for numbers, in configs and data cells
-
-        text = value.strip()
+        text = value.strip()  # numbers follow one rule in configs and data cells (text_rules.plain_number)
         if re.fullmatch(r"[+-]?\d+", text, flags=re.ASCII):
             return int(text)  # exact, however long
         number = plain_number(text)
@@ -400,12 +778,8 @@ def _override_value(raw, tp):
 # ---------------------------------------------------------------------------- parsing
 
 
-def _field_types(section):
-    return {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}
-
-
 def _all_keys():
-    return [f"{s}.{k}" for s in SECTIONS for k in _field_types(s)]
+    return [f"{s}.{k}" for s in SECTIONS for k in field_types(s)]
 
 
 def _unknown_key_error(key, where):
@@ -418,7 +792,7 @@ def _unknown_key_error(key, where):
 
 
 def _set(cfg, section, key, value, where):
-    types_ = _field_types(section)
+    types_ = field_types(section)
     if key not in types_:
         raise _unknown_key_error(f"{section}.{key}", where)
     setattr(getattr(cfg, section), key, coerce(value, types_[key], f"{section}.{key}"))
@@ -466,14 +840,14 @@ def _apply_override(cfg, arg):
         if section not in SECTIONS:
             raise _unknown_key_error(key, "on the command line")
     else:
-        owners = [s for s in SECTIONS if key in _field_types(s)]
+        owners = [s for s in SECTIONS if key in field_types(s)]
         if not owners:
             raise _unknown_key_error(key, "on the command line")
         if len(owners) > 1:
             options = ", ".join(f"{s}.{key}" for s in owners)
             raise UserError(f"config key '{key}' is ambiguous; write one of {options}")
         section, name = owners[0], key
-    types_ = _field_types(section)
+    types_ = field_types(section)
     if name not in types_:
         raise _unknown_key_error(f"{section}.{name}", "on the command line")
     _set(cfg, section, name, _override_value(raw, types_[name]), "on the command line")
@@ -481,16 +855,15 @@ def _apply_override(cfg, arg):
 
 
 def help_text(prog):
+    """--help: the usage line, then every key with its type, default and description (from the schema)."""
     command = f"python {prog}" if prog.endswith(".py") else prog  # a script, or an installed textclf-* command
     lines = [
         f"usage: {command} --config configs/<task>.yaml [section.key=value ...]",
         "",
-        "Keys (section.key: type = default):",
+        "Keys (section.key: type = default, then what it does):",
     ]
-    defaults = Config()
-    for section in SECTIONS:
-        for f in dataclasses.fields(SECTIONS[section]):
-            lines.append(f"  {section}.{f.name}: {_type_name(f.type)} = {getattr(getattr(defaults, section), f.name)!r}")
+    for name, tp, default, text in key_list():
+        lines += [f"  {name}: {tp} = {default!r}", f"      {text}"]
     return "\n".join(lines)
 
 
@@ -517,7 +890,7 @@ def parse_args(argv, prog="stage.py"):
             config_path = arg.partition("=")[2]
         elif arg.startswith("-"):
             name = arg.lstrip("-").partition("=")[0].replace("-", "_")
-            owners = [s for s in SECTIONS if name in _field_types(s)]
+            owners = [s for s in SECTIONS if name in field_types(s)]
             example = f"{owners[0]}.{name}=<value>" if owners else "train.lr=2e-5"
             raise UserError(
                 f"unknown option '{arg}'; the only option is --config, everything else is a key=value "
@@ -543,225 +916,5 @@ def parse_args(argv, prog="stage.py"):
     return cfg
 
 
-# ---------------------------------------------------------------------------- values
-
-
-LORA_DEFAULTS = {"r": 8, "alpha": None, "dropout": 0.0, "target_modules": "all-linear", "quantize": None}
-
-
-def lora_settings(raw):
-    """model.lora checked, with its defaults filled in (alpha: 2 r), or None when off. Raises a
-    UserError naming the bad key."""
-    if raw is None:
-        return None
-    unknown = sorted(set(raw) - set(LORA_DEFAULTS))
-    if unknown:
-        raise UserError(f"config key model.lora: unknown setting '{unknown[0]}'; model.lora takes "
-                        f"{', '.join(LORA_DEFAULTS)}, e.g. model.lora='{{r: 8, alpha: 16, dropout: 0.05}}'")
-    out = {**LORA_DEFAULTS, **raw}
-    out["r"] = coerce(out["r"], int, "model.lora.r")
-    out["alpha"] = None if _is_null(out["alpha"]) else coerce(out["alpha"], float, "model.lora.alpha")
-    out["dropout"] = coerce(out["dropout"], float, "model.lora.dropout")
-    out["quantize"] = None if _is_null(out["quantize"]) else str(out["quantize"]).strip()
-    if isinstance(out["target_modules"], str) and out["target_modules"].strip() != "all-linear":
-        out["target_modules"] = [out["target_modules"].strip()]
-    r, alpha, dropout, targets = out["r"], out["alpha"], out["dropout"], out["target_modules"]
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise UserError(f"config key model.lora.r: {r!r} must be a whole number of at least 1 (the adapters' rank)")
-    out["alpha"] = alpha = 2 * r if alpha is None else alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
-        raise UserError(f"config key model.lora.alpha: {alpha!r} must be a positive number (scaling alpha / r)")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise UserError(f"config key model.lora.dropout: {dropout!r} must be in [0, 1)")
-    if not (targets == "all-linear" or (isinstance(targets, list) and targets
-                                        and all(isinstance(t, str) and t for t in targets))):
-        raise UserError(f"config key model.lora.target_modules: {targets!r} must be all-linear or a list of module "
-                        f"names, e.g. [q_proj, v_proj] (Llama) or [query, value] (BERT)")
-    if out["quantize"] not in (None, "4bit"):
-        raise UserError(f"config key model.lora.quantize: {out['quantize']!r} must be null or 4bit (QLoRA)")
-    return out
-
-
-# A name a user gives (data set, run, submission) is one folder or file inside its output folder:
-# no path separators, no leading '.' (so never '..', nor textclf's hidden temporary folders).
-NAME = re.compile(r"\w[\w.+=@-]{0,127}")
-NAME_RULE = "letters, digits and . _ - + = @, starting with a letter, digit or _, at most 128 characters"
-
-
-def check_name(value, key):
-    """Refuse a name that would not resolve to a plain entry inside its output folder."""
-    if not NAME.fullmatch(value):
-        raise UserError(f"config key {key}: {value!r} is not a plain name ({NAME_RULE}); it names a folder "
-                        f"inside the output folder, never a path")
-
-
-def unescape_delimiter(value):
-    """A delimiter as written in a config ('\\t' for a tab) -> the character itself."""
-    return value.encode().decode("unicode_escape") if "\\" in value else value
-
-
-def validate(cfg):
-    """What a type alone does not say: ranges, lengths, uniqueness, known encodings, one-character
-    delimiters, names that stay inside their folder. Checked before any stage writes anything."""
-    data, model, train, evaluation, ensemble = cfg.data, cfg.model, cfg.train, cfg.eval, cfg.ensemble
-
-    def need(ok, key, value, expected):
-        if not ok:
-            raise UserError(f"config key {key}: {value!r} {expected}")
-
-    def finite(x):
-        return x is not None and math.isfinite(x)
-
-    def unique(items):
-        return len(set(items)) == len(items)
-
-    for key, value in (("data.name", data.name), ("train.run", train.run), ("ensemble.name", ensemble.name)):
-        if value or key == "ensemble.name":
-            check_name(value, key)
-    model.lora = lora_settings(model.lora)
-    if data.template is not None:
-        from .tokenization import template_fields
-
-        fields = template_fields(data.template)  # refuses a template that names no plain column
-        need(data.text_pair_column not in fields, "data.text_pair_column", data.text_pair_column,
-             "is a field of data.template; the second segment must be another column")
-    if cfg.pseudo.name:
-        check_name(cfg.pseudo.name, "pseudo.name")
-    pseudo = cfg.pseudo
-    need(finite(pseudo.threshold) and 0 <= pseudo.threshold <= 1, "pseudo.threshold", pseudo.threshold,
-         "must be a probability between 0 and 1")
-    need(pseudo.top_k >= 0, "pseudo.top_k", pseudo.top_k, "must be 0 (no limit) or more")
-    need(unique(pseudo.predictions), "pseudo.predictions", pseudo.predictions, "lists a prediction set twice")
-    need(len(pseudo.id_prefix) > 0 and "\n" not in pseudo.id_prefix, "pseudo.id_prefix", pseudo.id_prefix,
-         "must be a non-empty prefix (it keeps pseudo rows' ids apart from the train ids)")
-    if data.delimiter is not None:
-        try:
-            delimiter = unescape_delimiter(data.delimiter)
-        except UnicodeDecodeError:
-            delimiter = data.delimiter
-        need(len(delimiter) == 1 and delimiter not in "\r\n\"", "data.delimiter", data.delimiter,
-             "must be one character (e.g. ';', '|' or '\\t' for a tab)")
-    try:
-        if not getattr(codecs.lookup(data.encoding), "_is_text_encoding", True):  # rot13, base64, zlib ...
-            raise LookupError(data.encoding)
-    except LookupError:
-        raise UserError(f"config key data.encoding: {data.encoding!r} is not a known text encoding; use e.g. "
-                        f"utf-8, latin-1 or cp1252") from None
-    for key, items in (("data.text_columns", data.text_columns), ("data.columns", data.columns),
-                       ("data.label_columns", data.label_columns), ("data.labels", data.labels)):
-        if items is not None:
-            need(items and unique(items) and all(str(i).strip() for i in items), key, items,
-                 "must list distinct, non-empty names")
-    need(data.text_pair_column not in data.text_columns, "data.text_pair_column", data.text_pair_column,
-         "is one of data.text_columns; the second segment must be another column")
-    need(data.label_delimiter is None or data.label_delimiter != "", "data.label_delimiter", data.label_delimiter,
-         "must be at least one character")
-    need(not (data.label_columns and data.label_delimiter), "data.label_delimiter", data.label_delimiter,
-         "and data.label_columns are both set; a multi-label file uses one of them")
-    need(data.max_len >= 4, "data.max_len", data.max_len, "must be at least 4 (special tokens and some text)")
-    need(data.head_tokens is None or data.head_tokens >= 0, "data.head_tokens", data.head_tokens,
-         "must be 0 or more")
-    need(data.window_stride >= 0, "data.window_stride", data.window_stride, "must be 0 (no windows) or a number of tokens")
-    need(data.max_windows >= 0, "data.max_windows", data.max_windows, "must be 0 (every window) or more")
-    need(data.max_windows == 0 or data.window_stride > 0, "data.max_windows", data.max_windows,
-         "limits sliding windows; set data.window_stride too (or drop data.max_windows)")
-    if data.window_stride:
-        need(data.text_pair_column is None, "data.window_stride", data.window_stride,
-             "cuts single texts into windows; text pairs (data.text_pair_column) are truncated instead: drop one")
-        need(data.truncation == "head", "data.truncation", data.truncation,
-             "does not apply with sliding windows (they cover the whole text): drop data.truncation")
-        need(not (data.window_aggregate == "max" and data.task == "regression"), "data.window_aggregate",
-             data.window_aggregate, "takes the classwise max of probabilities; a regression uses mean or first_last")
-    need(data.n_folds == 0 or data.n_folds >= 2, "data.n_folds", data.n_folds,
-         "must be 0 (a validation split) or >= 2 (K folds)")
-    need(not (data.n_folds >= 2 and data.valid_file), "data.n_folds", data.n_folds,
-         "and data.valid_file are both set; use folds over train or a valid file, not both")
-    need(not (data.fold_column and data.group_column), "data.group_column", data.group_column,
-         "and data.fold_column are both set; given folds already decide where each row goes: use one of them")
-    for key in ("fold_column", "group_column"):
-        need(not (getattr(data, key) and data.valid_file), f"data.{key}", getattr(data, key),
-             "and data.valid_file are both set; folds over train or a valid file, not both")
-    need(finite(data.valid_size) and 0 < data.valid_size < 1, "data.valid_size", data.valid_size,
-         "must be between 0 and 1")
-    need(data.chunk_rows >= 1, "data.chunk_rows", data.chunk_rows, "must be at least 1")
-    for key, seed in (("data.seed", data.seed), ("train.seed", train.seed)):
-        need(0 <= seed < 2 ** 32, key, seed, "must be between 0 and 2**32 - 1")
-
-    need(model.name.strip() != "", "model.name", model.name, "must name a model")
-    for key, p in (("model.dropout", model.dropout), ("model.backbone_dropout", model.backbone_dropout)):
-        need(p is None or (finite(p) and 0 <= p < 1), key, p, "must be at least 0 and below 1")
-    need(1 <= model.multi_sample_dropout <= 64, "model.multi_sample_dropout", model.multi_sample_dropout,
-         "must be between 1 and 64")
-    need(model.freeze_layers >= 0, "model.freeze_layers", model.freeze_layers, "must be 0 or more")
-    need(0 <= model.mlp_hidden <= 65536, "model.mlp_hidden", model.mlp_hidden,
-         "must be 0 (a linear head) or a layer width up to 65536")
-    need(not (model.mlp_hidden and model.head == "fusion"), "model.mlp_hidden", model.mlp_hidden,
-         "goes with heads cls, mean and pooler; fusion has two linear layers of its own")
-
-    need(train.folds == "all" or (train.folds and unique(train.folds) and min(train.folds) >= 0), "train.folds",
-         train.folds, "must be all or a list of distinct fold numbers, e.g. [0,1]")
-    need(finite(train.epochs) and 0 < train.epochs <= 100_000, "train.epochs", train.epochs,
-         "must be a positive number")
-    for key, n in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size),
-                   ("train.grad_accum", train.grad_accum), ("train.pad_to_multiple", train.pad_to_multiple),
-                   ("train.max_nonfinite", train.max_nonfinite), ("train.save_total_limit", train.save_total_limit),
-                   ("train.log_every_steps", train.log_every_steps), ("eval.batch_size", evaluation.batch_size)):
-        need(n >= 1, key, n, "must be positive (at least 1)")
-        need(n <= 2 ** 24, key, n, f"is far beyond any useful value (at most {2 ** 24:,})")
-    for key, n in (("train.eval_every_steps", train.eval_every_steps), ("train.patience", train.patience),
-                   ("train.save_every_steps", train.save_every_steps), ("train.num_workers", train.num_workers),
-                   ("train.max_steps", train.max_steps), ("train.profile_steps", train.profile_steps)):
-        need(n >= 0, key, n, "must be 0 or more")
-    for key, x in (("train.lr", train.lr), ("train.head_lr", train.head_lr)):
-        need(x is None or (finite(x) and x >= 0), key, x, "must be a number, 0 or more (0 leaves the weights as they are)")
-        # AdamW moves every weight by about lr a step: above 1 a model only diverges (2e5 for 2e-5, say)
-        need(x is None or x <= 1, key, x, "is far above any AdamW learning rate (fine-tuning uses about 1e-5 to 1e-3; "
-             "was a minus sign lost, e.g. 2e5 for 2e-5?)")
-    need(finite(train.adam_eps) and train.adam_eps > 0, "train.adam_eps", train.adam_eps, "must be a positive number")
-    for key, x in (("train.weight_decay", train.weight_decay), ("train.warmup", train.warmup),
-                   ("train.max_grad_norm", train.max_grad_norm), ("train.min_delta", train.min_delta),
-                   ("train.max_time", train.max_time)):
-        need(finite(x) and x >= 0, key, x, "must be a number, 0 or more")
-    need(finite(train.layer_lr_decay) and 0 < train.layer_lr_decay <= 1, "train.layer_lr_decay", train.layer_lr_decay,
-         "must be above 0 and at most 1")
-    need(finite(train.ema_decay) and 0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay,
-         "must be 0 (off) or a decay below 1, e.g. 0.999")
-    need(train.swa_last >= 0, "train.swa_last", train.swa_last, "must be 0 (off) or a number of evaluations")
-    need(train.adv_eps is None or (finite(train.adv_eps) and train.adv_eps > 0), "train.adv_eps", train.adv_eps,
-         "must be a positive number")
-    need(finite(train.adv_lr) and train.adv_lr > 0, "train.adv_lr", train.adv_lr, "must be a positive number")
-    need(finite(train.adv_start_epoch) and train.adv_start_epoch >= 0, "train.adv_start_epoch",
-         train.adv_start_epoch, "must be 0 or more")
-    need(len(train.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in train.betas), "train.betas", train.betas,
-         "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
-    need(finite(train.label_smoothing) and 0 <= train.label_smoothing < 1, "train.label_smoothing",
-         train.label_smoothing, "must be at least 0 and below 1")
-    if isinstance(train.class_weights, list):
-        need(train.class_weights and all(finite(w) and w >= 0 for w in train.class_weights)
-             and sum(train.class_weights) > 0, "train.class_weights", train.class_weights,
-             "must be non-negative numbers, one per label, not all 0")
-
-    need(finite(train.huber_delta) and train.huber_delta > 0, "train.huber_delta", train.huber_delta,
-         "must be a positive number (in target standard deviations)")
-    if data.task == "regression":
-        need(data.labels is None, "data.labels", data.labels, "lists class names; data.task=regression reads numbers: "
-             "drop data.labels")
-        need(data.label_delimiter is None, "data.label_delimiter", data.label_delimiter, "is for multi-label lists; "
-             "several numeric targets go in data.label_columns=[a,b] with data.task=regression")
-        need(data.label_columns or data.label_column, "data.label_column", data.label_column,
-             "must name the target column for data.task=regression")
-    metrics = ("auto", "accuracy", "f1_macro", "f1_micro", "roc_auc", "rmse", "mae", "pearson", "spearman", "loss")
-    if train.metric not in metrics:
-        close = difflib.get_close_matches(train.metric, metrics, n=1)
-        raise UserError(f"train.metric={train.metric} is not a metric textclf computes; choose from "
-                        f"{', '.join(metrics)}" + (f" (did you mean {close[0]}?)" if close else ""))
-    need(evaluation.splits and unique(evaluation.splits), "eval.splits", evaluation.splits,
-         "must list distinct splits (train, valid, test)")
-    need(evaluation.folds == "all" or (evaluation.folds and unique(evaluation.folds) and min(evaluation.folds) >= 0),
-         "eval.folds", evaluation.folds, "must be all or a list of distinct fold numbers")
-    need(not evaluation.hidden_states or evaluation.embeddings, "eval.hidden_states", evaluation.hidden_states,
-         "comes with the embeddings: set eval.embeddings=true too")
-    need(unique(ensemble.predictions), "ensemble.predictions", ensemble.predictions, "lists a prediction set twice")
-    need(ensemble.method != "rank" or ensemble.metric == "roc_auc", "ensemble.method", ensemble.method,
-         "ranks each class column across rows, which changes argmax and threshold decisions; it suits "
-         "ensemble.metric=roc_auc only: use weighted or mean, or set ensemble.metric=roc_auc")
+if __name__ == "__main__":  # python -m textclf.config: the README's key list, made from the schema
+    print(keys_markdown())

@@ -22,56 +22,23 @@ lengths hold one row per window, and <split>/window_doc.npy int32 (windows,) nam
 text (row of ids, labels and folds, which stay one per text; non-decreasing).
 """
 
-import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .config import resolve_path
+from .datadir import FORMAT_VERSION
 from .errors import UserError
-from .fileio import (atomic_dir, atomic_write_text, load_json, made_by_textclf, remove_dead_temporaries, sha256_file,
-                     write_json, write_marker)
-from .premodels import quiet_transformers, resolve_model_dir
-from .rawdata import RawFile, RowReader, same_number_labels
+from .fileio import (atomic_dir, atomic_write_text, made_by_textclf, remove_dead_temporaries, sha256_file, write_json,
+                     write_marker)
+from .premodels import load_tokenizer, resolve_model_dir, vocab_hash
+from .rawdata import RawFile, RowReader, same_number_labels, scan_rows
 from .tokenization import TextTokenizer
-
-FORMAT_VERSION = 1
-SPLITS = ("train", "valid", "test")
-
-
-# ---------------------------------------------------------------------------- tokenizer
-
-
-def load_tokenizer(model_dir, trust_remote_code=False):
-    quiet_transformers()
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer in {model_dir}: {str(err).splitlines()[0]}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"the tokenizer in {model_dir} is not a fast tokenizer; add its tokenizer.json to the folder")
-    if tokenizer.pad_token is None:  # decoders (Llama, GPT-2) often have none: reuse one, never grow the vocabulary
-        spare = next((t for t in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token) if t is not None), None)
-        if spare is None:
-            raise UserError(f"the tokenizer in {model_dir} has no pad, eos, unk or bos token to pad with; add a "
-                            f"pad_token to its tokenizer_config.json")
-        tokenizer.pad_token = spare  # padding is masked out, so which token pads does not matter
-    return tokenizer
-
-
-def vocab_hash(tokenizer):
-    """A fingerprint of the vocabulary: arrays made with one tokenizer only fit that tokenizer."""
-    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
 
 
 def model_max_positions(model_dir):
@@ -108,108 +75,12 @@ class NpyWriter:
             raise RuntimeError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
 
 
-# ---------------------------------------------------------------------------- pass 1: scan
-
-
 def _int_sorted(names):
     """Sort label names numerically when they are all integers, else as text."""
     try:
         return sorted(names, key=lambda s: (int(s), s))
     except ValueError:
         return sorted(names)
-
-
-def scan_rows(reader, cfg, split, known_labels, id_hashes):
-    """Validate every row; return counts, label frequencies (regression: each target's lowest and
-    highest value) and the longest id."""
-    rows = dropped = 0
-    low = high = None
-    given_folds, groups = [], []  # train with data.fold_column / data.group_column
-    counts = Counter()
-    id_len = 1
-    hashes, pending = [], []
-    # a test file's label column may be a blank placeholder (every cell empty): then it is unlabelled
-    placeholder = split == "test" and reader.labelled
-    blank_lines = []
-    for row_number, (line, values) in enumerate(reader.raw.rows()):
-        text = reader.text(values, line)
-        if reader.pair_idx is not None:
-            reader.pair(values, line)  # a pair that is not text is refused here, in pass 1
-        if not text:
-            if cfg.drop_empty:
-                dropped += 1
-                continue
-            raise UserError(
-                f"{reader.where(line)}: the text ({', '.join(cfg.text_columns)}) is empty (or only invisible "
-                f"characters); fill it in, remove the row, or set data.drop_empty=true to drop such rows"
-            )
-        row_id = reader.row_id(values, row_number)
-        if not row_id:
-            raise UserError(f"{reader.where(line)}: the id ('{cfg.id_column}') is empty; every row needs an id")
-        id_len = max(id_len, len(row_id))
-        pending.append(hash(row_id))
-        if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
-            hashes.append(np.asarray(pending, dtype=np.int64))
-            pending = []
-        if placeholder and reader.label_cells_blank(values):
-            blank_lines.append(line)
-        elif reader.labelled and cfg.task == "regression":
-            numbers = reader.targets(values, line)  # refused here, in pass 1, when not a finite number
-            low = numbers if low is None else [min(a, b) for a, b in zip(low, numbers)]
-            high = numbers if high is None else [max(a, b) for a, b in zip(high, numbers)]
-        elif reader.labelled:
-            labels = reader.labels(values, line)
-            for name in labels if isinstance(labels, list) else [labels]:
-                if known_labels is not None and name not in known_labels:
-                    source = "data.labels" if cfg.labels else "the train file"
-                    raise UserError(
-                        f"{reader.where(line)}: label '{name}' never occurs in {source}; fix the label"
-                        + ("" if cfg.labels else " or list every label with data.labels=[...]")
-                    )
-                counts[name] += 1
-        if reader.fold_idx is not None:
-            given_folds.append(reader.fold(values, line))
-        if reader.group_idx is not None:
-            groups.append(stable_hash(reader.group(values, line)))
-        rows += 1
-    if blank_lines and (len(blank_lines) < rows or counts or low is not None):
-        raise UserError(f"{reader.where(blank_lines[0])}: the label is empty while other rows of the test file have "
-                        f"labels; give every test row its label, or leave the whole label column blank (unlabelled)")
-    if blank_lines:
-        reader.labelled = False  # a blank placeholder column: the test rows are unlabelled
-    if rows == 0:
-        raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
-    hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
-    _check_duplicate_ids(reader, cfg, hashes)
-    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len, target_range=(low, high),
-                given_folds=np.asarray(given_folds, dtype=np.int16) if reader.fold_idx is not None else None,
-                groups=np.asarray(groups, dtype=np.int64) if reader.group_idx is not None else None)
-
-
-def stable_hash(text):
-    """A 64-bit hash of a text that is the same in every process (Python's hash() is salted)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
-
-
-def _check_duplicate_ids(reader, cfg, hashes):
-    order = np.sort(hashes)
-    dup = order[1:][order[1:] == order[:-1]]
-    if not len(dup):
-        return
-    # a repeated hash: find the rows to name them (and rule out a hash collision)
-    target = set(dup.tolist())
-    seen = {}
-    for row_number, (line, values) in enumerate(reader.raw.rows()):
-        if cfg.drop_empty and not reader.text(values, line):
-            continue
-        row_id = reader.row_id(values, row_number)
-        if hash(row_id) in target:
-            if row_id in seen:
-                raise UserError(
-                    f"{reader.raw.role} file {reader.raw.path}: id '{row_id}' ({cfg.id_column}) occurs at lines "
-                    f"{seen[row_id]} and {line}; ids must be unique"
-                )
-            seen[row_id] = line
 
 
 # ---------------------------------------------------------------------------- pass 2: write
@@ -242,77 +113,9 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     Rows are first written at max_len width to scratch files; once the longest row is known
     they are copied, chunk by chunk, to arrays padded only to that width."""
     folder.mkdir()
-    n, max_len = scan["rows"], encoder.max_len
-    wide_ids = open(folder / "wide_input_ids.bin", "wb")
-    wide_types = open(folder / "wide_token_type_ids.bin", "wb")
-    windowed = cfg.window_stride > 0  # then the token arrays hold windows, ids and labels texts
-    lengths = np.zeros(n, dtype=np.int32) if not windowed else []  # 4 bytes a row, kept for the final copy
-    window_doc = []
-    ids = NpyWriter(folder / "ids.npy", f"<U{scan['id_len']}", (n,))
-    labels = None
-    regression = cfg.task == "regression"
-    if reader.labelled:
-        shape = (n, len(label_index)) if multi_label or regression else (n,)
-        labels = NpyWriter(folder / "labels.npy", np.float32 if regression else np.uint8 if multi_label else np.int64,
-                           shape)
-    start = truncated = 0
-    for batch in _chunks(reader, cfg, cfg.chunk_rows):
-        stop = start + len(batch)
-        texts = [row[1] for row in batch]
-        pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
-        if windowed:
-            block_ids, block_types, block_lengths, block_doc, block_truncated = encoder.windows(
-                texts, cfg.window_stride, cfg.max_windows)
-            lengths.append(block_lengths)
-            window_doc.append(block_doc + start)
-        else:
-            block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
-            lengths[start:stop] = block_lengths
-        wide_ids.write(block_ids.tobytes())
-        wide_types.write(block_types.tobytes())
-        ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
-        if labels is not None:
-            if regression:
-                labels.write(np.array([row[3] for row in batch], dtype=np.float32))
-            elif multi_label:
-                block = np.zeros((len(batch), len(label_index)), dtype=np.uint8)
-                for i, row in enumerate(batch):
-                    block[i, [label_index[name] for name in row[3]]] = 1
-                labels.write(block)
-            else:
-                labels.write(np.array([label_index[row[3]] for row in batch], dtype=np.int64))
-        truncated += block_truncated
-        start = stop
-        progress.update(len(batch))
-    assert start == n, f"row count changed between passes in {reader.raw.path}"
-    wide_ids.close()
-    wide_types.close()
-    ids.close()
-    if labels is not None:
-        labels.close()
-    if windowed:
-        lengths = np.concatenate(lengths)
-        np.save(folder / "window_doc.npy", np.concatenate(window_doc).astype(np.int32))
-    n_texts, n = n, len(lengths)  # token rows: windows when windowed
-    # Pad only to the longest row of the split: copy the wide rows into their final width.
-    width = int(lengths.max())
-    final_ids = NpyWriter(folder / "input_ids.npy", np.int32, (n, width))
-    final_mask = NpyWriter(folder / "attention_mask.npy", np.uint8, (n, width))
-    final_types = NpyWriter(folder / "token_type_ids.npy", np.uint8, (n, width))
-    positions = np.arange(width, dtype=np.int32)
-    with open(folder / "wide_input_ids.bin", "rb") as ids_in, open(folder / "wide_token_type_ids.bin", "rb") as types_in:
-        for lo in range(0, n, cfg.chunk_rows):
-            hi = min(n, lo + cfg.chunk_rows)
-            block = np.frombuffer(ids_in.read((hi - lo) * max_len * 4), dtype=np.int32).reshape(hi - lo, max_len)
-            final_ids.write(block[:, :width])
-            block = np.frombuffer(types_in.read((hi - lo) * max_len), dtype=np.uint8).reshape(hi - lo, max_len)
-            final_types.write(block[:, :width])
-            final_mask.write(positions[None, :] < lengths[lo:hi, None])
-    for writer in (final_ids, final_mask, final_types):
-        writer.close()
-    np.save(folder / "lengths.npy", lengths)
-    os.remove(folder / "wide_input_ids.bin")
-    os.remove(folder / "wide_token_type_ids.bin")
+    lengths, truncated = _write_wide(folder, reader, cfg, scan, encoder, (label_index, multi_label), progress)
+    n_texts, n = scan["rows"], len(lengths)  # token rows: windows when windowed
+    width = _narrow(folder, lengths, encoder.max_len, cfg.chunk_rows)
     entry = dict(
         source_file=str(reader.raw.path),
         source_sha256=sha256_file(reader.raw.path),
@@ -323,15 +126,100 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         length_stats=dict(min=int(lengths.min()), mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
                           p95=float(np.percentile(lengths, 95)), max=int(lengths.max()), truncated_rows=int(truncated)),
     )
-    if windowed:  # truncated_rows counts the texts cut into several windows
+    if cfg.window_stride:  # truncated_rows counts the texts cut into several windows
         entry["windows"] = int(n)
         entry["windows_per_text"] = dict(mean=round(n / n_texts, 3), max=int(np.bincount(
             np.load(folder / "window_doc.npy")).max()))
-    if reader.labelled and regression:
+    if reader.labelled and cfg.task == "regression":
         entry["target_stats"] = target_stats(np.load(folder / "labels.npy"), list(label_index))
     elif reader.labelled:
         entry["label_counts"] = {name: scan["counts"].get(name, 0) for name in label_index}
     return entry
+
+
+def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
+    """Pass 2, the first copy: every row's token ids and types at max_len width into scratch files,
+    and ids, labels (and with sliding windows window_doc.npy) into their final arrays. Returns
+    (each token row's length, the texts truncated or cut into several windows)."""
+    label_index, multi_label = labels_as
+    n = scan["rows"]
+    windowed = cfg.window_stride > 0  # then the token arrays hold windows, ids and labels texts
+    lengths = np.zeros(n, dtype=np.int32) if not windowed else []  # 4 bytes a row, kept for the final copy
+    window_doc = []
+    ids = NpyWriter(folder / "ids.npy", f"<U{scan['id_len']}", (n,))
+    labels = None
+    if reader.labelled:
+        regression = cfg.task == "regression"
+        shape = (n, len(label_index)) if multi_label or regression else (n,)
+        labels = NpyWriter(folder / "labels.npy", np.float32 if regression else np.uint8 if multi_label else np.int64,
+                           shape)
+    start = truncated = 0
+    with open(folder / "wide_input_ids.bin", "wb") as wide_ids, open(folder / "wide_token_type_ids.bin", "wb") as \
+            wide_types:
+        for batch in _chunks(reader, cfg, cfg.chunk_rows):
+            stop = start + len(batch)
+            texts = [row[1] for row in batch]
+            pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
+            if windowed:
+                block_ids, block_types, block_lengths, block_doc, block_truncated = encoder.sliding_windows(
+                    texts, cfg.window_stride, cfg.max_windows)
+                lengths.append(block_lengths)
+                window_doc.append(block_doc + start)
+            else:
+                block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
+                lengths[start:stop] = block_lengths
+            wide_ids.write(block_ids.tobytes())
+            wide_types.write(block_types.tobytes())
+            ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
+            if labels is not None:
+                labels.write(_label_block([row[3] for row in batch], cfg, label_index, multi_label))
+            truncated += block_truncated
+            start = stop
+            progress.update(len(batch))
+    assert start == n, f"row count changed between passes in {reader.raw.path}"
+    ids.close()
+    if labels is not None:
+        labels.close()
+    if windowed:
+        lengths = np.concatenate(lengths)
+        np.save(folder / "window_doc.npy", np.concatenate(window_doc).astype(np.int32))
+    return lengths, truncated
+
+
+def _label_block(rows, cfg, label_index, multi_label):
+    """A chunk's labels as labels.npy holds them: targets, 0/1 rows, or class numbers."""
+    if cfg.task == "regression":
+        return np.array(rows, dtype=np.float32)
+    if multi_label:
+        block = np.zeros((len(rows), len(label_index)), dtype=np.uint8)
+        for i, names in enumerate(rows):
+            block[i, [label_index[name] for name in names]] = 1
+        return block
+    return np.array([label_index[name] for name in rows], dtype=np.int64)
+
+
+def _narrow(folder, lengths, max_len, chunk_rows):
+    """Pass 2, the second copy: the scratch rows into input_ids, attention_mask and token_type_ids
+    padded only to the longest row of the split (its width, returned), and lengths.npy."""
+    n, width = len(lengths), int(lengths.max())
+    final_ids = NpyWriter(folder / "input_ids.npy", np.int32, (n, width))
+    final_mask = NpyWriter(folder / "attention_mask.npy", np.uint8, (n, width))
+    final_types = NpyWriter(folder / "token_type_ids.npy", np.uint8, (n, width))
+    positions = np.arange(width, dtype=np.int32)
+    with open(folder / "wide_input_ids.bin", "rb") as ids_in, open(folder / "wide_token_type_ids.bin", "rb") as types_in:
+        for lo in range(0, n, chunk_rows):
+            hi = min(n, lo + chunk_rows)
+            block = np.frombuffer(ids_in.read((hi - lo) * max_len * 4), dtype=np.int32).reshape(hi - lo, max_len)
+            final_ids.write(block[:, :width])
+            block = np.frombuffer(types_in.read((hi - lo) * max_len), dtype=np.uint8).reshape(hi - lo, max_len)
+            final_types.write(block[:, :width])
+            final_mask.write(positions[None, :] < lengths[lo:hi, None])
+    for writer in (final_ids, final_mask, final_types):
+        writer.close()
+    np.save(folder / "lengths.npy", lengths)
+    os.remove(folder / "wide_input_ids.bin")
+    os.remove(folder / "wide_token_type_ids.bin")
+    return width
 
 
 def target_stats(targets, names):
@@ -471,67 +359,19 @@ def _decide_labels(cfg, train_counts, multi_label):
 def process(config):
     """Run data_process for a resolved Config; return the output folder."""
     cfg = config.data
-    if not cfg.name:
-        raise UserError("data.name is not set; pass data.name=<name> (outputs go to models_input_files/<name>)")
-    if not cfg.train_file:
-        raise UserError("data.train_file is not set; pass data.train_file=path/to/train.csv")
-    out = resolve_path(cfg.output_dir) / cfg.name
-    if out.exists() and not cfg.overwrite:
-        raise UserError(f"{out} already exists; choose another data.name or set data.overwrite=true to replace it")
-    if out.exists() and not made_by_textclf(out, "data"):
-        raise UserError(f"{out} exists and was not made by data_process.py, so data.overwrite=true will not replace "
-                        f"it; choose another data.name, or move it away yourself")
-
-    # The tokenizer's own threads do most of the work here (tests and forked workers turn them off).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
-    limit = model_max_positions(model_dir)
-    if limit and cfg.max_len > limit:
-        raise UserError(f"data.max_len={cfg.max_len} is above the limit of model '{config.model.name}' ({limit}); "
-                        f"set data.max_len={limit} or less")
-    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
-    encoder = TextTokenizer.from_hf(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
-    if cfg.window_stride > encoder.text_budget:
-        raise UserError(f"data.window_stride={cfg.window_stride} is more than a window's {encoder.text_budget} text "
-                        f"tokens (data.max_len={cfg.max_len} less special tokens), so tokens between windows would be "
-                        f"skipped; use a stride of at most {encoder.text_budget}")
-
+    out = output_folder(cfg)
+    model_dir, tokenizer, encoder = open_tokenizer(config)
     # Open every file and check its columns before reading any rows.
     readers = {}
     for split, path in (("train", cfg.train_file), ("valid", cfg.valid_file), ("test", cfg.test_file)):
         if path:
             raw = RawFile(resolve_path(path), cfg, split)
             readers[split] = RowReader(raw, cfg, need_labels=split != "test")
-
     regression = cfg.task == "regression"
     multi_label = not regression and bool(cfg.label_columns or cfg.label_delimiter)
     started = time.time()
     print(f"data_process: scanning {', '.join(f'{s}={r.raw.path.name}' for s, r in readers.items())}", flush=True)
-    scans = {}
-    known = set(cfg.labels) if cfg.labels and not cfg.label_columns else None
-    scans["train"] = scan_rows(readers["train"], cfg, "train", known, None)
-    label_names = _decide_labels(cfg, scans["train"]["counts"], multi_label)
-    if regression:
-        check_targets_vary(readers["train"], label_names, scans["train"]["target_range"])
-    elif not multi_label and len(label_names) < 2:
-        raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}); "
-                        f"a classifier needs at least two")
-    clashes = [] if regression else same_number_labels(label_names)
-    if clashes:
-        a, b = clashes[0]
-        raise UserError(f"labels '{a}' and '{b}' in {readers['train'].raw.path} are the same number written two ways; "
-                        f"write each label one way (textclf keeps label names as written)")
-    train_rows = scans["train"]["rows"]
-    if cfg.n_folds > train_rows:
-        raise UserError(f"data.n_folds={cfg.n_folds} but the train file has {train_rows} rows; every fold needs rows: "
-                        f"use at most {train_rows} folds")
-    if scans["train"]["given_folds"] is not None:  # checked now, before anything is written
-        given_folds(scans["train"]["given_folds"], cfg, readers["train"].raw.path)
-    if scans["train"]["groups"] is not None:
-        check_group_count(scans["train"]["groups"], cfg)
-    for split in ("valid", "test"):
-        if split in readers:
-            scans[split] = scan_rows(readers[split], cfg, split, set(label_names), None)
+    scans, label_names = scan_files(cfg, readers, multi_label)
     label_index = {name: i for i, name in enumerate(label_names)}
 
     total = sum(s["rows"] for s in scans.values())
@@ -582,6 +422,72 @@ def process(config):
     return out
 
 
+def output_folder(cfg):
+    """models_input_files/<data.name>: a new folder, or one data_process.py made (data.overwrite)."""
+    if not cfg.name:
+        raise UserError("data.name is not set; pass data.name=<name> (outputs go to models_input_files/<name>)")
+    if not cfg.train_file:
+        raise UserError("data.train_file is not set; pass data.train_file=path/to/train.csv")
+    out = resolve_path(cfg.output_dir) / cfg.name
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out} already exists; choose another data.name or set data.overwrite=true to replace it")
+    if out.exists() and not made_by_textclf(out, "data"):
+        raise UserError(f"{out} exists and was not made by data_process.py, so data.overwrite=true will not replace "
+                        f"it; choose another data.name, or move it away yourself")
+    return out
+
+
+def open_tokenizer(config):
+    """(model folder, its tokenizer, the TextTokenizer that cuts rows as data.* says), checked
+    against the model's longest input."""
+    cfg = config.data
+    # The tokenizer's own threads do most of the work here (tests and forked workers turn them off).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
+    limit = model_max_positions(model_dir)
+    if limit and cfg.max_len > limit:
+        raise UserError(f"data.max_len={cfg.max_len} is above the limit of model '{config.model.name}' ({limit}); "
+                        f"set data.max_len={limit} or less")
+    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
+    encoder = TextTokenizer.from_hf(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
+    if cfg.window_stride > encoder.text_budget:
+        raise UserError(f"data.window_stride={cfg.window_stride} is more than a window's {encoder.text_budget} text "
+                        f"tokens (data.max_len={cfg.max_len} less special tokens), so tokens between windows would be "
+                        f"skipped; use a stride of at most {encoder.text_budget}")
+    return model_dir, tokenizer, encoder
+
+
+def scan_files(cfg, readers, multi_label):
+    """Pass 1 over every file (rawdata.scan_rows), then what the train file decides: the labels and
+    the folds it gives. Returns ({split: scan}, label names)."""
+    scans = {}
+    known = set(cfg.labels) if cfg.labels and not cfg.label_columns else None
+    scans["train"] = scan_rows(readers["train"], cfg, "train", known)
+    label_names = _decide_labels(cfg, scans["train"]["counts"], multi_label)
+    if cfg.task == "regression":
+        check_targets_vary(readers["train"], label_names, scans["train"]["target_range"])
+    elif not multi_label and len(label_names) < 2:
+        raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}); "
+                        f"a classifier needs at least two")
+    clashes = [] if cfg.task == "regression" else same_number_labels(label_names)
+    if clashes:
+        a, b = clashes[0]
+        raise UserError(f"labels '{a}' and '{b}' in {readers['train'].raw.path} are the same number written two ways; "
+                        f"write each label one way (textclf keeps label names as written)")
+    train_rows = scans["train"]["rows"]
+    if cfg.n_folds > train_rows:
+        raise UserError(f"data.n_folds={cfg.n_folds} but the train file has {train_rows} rows; every fold needs rows: "
+                        f"use at most {train_rows} folds")
+    if scans["train"]["given_folds"] is not None:  # checked now, before anything is written
+        given_folds(scans["train"]["given_folds"], cfg, readers["train"].raw.path)
+    if scans["train"]["groups"] is not None:
+        check_group_count(scans["train"]["groups"], cfg)
+    for split in ("valid", "test"):
+        if split in readers:
+            scans[split] = scan_rows(readers[split], cfg, split, set(label_names))
+    return scans, label_names
+
+
 def write_folds(tmp, cfg, scan):
     """train/folds.npy: the given folds (data.fold_column), group folds (data.group_column) or
     stratified folds drawn with data.seed; returns meta.json's "folds" entry."""
@@ -623,56 +529,3 @@ def check_targets_vary(reader, names, target_range):
         if np.float32(a) == np.float32(b):  # labels.npy holds float32: 1.0 and 1.000000001 are one value there
             raise UserError(f"train file {reader.raw.path}: target '{name}' is {a:g} on every row; a regression "
                             f"target must vary: check data.label_column / data.label_columns")
-
-
-# ---------------------------------------------------------------------------- reading back
-
-
-# data.* keys that say where the arrays are, or how data_process.py goes about making them: any
-# other key is fixed when the arrays are written, and recorded in meta.json
-_NOT_FIXED = ("name", "output_dir", "overwrite", "chunk_rows")
-# keys that describe a raw input file: evaluate.py reads a new one with eval.input
-READING_KEYS = ("train_file", "valid_file", "test_file", "format", "delimiter", "quoting", "header", "columns",
-                "encoding", "id_column", "drop_empty")
-
-
-def check_data_keys(config, meta, data_dir, may_differ=()):
-    """Refuse data.* keys given on this stage's command line that differ from the values the arrays
-    in `data_dir` were made with; take every other data.* key (from the config file, which several
-    stages share, or the defaults) from meta.json, so the config saved with a run says what its data
-    really is."""
-    made_with = meta.get("config", {}).get("data", {})
-    for field in dataclasses.fields(config.data):
-        key = field.name
-        if key in _NOT_FIXED or key in may_differ or key not in made_with:
-            continue
-        value, recorded = getattr(config.data, key), made_with[key]
-        if f"data.{key}" not in config.explicit:
-            setattr(config.data, key, recorded)
-        elif not _same_value(key, value, recorded):
-            raise UserError(f"data.{key}={value!r} differs from {data_dir / 'meta.json'}, made with {recorded!r}: "
-                            f"data.* keys are fixed when data_process.py writes the arrays; drop data.{key} here, "
-                            f"or run data_process.py with it (and another data.name)")
-
-
-def _same_value(key, value, recorded):
-    if key.endswith("_file") and value and recorded:  # one file, however its path was written
-        return resolve_path(value).resolve() == resolve_path(recorded).resolve()
-    return value == recorded
-
-
-def load_meta(data_dir):
-    """meta.json of a data_process output, checked to be one this version reads."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise UserError(f"{data_dir} has no meta.json; run data_process.py first (or check data.name)")
-    fix = "run data_process.py again (data.overwrite=true replaces the folder)"
-    meta = load_json(path, "a data_process meta.json", fix, {"format_version": int})
-    if meta["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} was written by another version of textclf; {fix}")
-    return load_json(path, "a data_process meta.json", fix, META_KEYS)
-
-
-META_KEYS = {"format_version": int, "name": str, "model_name": str, "tokenizer": dict, "max_len": int,
-             "truncation": str, "text_columns": list, "problem_type": str, "label_names": list, "splits": dict,
-             "folds": dict, "config": dict}

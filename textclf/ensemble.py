@@ -17,158 +17,56 @@ The submission writes each target's value (7 significant digits, no exponent).
 import csv
 import io
 import re
-from pathlib import Path
 
 import numpy as np
 
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_write_text, load_json, next_version, write_json
-from .metrics import HIGHER_IS_BETTER, REGRESSION_METRICS, compute, default_metric
-
-SCORE_METRICS = ("accuracy", "f1_macro", "f1_micro", "roc_auc", "log_loss")  # classification; regression: REGRESSION_METRICS
-
-
-def format_value(value):
-    """A predicted number as CSV text: 7 significant digits (float32 holds about that many), never
-    in exponent notation."""
-    return np.format_float_positional(float(value), precision=7, unique=True, fractional=False, trim="-")
+from .fileio import atomic_write_text, next_version, number_text, write_json
+from .metrics import BLEND_METRICS, HIGHER_IS_BETTER, REGRESSION, compute
+from .predsets import blend, check_sets, load_array, load_set, normalise
+from .problem import PROBLEMS, problem_type
 
 
-def check_method(method, metric, problem_type):
+def check_method(method, metric, problem):
     """ensemble.method and ensemble.metric (auto resolved) against the sets' problem type."""
-    if problem_type == "regression":
+    if problem.regression:
         if method not in ("mean", "weighted"):
             raise UserError(f"ensemble.method={method} blends probabilities; regression predictions blend with "
                             f"ensemble.method=weighted (or mean)")
-        if metric not in REGRESSION_METRICS:
+        if metric not in REGRESSION:
             raise UserError(f"ensemble.metric={metric} does not score regression predictions; choose from "
-                            f"{', '.join(REGRESSION_METRICS)} (or auto: rmse)")
-    elif metric in REGRESSION_METRICS:
-        raise UserError(f"ensemble.metric={metric} scores regression predictions, and these sets are {problem_type}; "
-                        f"choose from {', '.join(SCORE_METRICS)} (or auto: accuracy)")
+                            f"{', '.join(REGRESSION)} (or auto: rmse)")
+    elif metric in REGRESSION:
+        classification = [m for m in BLEND_METRICS if m not in REGRESSION]
+        raise UserError(f"ensemble.metric={metric} scores regression predictions, and these sets are {problem.name}; "
+                        f"choose from {', '.join(classification)} (or auto: accuracy)")
 
 
-def load_set(path):
-    folder = resolve_path(path)
-    if not (folder / "manifest.json").is_file():
-        raise UserError(f"{path} is not a prediction set (no manifest.json); pass model_predictions/<run> folders "
-                        f"written by evaluate.py")
-    fix = "run evaluate.py again for this run, or leave the set out of ensemble.predictions"
-    manifest = load_json(folder / "manifest.json", "a prediction-set manifest", fix)
-    if "splits" not in manifest:
-        raise UserError(f"{path} holds raw-text predictions, not a prediction set of a run; run evaluate.py with eval.run")
-    manifest = load_json(folder / "manifest.json", "a prediction-set manifest", fix,
-                         {"label_names": list, "problem_type": str, "splits": dict})
-    for name, split in manifest["splits"].items():
-        if not isinstance(split, dict) or not isinstance(split.get("ids_sha256"), str):
-            raise UserError(f"{folder / 'manifest.json'} is not a prediction-set manifest (split '{name}' has no "
-                            f"ids_sha256); {fix}")
-    return folder, manifest
-
-
-def load_array(folder, manifest, split, name="probs.npy"):
-    """One array of a prediction set, checked against its manifest: probabilities (and each
-    fold's) (rows, labels) and finite, ids and labels one per row. A file edited or torn after
-    evaluate.py wrote it is one line, before anything is written."""
-    path = Path(folder) / split / name
-    fix = "run evaluate.py again for this run, or leave the set out"
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} cannot be read ({str(err).splitlines()[0]}); {fix}") from None
-    entry = manifest["splits"].get(split, {})
-    rows = entry.get("rows")
-    if rows is None and split == "oof":
-        rows = len(np.load(Path(folder) / split / "ids.npy", allow_pickle=False))
-    width = len(manifest["label_names"])
-    if name in ("ids.npy", "labels.npy"):
-        want, ok = f"{rows} rows", array.ndim >= 1 and len(array) == rows
-    else:
-        want = f"({rows}, {width})"
-        ok = array.ndim == 2 and array.shape == (rows, width) and bool(np.isfinite(array).all())
-    if not ok:
-        raise UserError(f"{path} has shape {array.shape}" + ("" if array.ndim != 2 or array.shape != (rows, width)
-                                                              else " with values that are not finite")
-                        + f", while its manifest says {want}; it was changed after evaluate.py wrote it: {fix}")
-    return array
-
-
-def check_sets(sets, split):
-    """All sets must describe the same rows (ids and order), labels and inputs."""
-    first_path, first = sets[0]
-    for path, manifest in sets[1:]:
-        if manifest["label_names"] != first["label_names"]:
-            raise UserError(f"{path} has labels {manifest['label_names']}, {first_path} has {first['label_names']}; "
-                            f"blend only predictions of the same labels")
-        if manifest["problem_type"] != first["problem_type"]:
-            raise UserError(f"{path} is {manifest['problem_type']}, {first_path} is {first['problem_type']}; "
-                            f"blend only predictions of one problem type")
-        for name in ("oof", split):
-            a, b = first["splits"].get(name), manifest["splits"].get(name)
-            if (a is None) != (b is None):
-                raise UserError(f"{path} and {first_path} do not both have a '{name}' split; evaluate both the same way")
-            if a is None:
-                continue
-            if a["ids_sha256"] != b["ids_sha256"]:
-                raise UserError(f"{path} and {first_path} have different '{name}' rows (ids or their order); "
-                                f"blend only predictions made from the same data_process output")
-            if name != "oof" and a.get("source_sha256") != b.get("source_sha256"):
-                raise UserError(f"{path} and {first_path} were predicted from different {name} files "
-                                f"(sha256 differs); evaluate both on the same input")
-
-
-def blend(members, weights, method):
-    """Blend member probabilities (members, rows, classes)."""
-    members = np.asarray(members, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    if method in ("mean", "weighted"):
-        return np.tensordot(w, members, axes=1)
-    if method == "geometric":
-        out = np.exp(np.tensordot(w, np.log(np.clip(members, 1e-12, 1.0)), axes=1))
-        return out
-    if method == "rank":
-        ranks = members.argsort(axis=1).argsort(axis=1) / max(members.shape[1] - 1, 1)
-        return np.tensordot(w, ranks, axes=1)
-    raise UserError(f"unknown blend method {method}")
-
-
-def normalise(probs, problem_type):
-    if problem_type == "regression":
-        return probs
-    if problem_type == "multi_label":
-        return np.clip(probs, 0.0, 1.0)
-    return probs / probs.sum(axis=1, keepdims=True)
-
-
-def score(probs, labels, problem_type, metric):
+def score(probs, labels, problem, metric):
+    """The blend's score in `metric`: anything metrics.compute reports, or the log loss."""
     if metric == "log_loss":
         from sklearn.metrics import log_loss
 
-        if problem_type == "multi_label":
+        if problem.multi_label:
             p = np.clip(probs, 1e-7, 1 - 1e-7)
             return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
         return float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=list(range(probs.shape[1]))))
-    results = compute(probs, labels, problem_type)
+    results = compute(probs, labels, problem)
     if metric not in results:
         raise UserError(f"ensemble.metric={metric} is not available here; choose one of {', '.join(sorted(results))}")
     return results[metric]
 
 
-def higher_is_better(metric):
-    return metric != "log_loss" and HIGHER_IS_BETTER.get(metric, True)
-
-
-def search_weights(members, labels, problem_type, metric, method, seed=0, trials=300):
+def search_weights(members, labels, problem, metric, method, seed=0, trials=300):
     """Weights on the simplex that score best on the OOF rows; the equal weights are tried
     first, so the result is never worse there than the plain mean."""
     n = len(members)
-    sign = 1 if higher_is_better(metric) else -1
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
     equal = np.full(n, 1.0 / n)
 
     def value(w):
-        return sign * score(normalise(blend(members, w, method), problem_type), labels, problem_type, metric)
+        return sign * score(normalise(blend(members, w, method), problem), labels, problem, metric)
 
     best_w, best = equal, value(equal)
     if n == 1:
@@ -198,13 +96,14 @@ def search_weights(members, labels, problem_type, metric, method, seed=0, trials
     return best_w, sign * best
 
 
-def tune_thresholds(probs, labels, problem_type, metric):
+def tune_thresholds(probs, labels, problem, metric):
     """Binary: the threshold on p(class 1) that maximises the metric; multi-label: per-class
     thresholds that maximise each class's F1. Learned on OOF rows."""
     from sklearn.metrics import f1_score
 
     grid = np.linspace(0.05, 0.95, 91)
-    if problem_type == "multi_label":
+    single_label = PROBLEMS["single_label"]
+    if problem.multi_label:
         out = []
         for c in range(labels.shape[1]):
             scores = [f1_score(labels[:, c], probs[:, c] >= t, zero_division=0) for t in grid]
@@ -214,25 +113,15 @@ def tune_thresholds(probs, labels, problem_type, metric):
         return None
     use = metric if metric in ("accuracy", "f1_macro", "f1_micro") else "f1_macro"
     scores = [compute(np.stack([1 - (probs[:, 1] >= t), probs[:, 1] >= t], 1).astype(float), labels,
-                      "single_label")[use] for t in grid]
+                      single_label)[use] for t in grid]
     best = int(np.argmax(scores))
     # keep 0.5 unless tuning actually helps
-    at_half = compute(probs, labels, "single_label")[use]
+    at_half = compute(probs, labels, single_label)[use]
     return float(grid[best]) if scores[best] > at_half + 1e-12 else 0.5
 
 
-def decide(probs, problem_type, thresholds):
-    if problem_type == "regression":
-        return probs
-    if problem_type == "multi_label":
-        t = np.asarray(thresholds if thresholds is not None else [0.5] * probs.shape[1])
-        return (probs >= t[None, :]).astype(int)
-    if thresholds is not None and probs.shape[1] == 2:
-        return (probs[:, 1] >= thresholds).astype(int)
-    return probs.argmax(axis=1)
-
-
 def read_sample(path):
+    """(path, header, rows) of a sample submission."""
     path = resolve_path(path)
     if not path.is_file():
         raise UserError(f"sample submission {path} not found; set ensemble.sample_submission")
@@ -267,7 +156,7 @@ def label_format(examples, label_names, requested):
     return "name"
 
 
-def submission_rows(header, body, ids, probs, predicted, label_names, problem_type, requested_format="auto"):
+def submission_rows(header, body, ids, probs, predicted, label_names, problem, requested_format="auto"):
     """Rows in the sample's order and layout: a label column (names or numbers) or one
     probability column per class."""
     index = {str(i): k for k, i in enumerate(ids)}
@@ -287,7 +176,7 @@ def submission_rows(header, body, ids, probs, predicted, label_names, problem_ty
     order = [index[i] for i in sample_ids]
     columns = header[1:]
     out = [header]
-    if problem_type == "regression":  # one value column per target; one target may go under any column name
+    if problem.regression:  # one value column per target; one target may go under any column name
         if len(columns) == 1 and len(label_names) == 1:
             col_index = [0]
         elif set(columns) == set(label_names) and len(columns) == len(label_names):
@@ -296,7 +185,7 @@ def submission_rows(header, body, ids, probs, predicted, label_names, problem_ty
             raise UserError(f"the sample submission's columns {columns} are not the targets ({', '.join(label_names)}); "
                             f"fix ensemble.sample_submission")
         for sid, k in zip(sample_ids, order):
-            out.append([sid, *[format_value(probs[k, j]) for j in col_index]])
+            out.append([sid, *[number_text(probs[k, j]) for j in col_index]])
         return out
     if set(columns) == set(label_names) and len(columns) == len(label_names):  # one probability column per class
         col_index = [label_names.index(c) for c in columns]
@@ -309,7 +198,7 @@ def submission_rows(header, body, ids, probs, predicted, label_names, problem_ty
     fmt = label_format([r[1].strip() for r in body if r[1].strip()], label_names, requested_format)
     write = (lambda j: str(int(j))) if fmt == "index" else (lambda j: label_names[int(j)])
     for sid, k in zip(sample_ids, order):
-        if problem_type == "multi_label":
+        if problem.multi_label:
             value = " ".join(write(j) for j in np.flatnonzero(predicted[k]))
         else:
             value = write(predicted[k])
@@ -326,61 +215,32 @@ def run(config):
     split = "test"
     check_sets(sets, split)
     manifest = sets[0][1]
-    problem_type, label_names = manifest["problem_type"], manifest["label_names"]
-    metric = default_metric(problem_type) if ecfg.metric == "auto" else ecfg.metric
-    check_method(ecfg.method, metric, problem_type)
-    has_oof = all("oof" in m["splits"] for _, m in sets)
-    tune_split = "oof" if has_oof else ("valid" if all("valid" in m["splits"] for _, m in sets) else None)
-
-    summary = {"members": [], "method": ecfg.method, "metric": metric, "tuned_on": tune_split}
-    weights = np.full(len(sets), 1.0 / len(sets))
-    thresholds = None
-    if tune_split:
-        labels = load_array(*sets[0], tune_split, "labels.npy")
-        members = [load_array(folder, m, tune_split) for folder, m in sets]
-        for (folder, _), probs in zip(sets, members):
-            s = score(probs, labels, problem_type, metric)
-            summary["members"].append({"path": str(folder), tune_split: s})
-            print(f"member {folder.name}: {tune_split} {metric} {s:.4f}", flush=True)
-        mean_score = score(normalise(blend(members, weights, "mean"), problem_type), labels, problem_type, metric)
-        if ecfg.method == "weighted":
-            weights, blend_score = search_weights(members, labels, problem_type, metric, "weighted")
-        else:
-            blend_score = score(normalise(blend(members, weights, ecfg.method), problem_type), labels, problem_type,
-                                metric)
-        blended = normalise(blend(members, weights, ecfg.method), problem_type)
-        if ecfg.tune_thresholds and ecfg.method != "rank" and problem_type != "regression":
-            thresholds = tune_thresholds(blended, labels, problem_type, metric)
-        summary.update(mean_score=mean_score, blend_score=blend_score, weights=weights.tolist(), thresholds=thresholds)
-        print(f"blend ({ecfg.method}): {tune_split} {metric} {blend_score:.4f} (plain mean {mean_score:.4f}); "
-              f"weights {np.round(weights, 3).tolist()}" + (f"; thresholds {thresholds}" if thresholds else ""),
-              flush=True)
-    else:
-        print("ensemble: no out-of-fold or validation probabilities in every set; equal weights, no thresholds",
-              flush=True)
+    problem, label_names = problem_type(manifest["problem_type"]), manifest["label_names"]
+    metric = problem.default_metric if ecfg.metric == "auto" else ecfg.metric
+    check_method(ecfg.method, metric, problem)
+    summary, weights, thresholds = fit_blend(ecfg, sets, problem, metric)
 
     if not all(split in m["splits"] for _, m in sets):
         raise UserError(f"not every prediction set has a '{split}' split; run evaluate.py with eval.splits=[test]")
     test_members = [load_array(folder, m, split) for folder, m in sets]
-    test_probs = normalise(blend(test_members, weights, ecfg.method), problem_type)
+    test_probs = normalise(blend(test_members, weights, ecfg.method), problem)
     if np.isnan(test_probs).any():
         raise UserError("the blended test probabilities contain NaN; a prediction set is corrupted, re-run evaluate.py")
-    predicted = decide(test_probs, problem_type, thresholds)
+    predicted = problem.decide(test_probs, thresholds)
     ids = load_array(*sets[0], split, "ids.npy")
 
     if ecfg.sample_submission:
         sample_path, header, body = read_sample(ecfg.sample_submission)
-        rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem_type,
-                               ecfg.label_format)
-    elif problem_type == "regression":
-        rows = [["id", *label_names]] + [[str(i), *map(format_value, p)] for i, p in zip(ids, predicted)]
+        rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem, ecfg.label_format)
+    elif problem.regression:
+        rows = [["id", *label_names]] + [[str(i), *map(number_text, p)] for i, p in zip(ids, predicted)]
     else:
         header = ["id", "label"]
-        rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem_type == "multi_label"
+        rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem.multi_label
                             else label_names[int(p)]] for i, p in zip(ids, predicted)]
     test_score = None
     if split in manifest["splits"] and "metrics" in manifest["splits"][split]:  # scored before anything is written
-        test_score = score(test_probs, load_array(*sets[0], split, "labels.npy"), problem_type, metric)
+        test_score = score(test_probs, load_array(*sets[0], split, "labels.npy"), problem, metric)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv", also=(".json",))  # the summary beside it
@@ -392,3 +252,36 @@ def run(config):
     print(f"ensemble: wrote {target} ({len(rows) - 1} rows)", flush=True)
     return target
 
+
+def fit_blend(ecfg, sets, problem, metric):
+    """The blend's weights and decision thresholds, learned on the out-of-fold rows (else the
+    validation rows) every set has: (summary, weights, thresholds). Without either, equal weights
+    and no thresholds."""
+    has_oof = all("oof" in m["splits"] for _, m in sets)
+    tune_split = "oof" if has_oof else ("valid" if all("valid" in m["splits"] for _, m in sets) else None)
+    summary = {"members": [], "method": ecfg.method, "metric": metric, "tuned_on": tune_split}
+    weights = np.full(len(sets), 1.0 / len(sets))
+    if not tune_split:
+        print("ensemble: no out-of-fold or validation probabilities in every set; equal weights, no thresholds",
+              flush=True)
+        return summary, weights, None
+    thresholds = None
+    labels = load_array(*sets[0], tune_split, "labels.npy")
+    members = [load_array(folder, m, tune_split) for folder, m in sets]
+    for (folder, _), probs in zip(sets, members):
+        s = score(probs, labels, problem, metric)
+        summary["members"].append({"path": str(folder), tune_split: s})
+        print(f"member {folder.name}: {tune_split} {metric} {s:.4f}", flush=True)
+    mean_score = score(normalise(blend(members, weights, "mean"), problem), labels, problem, metric)
+    if ecfg.method == "weighted":
+        weights, blend_score = search_weights(members, labels, problem, metric, "weighted")
+    else:
+        blend_score = score(normalise(blend(members, weights, ecfg.method), problem), labels, problem, metric)
+    blended = normalise(blend(members, weights, ecfg.method), problem)
+    if ecfg.tune_thresholds and ecfg.method != "rank" and not problem.regression:
+        thresholds = tune_thresholds(blended, labels, problem, metric)
+    summary.update(mean_score=mean_score, blend_score=blend_score, weights=weights.tolist(), thresholds=thresholds)
+    print(f"blend ({ecfg.method}): {tune_split} {metric} {blend_score:.4f} (plain mean {mean_score:.4f}); "
+          f"weights {np.round(weights, 3).tolist()}" + (f"; thresholds {thresholds}" if thresholds else ""),
+          flush=True)
+    return summary, weights, thresholds

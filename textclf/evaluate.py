@@ -19,7 +19,6 @@ there is no confusion matrix or ROC curve.
 import csv
 import dataclasses
 import datetime
-import hashlib
 import io
 import shutil
 import sys
@@ -27,21 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import resolve_path
-from .console import say
-from .data import READING_KEYS, check_data_keys, load_meta, scan_rows
-from .ensemble import format_value
-from .errors import UserError
 from .checkpoint import load_run_json
-from .fileio import (atomic_dir, atomic_write_text, load_json, next_version, remove_dead_temporaries, sha256_file,
-                     versions, write_json, write_marker)
+from .config import file_reading_keys, resolve_path
+from .console import say, shown
+from .datadir import check_data_keys, load_meta
+from .errors import UserError
+from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, next_version, number_text,
+                     remove_dead_temporaries, sha256_file, versions, write_json, write_marker)
 from .loader import SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import compute, confusion, report
-from .model import probabilities
+from .model import ModelSpec
 from .precision import resolve_shared
 from .predict import (Predictor, features_of, hidden_of, load_fold_models, predict_logits, predict_rows,
                       recover_best, run_folds)
-from .rawdata import RawFile, RowReader, clean_text
+from .rawdata import RawFile, RowReader, scan_rows
+from .text_rules import check_texts
+from .tokenization import fold_texts, per_text
 
 
 def find_run(config):
@@ -78,14 +78,15 @@ def check_arrays_fit(meta, spec, data_dir, run_dir):
                         f"was trained with max_len={tokenization.max_len}, truncation={tokenization.truncation}")
 
 
-def write_metrics(folder, probs, labels, problem_type, label_names, split):
-    results = compute(probs, labels, problem_type)
-    text = report(probs, labels, problem_type, label_names)
+def write_metrics(folder, probs, labels, problem, label_names, split):
+    """metrics.json, report.txt and (one class per row) the confusion matrix and curves of a split."""
+    results = compute(probs, labels, problem)
+    text = report(probs, labels, problem, label_names)
     write_json(folder / "metrics.json", results)
     atomic_write_text(folder / "report.txt", text + "\n")
     print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
     print(text, flush=True)
-    if problem_type not in ("multi_label", "regression"):
+    if problem.one_class:
         matrix_text, _ = confusion(probs, labels, label_names)
         atomic_write_text(folder / "confusion.txt", matrix_text + "\n")
         print(matrix_text, flush=True)
@@ -113,19 +114,16 @@ def text_owner(data_dir, split, aggregate="mean"):
     return windows, windows.owner(n_texts), n_texts
 
 
-def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem_type, aggregate="mean"):
+def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem, aggregate="mean"):
     """Fold probabilities for a whole split: (folds, rows, classes), one row per text in row
     order (sliding windows aggregated by `aggregate`)."""
     dataset = SplitArrays(data_dir / split, with_labels=False)
     windows, owner, n_texts = text_owner(data_dir, split, aggregate)
     loader = make_loader(dataset, SortedBatches(dataset.lengths(), batch_size))
     loader = accelerator.prepare(loader)
-    out = []
-    for model in fold_models:
-        logits = predict_logits(model, loader, len(dataset), accelerator)
-        probs = probabilities(logits, problem_type).numpy()
-        out.append(windows.to_texts(probs, owner, n_texts, problem_type).astype(np.float32))
-    return np.stack(out)
+    fold_probs = [problem.probabilities(predict_logits(model, loader, len(dataset), accelerator)).numpy()
+                  for model in fold_models]
+    return fold_texts(fold_probs, owner, n_texts, windows.aggregate, problem)
 
 
 def embed_split(accelerator, model, data_dir, split, batch_size, hidden_states=False):
@@ -135,13 +133,25 @@ def embed_split(accelerator, model, data_dir, split, batch_size, hidden_states=F
     loader = accelerator.prepare(make_loader(dataset, SortedBatches(dataset.lengths(), batch_size)))
     vectors = predict_rows(model, loader, len(dataset), accelerator, compute=features_of).numpy()
     windows, owner, n_texts = text_owner(data_dir, split)
-    out = {"embeddings": windows.to_texts(vectors, owner, n_texts, "regression")}  # windows: their mean vector
+    out = {"embeddings": per_text(vectors, owner, n_texts, windows.aggregate)}  # windows: their mean vector
     if hidden_states:
         width = int(np.load(data_dir / split / "input_ids.npy", mmap_mode="r").shape[1])
         out["hidden_states"] = predict_rows(model, loader, len(dataset), accelerator, compute=hidden_of,
                                             width=width).numpy()
         out["lengths"] = np.asarray(dataset.lengths())
     return out
+
+
+@dataclasses.dataclass
+class Sources:
+    """What evaluate.py predicts with and on: a run's finished folds and the data it trained on."""
+
+    run_dir: Path
+    data_dir: Path
+    meta: dict
+    spec: ModelSpec
+    checkpoints: list  # [{fold, path, sha256}] of the folds predicting
+    remade: bool  # the data folder was made again after the run trained
 
 
 def run(config):
@@ -157,81 +167,98 @@ def run(config):
     if main:
         recover_best(run_dir)
     accelerator.wait_for_everyone()
+    sources, models = open_run(config, run_dir, main)
+    fold_models = [accelerator.prepare(model) for model in models]
+    meta, spec = sources.meta, sources.spec
+    splits = [s for s in config.eval.splits if s in meta["splits"]]
+    missing = [s for s in config.eval.splits if s not in meta["splits"]]
+    if missing:
+        say(accelerator, f"evaluate: {sources.data_dir.name} has no {', '.join(missing)} split; skipped")
+    if config.eval.hidden_states and meta.get("windows"):
+        raise UserError("eval.hidden_states writes one row of token states per text, and this data reads texts as "
+                        "sliding windows; drop eval.hidden_states (eval.embeddings gives each text's mean window vector)")
+    results = {s: predict_split(accelerator, fold_models, sources.data_dir, s, config.eval.batch_size,
+                                spec.labels.problem, spec.tokenization.window_aggregate) for s in splits}
+    vectors = {}
+    if config.eval.embeddings:  # from the first fold's model: each fold's vectors live in a space of their own
+        say(accelerator, f"evaluate: embeddings from fold {sources.checkpoints[0]['fold']}")
+        vectors = {s: embed_split(accelerator, accelerator.unwrap_model(fold_models[0]), sources.data_dir, s,
+                                  config.eval.batch_size, config.eval.hidden_states) for s in splits}
+    if not main:
+        accelerator.wait_for_everyone()
+        return None
+    out = write_predictions(config, sources, results, vectors, choice)
+    print(f"evaluate: wrote {out}", flush=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def open_run(config, run_dir, main):
+    """The run's fold models (on the CPU) and what they are checked against: (Sources, models)."""
     data_dir = Path(load_run_json(run_dir)["data_dir"])
     meta = load_meta(data_dir)
     check_data_keys(config, meta, data_dir)
     models, spec, checkpoints = load_fold_models(run_dir, config.eval.folds, config.model.trust_remote_code)
-    fold_models = [accelerator.prepare(model) for model in models]
-    folds = [c["fold"] for c in checkpoints]
     check_arrays_fit(meta, spec, data_dir, run_dir)
-    problem_type, label_names = spec.labels.problem_type, spec.labels.names
     remade = sha256_file(data_dir / "meta.json") != spec.provenance.data_meta_sha256
     if remade and main:  # same settings (checked above), other rows perhaps: say so, and record it
         print(f"evaluate: warning: {data_dir} was made again after this run trained (its meta.json differs); its "
               f"train/valid rows may not be the ones the run held out, so scores on them may be optimistic",
               file=sys.stderr, flush=True)
+    return Sources(run_dir, data_dir, meta, spec, checkpoints, remade), models
 
-    splits = [s for s in config.eval.splits if s in meta["splits"]]
-    missing = [s for s in config.eval.splits if s not in meta["splits"]]
-    if missing:
-        say(accelerator, f"evaluate: {data_dir.name} has no {', '.join(missing)} split; skipped")
-    if config.eval.hidden_states and meta.get("windows"):
-        raise UserError("eval.hidden_states writes one row of token states per text, and this data reads texts as "
-                        "sliding windows; drop eval.hidden_states (eval.embeddings gives each text's mean window vector)")
-    results = {s: predict_split(accelerator, fold_models, data_dir, s, config.eval.batch_size, problem_type,
-                                spec.tokenization.window_aggregate) for s in splits}
-    vectors = {}
-    if config.eval.embeddings:  # from the first fold's model: each fold's vectors live in a space of their own
-        say(accelerator, f"evaluate: embeddings from fold {folds[0]}")
-        vectors = {s: embed_split(accelerator, accelerator.unwrap_model(fold_models[0]), data_dir, s,
-                                  config.eval.batch_size, config.eval.hidden_states) for s in splits}
-    if not main:
-        accelerator.wait_for_everyone()
-        return None
 
+def write_predictions(config, sources, results, vectors, choice):
+    """model_predictions/<run>/ (a new version folder): each split's fold and mean probabilities keyed
+    by id, metrics where labelled, embeddings, the run's out-of-fold rows, the manifest."""
+    run_dir, data_dir, spec = sources.run_dir, sources.data_dir, sources.spec
     out = next_version(resolve_path(config.eval.output_dir), run_dir.name)
     manifest = dict(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        run=str(run_dir), label_names=label_names, problem_type=problem_type,
-        checkpoints=checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
-        trained_on_meta_sha256=spec.provenance.data_meta_sha256, data_changed_since_training=remade, splits={},
-        config=config.to_dict(),
-        precision=choice.record(),
+        run=str(run_dir), label_names=spec.labels.names, problem_type=spec.labels.problem_type,
+        checkpoints=sources.checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
+        trained_on_meta_sha256=spec.provenance.data_meta_sha256, data_changed_since_training=sources.remade,
+        splits={}, config=config.to_dict(), precision=choice.record(),
     )
     remove_dead_temporaries(out.parent)  # what a killed evaluate.py left
     with atomic_dir(out) as tmp:
         write_marker(tmp, "predictions")
         for split, fold_probs in results.items():
-            folder = tmp / split
-            folder.mkdir()
-            ids = np.asarray(np.load(data_dir / split / "ids.npy"))
-            np.save(folder / "ids.npy", ids)
-            np.save(folder / "probs.npy", fold_probs.mean(axis=0))
-            for fold, probs in zip(folds, fold_probs):
-                np.save(folder / f"fold{fold}.npy", probs)
-            entry = dict(rows=len(ids), source_sha256=meta["splits"][split]["source_sha256"],
-                         ids_sha256=_ids_hash(ids), folds=folds)
-            if meta["splits"][split]["labelled"]:
-                labels = np.load(data_dir / split / "labels.npy")
-                np.save(folder / "labels.npy", labels)
-                entry["metrics"] = write_metrics(folder, fold_probs.mean(axis=0), labels, problem_type, label_names,
-                                                 split)
-            for name, array in vectors.get(split, {}).items():
-                np.save(folder / f"{name}.npy", array)
+            manifest["splits"][split] = write_split(tmp / split, sources, split, fold_probs, vectors.get(split))
             if split in vectors:
-                entry["embeddings"] = dict(fold=folds[0], dim=int(vectors[split]["embeddings"].shape[1]),
-                                           hidden_states=config.eval.hidden_states)
-            manifest["splits"][split] = entry
+                manifest["splits"][split]["embeddings"]["hidden_states"] = config.eval.hidden_states
         if (run_dir / "oof" / "probs.npy").is_file():
             shutil.copytree(run_dir / "oof", tmp / "oof")
             ids = np.load(tmp / "oof" / "ids.npy")
-            manifest["splits"]["oof"] = dict(rows=len(ids), ids_sha256=_ids_hash(ids), metrics=load_json(
+            manifest["splits"]["oof"] = dict(rows=len(ids), ids_sha256=ids_sha256(ids), metrics=load_json(
                 run_dir / "oof" / "metrics.json", "out-of-fold metrics", "train the run again"))
         write_json(tmp / "manifest.json", manifest)
         atomic_write_text(tmp / "config.yaml", config.to_yaml())
-    print(f"evaluate: wrote {out}", flush=True)
-    accelerator.wait_for_everyone()
     return out
+
+
+def write_split(folder, sources, split, fold_probs, vectors=None):
+    """One split of a prediction set: ids, the fold mean and each fold's probabilities, labels and
+    metrics where the split is labelled, embeddings; returns its manifest entry."""
+    folds = [c["fold"] for c in sources.checkpoints]
+    entry_meta = sources.meta["splits"][split]
+    folder.mkdir()
+    ids = np.asarray(np.load(sources.data_dir / split / "ids.npy"))
+    np.save(folder / "ids.npy", ids)
+    np.save(folder / "probs.npy", fold_probs.mean(axis=0))
+    for fold, probs in zip(folds, fold_probs):
+        np.save(folder / f"fold{fold}.npy", probs)
+    entry = dict(rows=len(ids), source_sha256=entry_meta["source_sha256"], ids_sha256=ids_sha256(ids), folds=folds)
+    if entry_meta["labelled"]:
+        labels = np.load(sources.data_dir / split / "labels.npy")
+        np.save(folder / "labels.npy", labels)
+        entry["metrics"] = write_metrics(folder, fold_probs.mean(axis=0), labels, sources.spec.labels.problem,
+                                         sources.spec.labels.names, split)
+    for name, array in (vectors or {}).items():
+        np.save(folder / f"{name}.npy", array)
+    if vectors:
+        entry["embeddings"] = dict(fold=folds[0], dim=int(vectors["embeddings"].shape[1]))
+    return entry
 
 
 def read_texts(config, tokenization):
@@ -239,17 +266,13 @@ def read_texts(config, tokenization):
     data_process.py checks its files: columns, empty texts, duplicate ids, ...)."""
     if config.eval.texts is not None:
         texts = list(config.eval.texts)
-        if not texts:
-            raise UserError("eval.texts is empty; give at least one text, e.g. eval.texts='[\"some text\"]'")
-        for number, text in enumerate(texts):
-            if not clean_text(text):
-                raise UserError(f"eval.texts item {number} is empty (or only invisible characters); give a text")
+        check_texts(texts, tokenization.text_pair_column, tokenization.template)
         return texts, [str(i) for i in range(len(texts))], None
     data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
     raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
     reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)  # predictions only: labels unread
-    scan_rows(reader, data_cfg, "input", None, None)  # refuses what data_process.py would refuse
+    scan_rows(reader, data_cfg, "input", None)  # refuses what data_process.py would refuse
     texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
     for row_number, (line, values) in enumerate(raw.rows()):
         text = reader.text(values, line)
@@ -262,48 +285,38 @@ def read_texts(config, tokenization):
     return texts, ids, pairs
 
 
-def _ids_hash(ids):
-    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
-
-
 def predict_raw(config, run_dir):
     """eval.texts or eval.input: classify raw texts, print them, and write a CSV of probabilities."""
-    from .model import ModelSpec
-
     data_dir = Path(load_run_json(run_dir)["data_dir"])
     if (data_dir / "meta.json").is_file():  # the keys that describe the new input file may differ
-        check_data_keys(config, load_meta(data_dir), data_dir, may_differ=READING_KEYS)
+        check_data_keys(config, load_meta(data_dir), data_dir, may_differ=file_reading_keys())
     recover_best(run_dir)
     folds = run_folds(run_dir, config.eval.folds)
     spec = ModelSpec.from_json(load_json(folds[0][1] / "head.json", "a textclf head.json", "retrain this fold"),
                                folds[0][1] / "head.json")
     texts, ids, pairs = read_texts(config, spec.tokenization)
-    if spec.tokenization.text_pair_column and pairs is None:
-        raise UserError(f"this run was trained on text pairs (second segment: '{spec.tokenization.text_pair_column}'); "
-                        f"eval.texts gives single texts: use eval.input with a file that has that column")
     predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
                                    precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code)
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
     out = predictor.predict(texts, pairs)
     names = predictor.label_names
-    regression = predictor.problem_type == "regression"
+    regression = predictor.problem.regression
     buf = io.StringIO()
     writer = csv.writer(buf)
     if regression:  # one column per target, named like the target column
         writer.writerow(["id", *names])
         for row_id, values in zip(ids, out["predictions"]):
-            writer.writerow([row_id, *[format_value(v) for v in values]])
+            writer.writerow([row_id, *[number_text(v) for v in values]])
     else:
         writer.writerow(["id", "label", *[f"prob_{n}" for n in names]])
         for row_id, label, probs in zip(ids, out["labels"], out["probs"]):
             label = "|".join(label) if isinstance(label, list) else label
             writer.writerow([row_id, label, *[f"{p:.6f}" for p in probs]])
     for text, label, probs in zip(predictor.tokenizer.texts(texts[:50]), out["labels"], out["probs"]):
-        shown = text if len(text) <= 70 else text[:67] + "..."
         if regression:
-            print(f"{' '.join(format_value(v) for v in probs):>12}  {shown}", flush=True)
+            print(f"{' '.join(number_text(v) for v in probs):>12}  {shown(text)}", flush=True)
         else:
-            print(f"{label!s:>12}  p={probs.max():.3f}  {shown}", flush=True)
+            print(f"{label!s:>12}  p={probs.max():.3f}  {shown(text)}", flush=True)
     if len(texts) > 50:
         print(f"... {len(texts) - 50} more rows", flush=True)
     target = next_version(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")

@@ -28,19 +28,24 @@ the check compares them in units of each target's standard deviation.
 """
 
 import argparse
-import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import lora
+from .checkpoint import load_run_json
 from .config import resolve_path
+from .datadir import fold_rows, load_meta
 from .errors import UserError, run_cli
 from .fileio import atomic_dir, made_by_textclf, remove_dead_temporaries, write_json, write_marker
-from .model import REMOTE_CODE, hf_config, merge_lora, probabilities, read_encoder_config
+from .loader import Windows
+from .metrics import compute
+from .model import hf_config, read_encoder_config, write_hf_config
+from .onnx_predict import OnnxPredictor
 from .predict import load_fold_models, recover_best
+from .premodels import load_tokenizer
 from .tokenization import TextTokenizer
 
 # Heads that are exactly a native Hugging Face class: model_type -> (class, encoder prefix).
@@ -55,15 +60,15 @@ class FoldMean(torch.nn.Module):
     """The mean of the fold models' probabilities (what evaluate.py and Predictor compute), or with
     per_fold each fold's, stacked (folds, rows, k), for a reader that aggregates windows per fold."""
 
-    def __init__(self, models, problem_type, pass_token_types, per_fold=False):
+    def __init__(self, models, problem, per_fold=False):
         super().__init__()
         self.members = torch.nn.ModuleList(models)
-        self.problem_type = problem_type
-        self.pass_token_types = pass_token_types
+        self.problem = problem
+        self.pass_token_types = models[0].pass_token_types
         self.per_fold = per_fold
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        probs = torch.stack([probabilities(m(input_ids, attention_mask, token_type_ids), self.problem_type)
+        probs = torch.stack([self.problem.probabilities(m(input_ids, attention_mask, token_type_ids))
                              for m in self.members])
         return probs if self.per_fold else probs.mean(0)
 
@@ -93,16 +98,15 @@ def check_rows(spec, tokenizer, rows=24, seed=0):
 
 @torch.no_grad()
 def reference_probs(models, spec, batch, per_fold=False):
-    ids, mask, types = batch
-    probs = torch.stack([probabilities(m(ids, mask, types), spec.labels.problem_type) for m in models])
-    return probs if per_fold else probs.mean(0)
+    """textclf's own probabilities on the check rows: what every export is compared with."""
+    return FoldMean(models, spec.labels.problem, per_fold)(*batch)
 
 
 def require_close(got, want, tolerance, what, spec=None):
     """The largest difference between an export's outputs and textclf's; for regression in units of
     each target's standard deviation, so the tolerance does not depend on the targets' units."""
     error = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64))
-    if spec is not None and spec.labels.problem_type == "regression":
+    if spec is not None and spec.labels.problem.regression:
         error = error / np.asarray(spec.head.target_std, dtype=np.float64)
     diff = float(error.max())
     if not diff <= tolerance:
@@ -123,10 +127,10 @@ def native_state(model, spec, config):
     prefix = kind[1]
     state = model.state_dict()
     weight, bias = state["fc.weight"], state["fc.bias"]
-    if spec.labels.problem_type == "binary_bce":  # one logit z -> [0, z]: softmax gives [1 - p, p]
+    if spec.labels.problem.outputs(2) == 1:  # binary_bce's one logit z -> [0, z]: softmax gives [1 - p, p]
         weight = torch.cat([torch.zeros_like(weight), weight])
         bias = torch.cat([torch.zeros_like(bias), bias])
-    if spec.labels.problem_type == "regression":  # textclf's z * std + mean, folded into the output layer
+    if spec.labels.problem.regression:  # textclf's z * std + mean, folded into the output layer
         std = torch.tensor(spec.head.target_std, dtype=weight.dtype)
         weight = weight * std[:, None]
         bias = bias * std + torch.tensor(spec.head.target_mean, dtype=bias.dtype)
@@ -193,19 +197,15 @@ def write_hf(folder, models, spec, config, tokenizer):
             state = {f"members.{k}.{name}": t for k, m in enumerate(models) for name, t in m.state_dict().items()}
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        config_out = hf_config(config, spec, members=len(models))
-        config_out.save_pretrained(str(folder))
-        for name in REMOTE_CODE:
-            shutil.copyfile(Path(__file__).parent / "hf_remote" / name, folder / name)
+        write_hf_config(folder, config, spec, members=len(models))
         kind = "TextclfForSequenceClassification (trust_remote_code=True)"
     save_tokenizer(tokenizer, spec, folder)
     loaded = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=native is None).eval()
     batch = check_rows(spec, tokenizer)
     with torch.no_grad():
         logits = loaded(input_ids=batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits.float()
-    problem_type = spec.labels.problem_type
-    got = logits if problem_type == "regression" else logits.sigmoid() if problem_type == "multi_label" else (
-        logits.softmax(-1))
+    problem = spec.labels.problem  # Hugging Face's convention: softmax, sigmoid for multi-label, values for regression
+    got = logits if problem.regression else logits.sigmoid() if problem.multi_label else logits.softmax(-1)
     return kind, require_close(got.numpy(), reference_probs(models, spec, batch).numpy(), HF_TOLERANCE, "Hugging Face",
                                spec)
 
@@ -220,7 +220,7 @@ def write_onnx(folder, models, spec, tokenizer):
 
     pass_types = models[0].pass_token_types
     per_fold = onnx_output(spec, len(models)) == "fold_probs"
-    module = FoldMean(models, spec.labels.problem_type, pass_types, per_fold).eval()
+    module = FoldMean(models, spec.labels.problem, per_fold).eval()
     batch = check_rows(spec, tokenizer)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if pass_types else [])
     # The example must hold padding: a mask of ones would let the encoder skip its mask code
@@ -249,7 +249,7 @@ def onnx_output(spec, folds=1):
     """The graph's output: the probabilities, or a regression's predictions; each fold's
     probabilities (folds, rows, k) where several folds read sliding windows aggregated by their max,
     which does not commute with the fold mean (the reader takes each fold's max, then the mean)."""
-    if spec.labels.problem_type == "regression":
+    if spec.labels.problem.regression:
         return "predictions"
     windowed_max = spec.tokenization.window_stride and spec.tokenization.window_aggregate == "max"
     return "fold_probs" if windowed_max and folds > 1 else "probs"
@@ -268,64 +268,41 @@ def quantize(folder):
 def held_out_rows(run_dir, folds):
     """The run's rows held out by the exported folds: (split folder, rows, labels) or None where the
     run's data is gone."""
-    from .checkpoint import load_run_json
-
-    run = load_run_json(run_dir)
-    data_dir = resolve_path(run["data_dir"])
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
+    data_dir = resolve_path(load_run_json(run_dir)["data_dir"])
+    if not (data_dir / "meta.json").is_file():
         return None
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta["folds"]["mode"] == "valid_file":
-        split = data_dir / "valid"
-        rows = np.arange(meta["splits"]["valid"]["rows"])
-    else:
-        split = data_dir / "train"
-        rows = np.flatnonzero(np.isin(np.load(split / "folds.npy"), folds))
+    meta = load_meta(data_dir)
+    parts = [fold_rows(meta, data_dir, fold)[1:] for fold in folds]
+    split = data_dir / parts[0][0]
+    rows = np.unique(np.concatenate([held for _, held in parts]))
     if not len(rows) or not (split / "labels.npy").is_file():
         return None
     return split, rows, np.load(split / "labels.npy", mmap_mode="r")[rows]
 
 
-def accuracy(probs, labels, problem_type):
-    if problem_type == "regression":  # the RMSE, mean over targets, for the int8 comparison
-        from .metrics import regression_metrics
-
-        return regression_metrics(probs, labels)["rmse"]
-    if problem_type == "multi_label":
-        return float(((probs >= 0.5) == (np.asarray(labels) > 0)).all(axis=1).mean())
-    return float((probs.argmax(1) == np.asarray(labels)).mean())
-
-
-def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_size=64, aggregate="mean"):
-    """Accuracy of model.onnx and model.int8.onnx on the held-out rows (texts; their windows, with
-    sliding windows), and their largest difference."""
+def compare_int8(folder, onnx_doc, encoder, held):
+    """The metric (accuracy; rmse for regression) of model.onnx and model.int8.onnx on the held-out
+    rows (texts; their windows, with sliding windows), and their largest difference, predicted as
+    OnnxPredictor predicts."""
     import onnxruntime as ort
 
-    from .loader import Windows
-    from .onnx_predict import per_text
-
-    windows = Windows(split, aggregate)
+    split, rows, labels = held
+    windows = Windows(split, encoder.windows.aggregate)
     n_texts = len(rows)
-    rows, owner = windows.rows(rows)
-    arrays = {name: np.load(split / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "token_type_ids", "lengths")}
+    token_rows, owner = windows.rows(rows)
+    arrays = {name: np.asarray(np.load(split / f"{name}.npy", mmap_mode="r")[token_rows])
+              for name in ("input_ids", "token_type_ids", "lengths")}
     out = {}
     for name in ("model.onnx", "model.int8.onnx"):
         session = ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
-        probs = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            lengths = np.asarray(arrays["lengths"][chunk])
-            width = int(lengths.max())
-            feeds = {"input_ids": np.asarray(arrays["input_ids"][chunk, :width], dtype=np.int64),
-                     "attention_mask": (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64),
-                     "token_type_ids": np.asarray(arrays["token_type_ids"][chunk, :width], dtype=np.int64)}
-            probs.append(session.run(None, {k: feeds[k] for k in input_names})[0])
-        out[name] = per_text(np.concatenate(probs, axis=-2), windows.to_texts, owner, n_texts, problem_type)
+        predictor = OnnxPredictor(session, onnx_doc, encoder)
+        probs = predictor.probs(arrays["input_ids"], arrays["token_type_ids"], arrays["lengths"])
+        out[name] = predictor.per_text(probs, owner, n_texts)
     fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
-    name = "rmse" if problem_type == "regression" else "accuracy"
-    return {"rows": int(n_texts), "metric": name, f"{name}_fp32": accuracy(fp32, labels, problem_type),
-            f"{name}_int8": accuracy(int8, labels, problem_type),
+    problem = predictor.problem
+    metric = "rmse" if problem.regression else "accuracy"
+    return {"rows": int(n_texts), "metric": metric, f"{metric}_fp32": compute(fp32, labels, problem)[metric],
+            f"{metric}_int8": compute(int8, labels, problem)[metric],
             "max_prob_difference": float(np.abs(fp32 - int8).max())}
 
 
@@ -333,8 +310,7 @@ def compare_int8(folder, split, rows, labels, problem_type, input_names, batch_s
 
 
 def choose_folds(run_dir, fold):
-    from .checkpoint import load_run_json
-
+    """The run's folds an export takes: --fold k, or every fold (mean, each)."""
     planned = load_run_json(run_dir)["folds"]
     if fold in ("mean", "each"):
         return planned
@@ -349,6 +325,7 @@ def choose_folds(run_dir, fold):
 
 
 def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_remote_code=False):
+    """Export a run's fold (or the fold mean, or each fold) to `out`; returns the report in export.json."""
     run_dir = resolve_path(run_dir)
     out = resolve_path(out)
     if fmt not in ("hf", "onnx"):
@@ -365,27 +342,12 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     folds = choose_folds(run_dir, fold)
     recover_best(run_dir)
     models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
-    merged = [merge_lora(m, spec) for m in models]  # LoRA: the adapters merged into the base weights
+    merged = [lora.merge(m, spec) for m in models]  # LoRA: the adapters merged into the base weights
     models, spec = [m for m, _ in merged], merged[0][1]
-    from .data import load_tokenizer
-
     tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
     config = read_encoder_config(checkpoints[0]["path"], trust_remote_code)
     groups = [[k] for k in range(len(models))] if fold == "each" else [list(range(len(models)))]
     started = time.time()
-    notes = []
-    if spec.tokenization.template:
-        notes.append(f"the run's texts are made by data.template {spec.tokenization.template!r}; fill it before "
-                     f"calling a pipeline (OnnxPredictor and Predictor take rows as mappings of its columns)")
-    if spec.tokenization.window_stride:
-        notes.append(f"the run reads texts as sliding windows (stride {spec.tokenization.window_stride}, "
-                     f"{spec.tokenization.window_aggregate} of the windows' probabilities); a Hugging Face pipeline "
-                     f"sees one window (the head of the text), OnnxPredictor and Predictor read every window")
-    if spec.tokenization.truncation == "head_tail":
-        notes.append("the run truncated long texts head_tail; the exported tokenizer keeps the head only, so texts "
-                     f"longer than max_len={spec.tokenization.max_len} tokens differ (OnnxPredictor keeps head_tail)")
-    if spec.tokenization.text_pair_column:
-        notes.append("the run used text pairs: pass {'text': ..., 'text_pair': ...} to the pipeline")
     remove_dead_temporaries(out.parent)  # what a killed export left
     with atomic_dir(out, replace=out.exists()) as tmp:
         report = {"run": str(run_dir), "format": fmt, "fold": fold, "folders": []}
@@ -399,32 +361,58 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
             if fmt == "hf":
                 entry["class"], entry["max_difference"] = write_hf(folder, members, spec, config, tokenizer)
             else:
-                encoder, entry["max_difference"] = write_onnx(folder, members, spec, tokenizer)
-                names = ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else [])
-                onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
-                            "inputs": names, "outputs": [onnx_output(spec, len(members))],
-                            "tokenization": encoder.to_json(),
-                            "text_pair_column": spec.tokenization.text_pair_column,
-                            "folds": len(members), "models": {"fp32": "model.onnx"}}
-                if int8:
-                    quantize(folder)
-                    onnx_doc["models"]["int8"] = "model.int8.onnx"
-                    held = held_out_rows(run_dir, entry["folds"])
-                    if held is None:
-                        entry["int8"] = "not measured: the run's data folder is gone"
-                    else:
-                        entry["int8"] = compare_int8(folder, *held, spec.labels.problem_type, names,
-                                                     aggregate=spec.tokenization.window_aggregate)
-                        if len(group) > 1:
-                            entry["int8"]["note"] = ("rows held out by one fold each; the other folds of the mean "
-                                                     "trained on them, so the accuracy is optimistic")
-                write_json(folder / "textclf_onnx.json", onnx_doc)
+                entry.update(write_onnx_folder(folder, members, spec, tokenizer, run_dir if int8 else None,
+                                               entry["folds"]))
             report["folders"].append(entry)
-        report["notes"] = notes
+        report["notes"] = notes(spec)
         report["seconds"] = round(time.time() - started, 1)
         write_json(tmp / "export.json", report)
         write_marker(tmp, "export")
     return report
+
+
+def write_onnx_folder(folder, members, spec, tokenizer, int8_run=None, folds=()):
+    """model.onnx, the tokenizer and textclf_onnx.json in `folder`; with int8_run (the run the folds
+    come from) also model.int8.onnx, scored on the folds' held-out rows. Returns the folder's entry
+    in export.json: max_difference, and int8."""
+    encoder, difference = write_onnx(folder, members, spec, tokenizer)
+    entry = {"max_difference": difference}
+    onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
+                "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else []),
+                "outputs": [onnx_output(spec, len(members))], "tokenization": encoder.to_json(),
+                "text_pair_column": spec.tokenization.text_pair_column, "folds": len(members),
+                "models": {"fp32": "model.onnx"}}
+    if int8_run is not None:
+        quantize(folder)
+        onnx_doc["models"]["int8"] = "model.int8.onnx"
+        held = held_out_rows(int8_run, folds)
+        if held is None:
+            entry["int8"] = "not measured: the run's data folder is gone"
+        else:
+            entry["int8"] = compare_int8(folder, onnx_doc, encoder, held)
+            if len(members) > 1:
+                entry["int8"]["note"] = ("rows held out by one fold each; the other folds of the mean trained on "
+                                         "them, so the accuracy is optimistic")
+    write_json(folder / "textclf_onnx.json", onnx_doc)
+    return entry
+
+
+def notes(spec):
+    """What a user of the export must know about how the run read its texts."""
+    tokenization, out = spec.tokenization, []
+    if tokenization.template:
+        out.append(f"the run's texts are made by data.template {tokenization.template!r}; fill it before "
+                   f"calling a pipeline (OnnxPredictor and Predictor take rows as mappings of its columns)")
+    if tokenization.window_stride:
+        out.append(f"the run reads texts as sliding windows (stride {tokenization.window_stride}, "
+                   f"{tokenization.window_aggregate} of the windows' probabilities); a Hugging Face pipeline "
+                   f"sees one window (the head of the text), OnnxPredictor and Predictor read every window")
+    if tokenization.truncation == "head_tail":
+        out.append("the run truncated long texts head_tail; the exported tokenizer keeps the head only, so texts "
+                   f"longer than max_len={tokenization.max_len} tokens differ (OnnxPredictor keeps head_tail)")
+    if tokenization.text_pair_column:
+        out.append("the run used text pairs: pass {'text': ..., 'text_pair': ...} to the pipeline")
+    return out
 
 
 def main(argv):

@@ -225,3 +225,16 @@ def sha256_file(path, chunk=1 << 20):
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def ids_sha256(ids):
+    """One hash of a list of row ids, in their order: two prediction sets of the same rows share it."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def number_text(value):
+    """A predicted number as CSV text: 7 significant digits (float32 holds about that many), never
+    in exponent notation."""
+    import numpy as np
+
+    return np.format_float_positional(float(value), precision=7, unique=True, fractional=False, trim="-")

@@ -96,13 +96,14 @@ class SplitArrays(Dataset):
 class Windows:
     """Which token rows belong to which texts in a split folder: one row per text, or with
     sliding windows (window_doc.npy) several. `rows(texts)` gives the token rows of the texts
-    `texts` (row numbers of ids and labels) and, for each, the position in `texts` of its text,
-    which is what `to_texts` aggregates over."""
+    `texts` (row numbers of ids and labels) and, for each, the position in `texts` of its text;
+    tokenization.per_text(values, that position, len(texts), windows.aggregate, problem) turns
+    per-row values into one row per text."""
 
     def __init__(self, split_dir, aggregate="mean"):
         path = Path(split_dir) / "window_doc.npy"
         self.doc = np.load(path) if path.is_file() else None
-        self.aggregate = aggregate
+        self.aggregate = aggregate if self.doc is not None else None  # None: one row per text, nothing to aggregate
 
     @property
     def windowed(self):
@@ -120,14 +121,6 @@ class Windows:
         position[texts] = np.arange(len(texts))
         rows = np.flatnonzero(position[self.doc] >= 0)
         return rows, position[self.doc[rows]]
-
-    def to_texts(self, values, owner, n_texts, problem_type):
-        """Per-row probabilities (rows, k) -> one row per text (see tokenization.aggregate_windows)."""
-        if self.doc is None:
-            return values
-        from .tokenization import aggregate_windows
-
-        return aggregate_windows(values, owner, n_texts, self.aggregate, problem_type)
 
 
 def collate(batch):

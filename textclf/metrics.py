@@ -1,54 +1,39 @@
-"""Classification metrics from probabilities, and the per-class report; regression metrics from
-predictions (rows, targets), and a numeric report."""
+"""Metrics from probabilities, and the per-class report; regression metrics from predictions
+(rows, targets), and a numeric report. Every metric name textclf knows is spelled here once.
+
+`compute`, `report` and `confusion` take the problem type as a problem.Problem, which decides
+how probabilities become classes."""
 
 import numpy as np
-from sklearn import metrics as skm
 
-HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "loss": False,
-                    "rmse": False, "mae": False, "pearson": True, "spearman": True}
-REGRESSION_METRICS = ("rmse", "mae", "pearson", "spearman")
-
-
-def default_metric(problem_type):
-    """What train.metric=auto and ensemble.metric=auto mean."""
-    return "rmse" if problem_type == "regression" else "accuracy"
-
-
-def available(problem_type, n_labels):
-    """The metric names `compute` (plus the loss) reports for a problem."""
-    if problem_type == "regression":
-        return {*REGRESSION_METRICS, "loss"}
-    names = {"accuracy", "f1_macro", "f1_micro", "loss"}
-    if problem_type != "single_label" or n_labels == 2:
-        names.add("roc_auc")
-    return names
+# Every metric, and whether higher is better. Training also ranks by its own loss on held-out
+# rows; a blend can be scored by its log loss.
+HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "log_loss": False,
+                    "rmse": False, "mae": False, "pearson": True, "spearman": True, "loss": False}
+CLASSIFICATION = ("accuracy", "f1_macro", "f1_micro", "roc_auc")
+REGRESSION = ("rmse", "mae", "pearson", "spearman")
+TRAIN_METRICS = CLASSIFICATION + REGRESSION + ("loss",)  # train.metric
+BLEND_METRICS = CLASSIFICATION + ("log_loss",) + REGRESSION  # ensemble.metric
 
 
-def predictions(probs, problem_type, threshold=0.5):
-    probs = np.asarray(probs)
-    if problem_type == "regression":
-        return probs
-    if problem_type == "multi_label":
-        return (probs >= threshold).astype(np.int64)
-    return probs.argmax(axis=1)
-
-
-def compute(probs, labels, problem_type):
+def compute(probs, labels, problem):
     """accuracy, macro/micro F1, and ROC AUC for two classes (multi-label: subset accuracy);
     regression: rmse, mae, pearson, spearman (see regression_metrics)."""
-    if problem_type == "regression":
+    from sklearn import metrics as skm
+
+    if problem.regression:
         return regression_metrics(probs, labels)
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
-    pred = predictions(probs, problem_type)
+    pred = problem.decide(probs)
     out = {
         "accuracy": float(skm.accuracy_score(labels, pred)),
         "f1_macro": float(skm.f1_score(labels, pred, average="macro", zero_division=0)),
         "f1_micro": float(skm.f1_score(labels, pred, average="micro", zero_division=0)),
     }
-    if problem_type != "multi_label" and probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+    if not problem.multi_label and probs.shape[1] == 2 and len(np.unique(labels)) == 2:
         out["roc_auc"] = float(skm.roc_auc_score(labels, probs[:, 1]))
-    elif problem_type == "multi_label":
+    elif problem.multi_label:
         present = [c for c in range(labels.shape[1]) if 0 < labels[:, c].sum() < len(labels)]
         if present:
             out["roc_auc"] = float(skm.roc_auc_score(labels[:, present], probs[:, present], average="macro"))
@@ -90,37 +75,41 @@ def regression_metrics(preds, targets):
     """Each metric averaged over the target columns (for several targets rmse is the mean
     column-wise RMSE); one target: the plain values."""
     columns = per_target(preds, targets)
-    return {name: float(np.mean([c[name] for c in columns])) for name in REGRESSION_METRICS}
+    return {name: float(np.mean([c[name] for c in columns])) for name in REGRESSION}
 
 
 def regression_report(preds, targets, names):
     """Per target: rows, the targets' and the predictions' mean and std, and the metrics, as text."""
     preds, targets = _as_columns(preds), _as_columns(targets)
-    header = ["target", "rows", "mean", "std", "pred_mean", "pred_std", *REGRESSION_METRICS]
+    header = ["target", "rows", "mean", "std", "pred_mean", "pred_std", *REGRESSION]
     lines = [header]
     for name, p, y, m in zip(names, preds.T, targets.T, per_target(preds, targets)):
         lines.append([str(name)[:20], str(len(y)), *(f"{v:.4f}" for v in (y.mean(), y.std(), p.mean(), p.std())),
-                      *(f"{m[k]:.4f}" for k in REGRESSION_METRICS)])
+                      *(f"{m[k]:.4f}" for k in REGRESSION)])
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines)
 
 
-def report(probs, labels, problem_type, label_names):
+def report(probs, labels, problem, label_names):
     """Per-class precision / recall / F1 / support as text (like NeMo's classification report);
     regression: the numeric report of regression_report."""
-    if problem_type == "regression":
+    from sklearn import metrics as skm
+
+    if problem.regression:
         return regression_report(probs, labels, label_names)
-    pred = predictions(probs, problem_type)
+    pred = problem.decide(probs)
     labels = np.asarray(labels)
     kwargs = dict(target_names=[str(n) for n in label_names], digits=4, zero_division=0)
-    if problem_type != "multi_label":
+    if not problem.multi_label:
         kwargs["labels"] = list(range(len(label_names)))
     return skm.classification_report(labels, pred, **kwargs)
 
 
 def confusion(probs, labels, label_names):
-    """The confusion matrix as text: rows are true labels, columns predictions."""
-    pred = predictions(probs, "single_label")
+    """The confusion matrix as text: rows are true labels, columns predictions (the argmax)."""
+    from sklearn import metrics as skm
+
+    pred = np.asarray(probs).argmax(axis=1)
     matrix = skm.confusion_matrix(labels, pred, labels=list(range(len(label_names))))
     names = [str(n)[:12] for n in label_names]
     width = max(8, max(len(n) for n in names) + 1, len(str(matrix.max())) + 1)
@@ -139,4 +128,4 @@ def is_better(value, best, mode, min_delta=0.0):
 def metric_mode(metric, mode):
     if mode != "auto":
         return mode
-    return "max" if HIGHER_IS_BETTER.get(metric, True) else "min"
+    return "max" if HIGHER_IS_BETTER[metric] else "min"

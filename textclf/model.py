@@ -22,47 +22,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import lora
+from .config import HEADS, TRUNCATIONS, WINDOW_AGGREGATES
 from .errors import UserError
 from .hf_remote.modeling_textclf import backbone_inputs, is_causal, mlp_layers, pool, uses_token_types
-
-PROBLEM_TYPES = ("single_label", "binary_bce", "multi_label", "regression")
-
-
-def resolve_problem_type(requested, meta_problem, n_labels):
-    if meta_problem == "regression":
-        if requested not in ("auto", "regression"):
-            raise UserError(f"model.problem_type={requested} does not fit numeric targets (data.task=regression); "
-                            f"use auto or regression")
-        return "regression"
-    if requested == "regression":
-        raise UserError("model.problem_type=regression needs numeric targets: run data_process.py with "
-                        "data.task=regression (and another data.name)")
-    if meta_problem == "multi_label":
-        if requested not in ("auto", "multi_label"):
-            raise UserError(f"model.problem_type={requested} does not fit multi-label data; use auto or multi_label")
-        return "multi_label"
-    if requested == "multi_label":
-        raise UserError("model.problem_type=multi_label needs multi-label data (data.label_columns or data.label_delimiter)")
-    if requested == "binary_bce" and n_labels != 2:
-        raise UserError(f"model.problem_type=binary_bce needs 2 labels, the data has {n_labels}; use single_label")
-    return "single_label" if requested == "auto" else requested
-
-
-def num_outputs(problem_type, n_labels):
-    return 1 if problem_type == "binary_bce" else n_labels
+from .problem import NAMES as PROBLEM_NAMES, problem_type
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone, n_outputs, head="cls", dropout=0.1, multi_sample_dropout=1, mlp_hidden=0,
-                 target_mean=None, target_std=None):
+    """The backbone and the head a HeadConfig describes (with head.lora, the caller puts adapters
+    on the backbone: build_classifier)."""
+
+    def __init__(self, backbone, head_config):
         super().__init__()
+        head, dropout, mlp_hidden = head_config.head, head_config.dropout, head_config.mlp_hidden
         self.backbone = backbone
         self.head = head
+        self.lora = head_config.lora
         self.pass_token_types = uses_token_types(backbone.config)
         self.positions_from_mask = is_causal(backbone.config)
         hidden = backbone.config.hidden_size
         self.dropout = nn.Dropout(dropout)
-        self.samples = max(1, int(multi_sample_dropout))
+        self.samples = max(1, int(head_config.multi_sample_dropout))
         wants_pooler = head in ("pooler", "fusion")
         has_pooler = getattr(backbone, "pooler", None) is not None
         if not wants_pooler and has_pooler:
@@ -72,10 +53,10 @@ class Classifier(nn.Module):
         if wants_pooler and not has_pooler:
             self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
         self.mlp = mlp_layers(hidden, mlp_hidden, dropout)
-        self.fc = nn.Linear(mlp_hidden or hidden, n_outputs)
-        self.fc_pooler = nn.Linear(hidden, n_outputs) if head == "fusion" else None
+        self.fc = nn.Linear(mlp_hidden or hidden, head_config.n_outputs)
+        self.fc_pooler = nn.Linear(hidden, head_config.n_outputs) if head == "fusion" else None
         # regression: the affine map from standardised to real targets; fixed, so not in the state dict
-        for name, values in (("target_mean", target_mean), ("target_std", target_std)):
+        for name, values in (("target_mean", head_config.target_mean), ("target_std", head_config.target_std)):
             self.register_buffer(name, None if values is None else torch.tensor(values, dtype=torch.float32),
                                  persistent=False)
 
@@ -167,12 +148,7 @@ def check_gradient_checkpointing(model_dir, trust_remote_code=False):
 def freeze(model, embeddings=False, layers=0):
     """Stop training the embeddings (and, with layers = k > 0, the first k layers with them): their
     weights stay as loaded, and backward stops above them, which saves its cost there. Returns the
-    number of parameters frozen."""
-    total = num_layers(model)
-    if layers > total:
-        raise UserError(f"model.freeze_layers={layers}, but the backbone has {total} layers; use 0..{total}")
-    if layers < 0:
-        raise UserError(f"model.freeze_layers={layers} is negative; use 0 (train all) up to {total}")
+    number of parameters frozen. The range of `layers` is checked before training (check_freeze)."""
     frozen = 0
     for name, param in model.backbone.named_parameters():
         index = layer_index(name)
@@ -180,71 +156,6 @@ def freeze(model, embeddings=False, layers=0):
             param.requires_grad_(False)
             frozen += param.numel()
     return frozen
-
-
-def make_loss(problem_type, class_weights=None, label_smoothing=0.0, target_std=None, kind="auto", huber_delta=1.0):
-    """A function (logits, labels) -> mean loss for the problem type. Regression: `kind` mse (auto)
-    or huber, on residuals divided by each target's std, so the loss and huber_delta are in
-    standard deviations whatever the targets' units."""
-    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-    if problem_type == "regression":
-        scale = torch.as_tensor(target_std if target_std is not None else 1.0, dtype=torch.float32)
-
-        def loss(preds, targets):
-            residual = (preds.float() - targets.float()) / scale.to(preds.device)
-            if kind == "huber":
-                return nn.functional.huber_loss(residual, torch.zeros_like(residual), delta=huber_delta)
-            return residual.pow(2).mean()
-        return loss
-    if problem_type == "single_label":
-        def loss(logits, labels):
-            w = None if weights is None else weights.to(logits.device)
-            return nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing)
-    elif problem_type == "binary_bce":
-        def loss(logits, labels):
-            target = labels.float()
-            if label_smoothing:
-                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
-            per_row = nn.functional.binary_cross_entropy_with_logits(logits.float().squeeze(-1), target, reduction="none")
-            if weights is None:
-                return per_row.mean()
-            w = weights.to(logits.device)[labels]  # each row weighted by its class, normalised like CE
-            return (per_row * w).sum() / w.sum()
-    else:
-        def loss(logits, labels):
-            target = labels.float()
-            if label_smoothing:
-                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
-            pos_weight = None if weights is None else weights.to(logits.device)
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
-    return loss
-
-
-def probabilities(logits, problem_type):
-    """Class probabilities (rows, classes); binary_bce expands its one logit to [1-p, p]. For
-    regression the model's outputs are the predictions themselves (rows, targets)."""
-    logits = logits.float()
-    if problem_type == "regression":
-        return logits
-    if problem_type == "single_label":
-        return logits.softmax(-1)
-    if problem_type == "binary_bce":
-        p = logits.squeeze(-1).sigmoid()
-        return torch.stack([1 - p, p], dim=-1)
-    return logits.sigmoid()
-
-
-def auto_class_weights(labels, problem_type, n_labels):
-    """Inverse-frequency weights (single-label), or negatives/positives per class (multi-label)."""
-    import numpy as np
-
-    labels = np.asarray(labels)
-    if problem_type == "multi_label":
-        pos = labels.sum(axis=0).astype(np.float64)
-        neg = len(labels) - pos
-        return (neg / np.maximum(pos, 1)).tolist()
-    counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
-    return (len(labels) / (n_labels * np.maximum(counts, 1))).tolist()
 
 
 # ---------------------------------------------------------------------------- building / loading
@@ -335,6 +246,11 @@ class Labels:
     names: list  # class names; the target names for regression
     problem_type: str  # single_label | binary_bce | multi_label | regression
 
+    @property
+    def problem(self):
+        """The problem type as a problem.Problem (what the outputs mean, how they are decided)."""
+        return problem_type(self.problem_type)
+
 
 @dataclasses.dataclass(frozen=True)
 class Tokenization:
@@ -406,23 +322,23 @@ class ModelSpec:
             spec = cls(HeadConfig(**doc["head"]), Labels(**doc["labels"]), Tokenization(**doc["tokenization"]),
                        Provenance(**doc["provenance"]))
             head, labels, tokens = spec.head, spec.labels, spec.tokenization
-            checks = {"head.head": head.head in ("cls", "mean", "pooler", "fusion", "last"),
+            checks = {"head.head": head.head in HEADS,
                       "head.n_outputs": isinstance(head.n_outputs, int) and head.n_outputs >= 1,
                       "head.mlp_hidden": isinstance(head.mlp_hidden, int) and head.mlp_hidden >= 0,
                       "head.lora": head.lora is None or (isinstance(head.lora, dict) and "r" in head.lora),
                       "head.verbalizer_ids": head.verbalizer_ids is None or (isinstance(head.verbalizer_ids, list) and
                                                                              len(head.verbalizer_ids) == head.n_outputs),
                       "labels.names": isinstance(labels.names, list) and all(isinstance(n, str) for n in labels.names),
-                      "labels.problem_type": labels.problem_type in PROBLEM_TYPES,
+                      "labels.problem_type": labels.problem_type in PROBLEM_NAMES,
                       "head.target_std": labels.problem_type != "regression" or (
                           isinstance(head.target_std, list) and isinstance(head.target_mean, list)
                           and len(head.target_std) == len(head.target_mean) == head.n_outputs
                           and all(isinstance(v, (int, float)) and v > 0 for v in head.target_std)),
                       "tokenization.max_len": isinstance(tokens.max_len, int) and tokens.max_len > 0,
-                      "tokenization.truncation": tokens.truncation in ("head", "tail", "head_tail"),
+                      "tokenization.truncation": tokens.truncation in TRUNCATIONS,
                       "tokenization.window_stride": isinstance(tokens.window_stride, int) and tokens.window_stride >= 0
                       and isinstance(tokens.max_windows, int) and tokens.max_windows >= 0,
-                      "tokenization.window_aggregate": tokens.window_aggregate in ("mean", "max", "first_last")}
+                      "tokenization.window_aggregate": tokens.window_aggregate in WINDOW_AGGREGATES}
             wrong = [k for k, ok in checks.items() if not ok]
             if wrong:
                 raise TypeError(f"bad {', '.join(wrong)}")
@@ -437,26 +353,24 @@ def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=
     head.lora, LoRA adapters on the backbone, whose own weights are frozen."""
     quantize = (head.lora or {}).get("quantize")
     backbone = load_backbone(model_dir, trust_remote_code, from_config_only, head.backbone_dropout, quantize)
-    model = Classifier(backbone, head.n_outputs, head.head, head.dropout, head.multi_sample_dropout, head.mlp_hidden,
-                       head.target_mean, head.target_std)
-    model.lora = head.lora
+    model = Classifier(backbone, head)
     if head.lora:  # after the Classifier removed an unused pooler, so no adapter sits on it
-        model.backbone = add_lora(model.backbone, head.lora)
+        model.backbone = lora.add(model.backbone, head.lora)
     return model
 
 
-# ---------------------------------------------------------------------------- LoRA adapters (peft)
+# ---------------------------------------------------------------------------- the verbalizer (decoders)
 
 
-def verbalizer_ids(words, tokenizer, label_names, problem_type, config, head):
+def verbalizer_ids(words, tokenizer, label_names, problem, config, head):
     """model.verbalizer checked against the model and tokenizer: each label word one token of the
     vocabulary (as it would follow the prompt); returns their token ids."""
     if not is_causal(config):
         raise UserError(f"model.verbalizer scores label words with a decoder's LM head, and {config.model_type} is "
                         f"not a causal language model; drop model.verbalizer (the usual head trains instead)")
-    if problem_type not in ("single_label", "multi_label"):
-        raise UserError(f"model.verbalizer gives one score per label word, and model.problem_type={problem_type} "
-                        f"needs {'one output' if problem_type == 'binary_bce' else 'numbers'}; use single_label")
+    if problem.outputs(len(label_names)) != len(label_names) or problem.regression:
+        raise UserError(f"model.verbalizer gives one score per label word, and model.problem_type={problem.name} "
+                        f"needs {'numbers' if problem.regression else 'one output'}; use single_label")
     if head.head != "last" or head.mlp_hidden:
         raise UserError("model.verbalizer reads the LM head at the last token: use model.head=last (or auto) and no "
                         "model.mlp_hidden")
@@ -501,95 +415,19 @@ def init_verbalizer(model, model_dir, ids, trust_remote_code=False):
             model.fc.bias.zero_()
 
 
-def add_lora(backbone, lora):
-    """The backbone with LoRA adapters (peft) on its target modules; everything else frozen."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise UserError("model.lora needs peft: pip install 'textclf[peft]' (or pip install peft)") from None
-    if lora.get("quantize"):
-        from peft import prepare_model_for_kbit_training
-
-        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
-    conv1d = getattr(backbone.config, "model_type", "") == "gpt2"  # GPT-2's Conv1D stores weights transposed
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=lora["target_modules"], bias="none", fan_in_fan_out=conv1d)
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute (is_gradient_checkpointing)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(backbone, config)
-    except ValueError as err:  # target modules not found in this model
-        raise UserError(f"model.lora.target_modules={lora['target_modules']!r} does not fit "
-                        f"{type(backbone).__name__}: {str(err).splitlines()[0][:200]}") from None
-
-
-def is_adapter_key(name):
-    """What a LoRA checkpoint keeps: the adapters and everything outside the backbone (the head)."""
-    return not name.startswith("backbone.") or "lora_" in name
-
-
-def saved_state(model, state):
-    """The tensors a checkpoint of `model` holds: all of them, or with LoRA the adapters and head."""
-    if getattr(model, "lora", None):
-        return {k: v for k, v in state.items() if is_adapter_key(k)}
-    return state
-
-
 def load_into(model, state, where):
     """Load a checkpoint's tensors: every one (strict), or with LoRA the adapters and head, the
     base weights already in place."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     if getattr(model, "lora", None):
-        missing = [k for k in missing if is_adapter_key(k)]
+        missing = [k for k in missing if lora.is_adapter_key(k)]
     if missing or unexpected:
         raise UserError(f"weights in {where} do not fit the model (missing {len(missing)}, unexpected "
                         f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); the checkpoint and its "
                         f"config differ")
 
 
-_HASHES = {}  # (file, size, mtime) -> sha256: K fold checkpoints on one base hash it once per process
-
-
-def weights_sha256(model_dir):
-    """One hash over a model folder's weight files (safetensors or .bin), for a LoRA run's base."""
-    import hashlib
-
-    from .fileio import sha256_file
-
-    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        raise UserError(f"{model_dir} holds no weight files (.safetensors or .bin)")
-    parts = []
-    for p in files:
-        stat = p.stat()
-        key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _HASHES:
-            _HASHES[key] = sha256_file(p)
-        parts.append(f"{p.name}:{_HASHES[key]}\n")
-    return hashlib.sha256("".join(parts).encode()).hexdigest()
-
-
-def find_base(spec, folder):
-    """The base model of a LoRA checkpoint: where it was trained from, else the premodels/ folder of
-    its name; its weights must hash as at training time."""
-    from .premodels import resolve_model_dir
-
-    candidates = [Path(spec.provenance.base_dir)] if spec.provenance.base_dir else []
-    try:
-        candidates.append(Path(resolve_model_dir(spec.provenance.model_name, "premodels")))
-    except UserError:
-        pass
-    for candidate in candidates:
-        if (candidate / "config.json").is_file():
-            if weights_sha256(candidate) != spec.provenance.base_sha256:
-                raise UserError(f"{folder} holds LoRA adapters for base model {spec.provenance.model_name}, but the "
-                                f"weights in {candidate} differ from the ones it was trained on (sha256); put the "
-                                f"original base model back")
-            return candidate
-    raise UserError(f"{folder} holds LoRA adapters; their base model {spec.provenance.model_name} is not at "
-                    f"{spec.provenance.base_dir} nor in premodels/; copy it there")
+# ---------------------------------------------------------------------------- saving and loading
 
 
 REMOTE_CODE = ("configuration_textclf.py", "modeling_textclf.py")
@@ -634,7 +472,7 @@ def save_classifier(model, folder, spec, tokenizer=None, state_dict=None):
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    state = saved_state(model, state_dict if state_dict is not None else model.state_dict())
+    state = lora.saved_state(model, state_dict if state_dict is not None else model.state_dict())
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     write_hf_config(folder, model.backbone.config, spec)
@@ -659,7 +497,7 @@ def load_classifier(folder, trust_remote_code=False):
     spec = ModelSpec.from_json(load_json(head_path, "a textclf head.json", "retrain this fold or restore the file"),
                                head_path)
     if spec.head.lora:  # adapters and head only: the base model's weights come from its own folder
-        model = build_classifier(find_base(spec, folder), spec.head, trust_remote_code)
+        model = build_classifier(lora.find_base(spec, folder), spec.head, trust_remote_code)
     else:
         model = build_classifier(folder, spec.head, trust_remote_code, from_config_only=True)
     try:
@@ -669,13 +507,3 @@ def load_classifier(folder, trust_remote_code=False):
                         f"retrain this fold or restore the file") from None
     load_into(model, state, folder)
     return model, spec
-
-
-def merge_lora(model, spec):
-    """A LoRA classifier with its adapters merged into the base weights: a plain classifier (and its
-    spec), as export writes it."""
-    if not spec.head.lora:
-        return model, spec
-    model.backbone = model.backbone.merge_and_unload()
-    model.lora = None
-    return model, dataclasses.replace(spec, head=dataclasses.replace(spec.head, lora=None))

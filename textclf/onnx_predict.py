@@ -16,22 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .tokenization import TextTokenizer, decide, predict_inputs
-
-
-def per_text(values, to_texts, owner, n_texts, problem_type):
-    """Window rows -> one row per text (to_texts); (folds, windows, k) from a per-fold graph is
-    aggregated fold by fold, then averaged, as Predictor and evaluate.py do."""
-    if values.ndim == 3:
-        return np.mean([to_texts(v, owner, n_texts, problem_type) for v in values], axis=0).astype(np.float32)
-    return to_texts(values, owner, n_texts, problem_type)
+from .problem import problem_type
+from .tokenization import TextTokenizer, fold_mean, per_text, predict_inputs
 
 
 class OnnxPredictor:
     def __init__(self, session, doc, tokenizer, batch_size=64):
         self.session = session
         self.label_names = list(doc["labels"])
-        self.problem_type = doc["problem_type"]
+        self.problem = problem_type(doc["problem_type"])
+        self.problem_type = self.problem.name
         self.inputs = list(doc["inputs"])
         self.pairs = bool(doc.get("text_pair_column"))
         self.tokenizer = tokenizer
@@ -89,17 +83,18 @@ class OnnxPredictor:
         regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
         texts, pairs = predict_inputs(texts, pairs, self.pairs)
         if not texts:
-            return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
+            return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
         texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
         ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)  # sliding windows, if the run used them
-        return self._result(per_text(self.probs(ids, types, lengths), self.tokenizer.to_texts, owner, len(texts),
-                                     self.problem_type))
+        return self.problem.result(self.per_text(self.probs(ids, types, lengths), owner, len(texts)), self.label_names)
 
-    def _result(self, probs):
-        out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
-        if self.problem_type == "regression":
-            out["predictions"] = probs
-        return out
+    def per_text(self, probs, owner, n_texts):
+        """probs' rows -> one row per text: windows aggregated; a per-fold graph's (folds, rows, k)
+        aggregated fold by fold, then averaged, as Predictor and evaluate.py do."""
+        if probs.ndim == 3:
+            return fold_mean(probs, owner, n_texts, self.tokenizer.aggregate, self.problem)
+        return per_text(probs, owner, n_texts, self.tokenizer.aggregate, self.problem)
 
     def decide(self, probs, threshold=0.5):
-        return decide(probs, self.label_names, self.problem_type, threshold)
+        """Each row's answer from probabilities (threshold: the multi-label cut)."""
+        return self.problem.labels(probs, self.label_names, threshold)

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_tokenizer
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
-from .loader import SortedBatches, SplitArrays, make_loader
 from .hf_remote.modeling_textclf import backbone_inputs
-from .model import load_classifier, probabilities
+from .loader import SortedBatches, SplitArrays, make_loader
+from .model import load_classifier
 from .precision import autocast, resolve as resolve_precision
-from .tokenization import TextTokenizer, aggregate_windows, decide, predict_inputs
+from .premodels import load_tokenizer
+from .tokenization import TextTokenizer, aggregate_windows, fold_mean, predict_inputs
 
 
 def logits_of(model, batch):
@@ -147,7 +147,8 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device, key="precision", via_accelerate=False)
         self.batch_size = batch_size
         self.label_names = spec.labels.names
-        self.problem_type = spec.labels.problem_type
+        self.problem = spec.labels.problem
+        self.problem_type = self.problem.name
         self.checkpoints = checkpoints or []
         tokenization = spec.tokenization
         self.tokenizer = TextTokenizer.for_spec(tokenizer, tokenization)
@@ -181,7 +182,7 @@ class Predictor:
         for k, model in enumerate(self.models):
             with autocast(self.precision, self.device.type):
                 logits = predict_logits(model, loader, len(lengths), device=self.device)
-            out[k] = probabilities(logits, self.problem_type).numpy()
+            out[k] = self.problem.probabilities(logits).numpy()
         return out
 
     def embed(self, texts, pairs=None, fold=None, hidden_states=False):
@@ -204,7 +205,7 @@ class Predictor:
                                 "sliding windows; call embed without hidden_states (each text's mean window vector)")
             vectors = self.embed_arrays(model, ids, mask, types, lengths)["embeddings"]
             return {"fold": fold if fold is not None else folds[0], "lengths": np.bincount(owner, minlength=len(texts)),
-                    "embeddings": aggregate_windows(vectors, owner, len(texts), "mean", "regression")}
+                    "embeddings": aggregate_windows(vectors, owner, len(texts), "mean")}
         out = {"fold": fold if fold is not None else folds[0], "lengths": lengths}
         out.update(self.embed_arrays(model, ids, mask, types, lengths, hidden_states))
         return out
@@ -226,18 +227,13 @@ class Predictor:
         Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
         texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
         if not texts:
-            return self._result(np.zeros((0, len(self.label_names)), dtype=np.float32))
+            return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
         texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
         ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)
-        folds = [self.tokenizer.to_texts(p, owner, len(texts), self.problem_type)  # windows -> texts, per fold
-                 for p in self.fold_probs(ids, mask, types, lengths)]
-        return self._result(np.mean(folds, axis=0).astype(np.float32))
-
-    def _result(self, probs):
-        out = {"labels": self.decide(probs), "probs": probs, "label_names": list(self.label_names)}
-        if self.problem_type == "regression":
-            out["predictions"] = probs
-        return out
+        probs = fold_mean(self.fold_probs(ids, mask, types, lengths), owner, len(texts), self.tokenizer.aggregate,
+                          self.problem)
+        return self.problem.result(probs, self.label_names)
 
     def decide(self, probs, threshold=0.5):
-        return decide(probs, self.label_names, self.problem_type, threshold)
+        """Each row's answer from probabilities (threshold: the multi-label cut)."""
+        return self.problem.labels(probs, self.label_names, threshold)

@@ -9,6 +9,7 @@
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import string
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import resolve_path
+from .config import NAME, NAME_RULE, resolve_path
 from .errors import UserError, run_cli
 from .fileio import atomic_dir
 
@@ -33,6 +34,32 @@ def quiet_transformers():
     transformers.utils.logging.disable_progress_bar()
 
 
+def load_tokenizer(model_dir, trust_remote_code=False):
+    """The fast tokenizer of a model folder, with a pad token (decoders often lack one)."""
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer in {model_dir}: {str(err).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"the tokenizer in {model_dir} is not a fast tokenizer; add its tokenizer.json to the folder")
+    if tokenizer.pad_token is None:  # decoders (Llama, GPT-2) often have none: reuse one, never grow the vocabulary
+        spare = next((t for t in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token) if t is not None), None)
+        if spare is None:
+            raise UserError(f"the tokenizer in {model_dir} has no pad, eos, unk or bos token to pad with; add a "
+                            f"pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = spare  # padding is masked out, so which token pads does not matter
+    return tokenizer
+
+
+def vocab_hash(tokenizer):
+    """A fingerprint of the vocabulary: arrays made with one tokenizer only fit that tokenizer."""
+    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
+
+
 def folder_name(name):
     """Hub names map to their last part: 'sentence-transformers/all-MiniLM-L6-v2' -> 'all-MiniLM-L6-v2'."""
     return name.rstrip("/").split("/")[-1]
@@ -40,8 +67,6 @@ def folder_name(name):
 
 def plain_name(name, what="--name"):
     """A model folder's name: a plain entry inside --dest, never a path out of it."""
-    from .config import NAME, NAME_RULE
-
     if not NAME.fullmatch(name):
         raise UserError(f"{what} {name!r}, which is not a plain folder name ({NAME_RULE}); the model goes inside "
                         f"--dest, never elsewhere")

@@ -33,6 +33,7 @@ what it kept. Runs on the new folder predict the same test rows as before, so th
 are transductive (the test texts were trained on, with predicted labels).
 """
 
+import dataclasses
 import datetime
 import json
 import shutil
@@ -40,14 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import resolve_path
-from .data import load_meta
-from .ensemble import blend, check_sets, load_array, load_set, normalise
+from .config import parse_args, resolve_path
+from .datadir import load_meta
 from .errors import UserError, run_cli
-from .evaluate import _ids_hash
+from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, made_by_textclf, remove_dead_temporaries,
+                     sha256_file, write_json, write_marker)
 from .loader import Windows
-from .fileio import atomic_dir, atomic_write_text, load_json, made_by_textclf, remove_dead_temporaries, sha256_file, \
-    write_json, write_marker
+from .predsets import blend, check_sets, load_array, load_set, normalise
+from .problem import problem_type
 
 ARRAYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -82,20 +83,17 @@ def read_predictions(paths):
     return sets, np.asarray(weights, dtype=np.float64), method, source
 
 
-def select(probs, problem_type, threshold, top_k, thresholds=None):
+def select(probs, problem, threshold, top_k, thresholds=None):
     """(kept row numbers in row order, their labels, their confidence). Labels as the submission
     decides them (argmax; multi-label 0.5 per class; or the blend's tuned `thresholds`);
     confidence: the probability of the label chosen, for multi-label the least certain class's
     (p where the class is on, 1 - p where it is off)."""
-    if problem_type == "multi_label":
-        cut = np.asarray(thresholds if thresholds is not None else [0.5] * probs.shape[1])
-        labels = (probs >= cut[None, :]).astype(np.uint8)
+    labels = problem.decide(probs, thresholds)  # a binary threshold or per-class ones tuned on the OOF rows
+    if problem.multi_label:
+        labels = labels.astype(np.uint8)
         confidence = np.where(labels == 1, probs, 1 - probs).min(axis=1)
     else:
-        if thresholds is not None and probs.shape[1] == 2:  # a binary threshold tuned on the OOF rows
-            labels = (probs[:, 1] >= thresholds).astype(np.int64)
-        else:
-            labels = probs.argmax(axis=1).astype(np.int64)
+        labels = labels.astype(np.int64)
         confidence = probs[np.arange(len(probs)), labels]
     keep = confidence >= threshold
     if top_k:
@@ -113,7 +111,7 @@ def check_inputs(cfg, meta, source_dir, sets):
     """The prediction sets must label exactly this folder's test rows, with its labels."""
     manifest = sets[0][1]
     problem = manifest["problem_type"]
-    if problem == "regression" or meta["problem_type"] == "regression":
+    if problem_type(problem).regression or problem_type(meta["problem_type"]).regression:
         raise UserError("pseudo-labelling keeps confident class predictions; regression predictions have no "
                         "confidence to threshold")
     if "test" not in meta["splits"]:
@@ -122,11 +120,11 @@ def check_inputs(cfg, meta, source_dir, sets):
     if manifest["label_names"] != meta["label_names"]:
         raise UserError(f"{sets[0][0]} predicts labels {manifest['label_names']}, {source_dir} has "
                         f"{meta['label_names']}; pseudo-label with predictions of this data's labels")
-    if (problem == "multi_label") != (meta["problem_type"] == "multi_label"):
+    if problem_type(problem).multi_label != problem_type(meta["problem_type"]).multi_label:
         raise UserError(f"{sets[0][0]} is {problem}, {source_dir} is {meta['problem_type']}; pseudo-label with "
                         f"predictions of the same problem")
     ids = np.load(source_dir / "test" / "ids.npy")
-    want = _ids_hash(ids)
+    want = ids_sha256(ids)
     for folder, m in sets:
         entry = m["splits"].get("test")
         if entry is None:
@@ -137,13 +135,82 @@ def check_inputs(cfg, meta, source_dir, sets):
     if cfg.threshold <= 0 and cfg.top_k <= 0:
         raise UserError("pseudo.threshold and pseudo.top_k are both unset, which would keep every test row; set "
                         "pseudo.threshold (e.g. 0.95) or pseudo.top_k (rows per class)")
-    if cfg.top_k and problem == "multi_label":
+    if cfg.top_k and problem_type(problem).multi_label:
         raise UserError("pseudo.top_k picks rows per predicted class; a multi-label row has several: use "
                         "pseudo.threshold for multi-label data")
     return ids
 
 
+@dataclasses.dataclass
+class PseudoRows:
+    """The rows a round adds to train: test rows in groups (one that trains every fold, or with
+    pseudo.per_fold one per fold, labelled by the sets' models of that fold only)."""
+
+    groups: list  # [(fold or -1, blended probs, kept test rows, their labels, their confidence)]
+    ids: np.ndarray  # the prefixed ids, group after group
+
+    def rows(self):
+        return np.concatenate([g[2] for g in self.groups])
+
+    def labels(self):
+        return np.concatenate([g[3] for g in self.groups])
+
+    def only_fold(self, per_fold):
+        """The fold each row trains (train/only_fold.npy), or None when they train every fold."""
+        return np.concatenate([np.full(len(g[2]), g[0], np.int16) for g in self.groups]) if per_fold else None
+
+
 def run(config):
+    cfg = config.pseudo
+    source_dir, out, meta = check_names(config)
+    sets, weights, method, source = read_predictions(cfg.predictions)
+    check_sets(sets, "test")
+    test_ids = check_inputs(cfg, meta, source_dir, sets)
+    problem = problem_type(sets[0][1]["problem_type"])
+
+    train = source_dir / "train"
+    original = np.arange(meta["splits"]["train"]["rows"])
+    previous = None
+    if (train / "origin.npy").is_file():  # a pseudo-labelled source: a new round replaces its rows
+        previous = meta.get("pseudo", {}).get("rows")
+        original = np.flatnonzero(np.load(train / "origin.npy") == 0)
+    train_ids = np.load(train / "ids.npy")[original]
+
+    folds = check_fold_models(sets, meta, source_dir, train_ids, original) if cfg.per_fold else [-1]
+    chosen = choose_rows(cfg, sets, (weights, method, source), problem, folds, test_ids)
+    clash = np.intersect1d(train_ids.astype(str), chosen.ids)
+    if len(clash):
+        raise UserError(f"pseudo row id '{clash[0]}' is also a train id; choose another pseudo.id_prefix")
+
+    rows, labels = chosen.rows(), chosen.labels()
+    confidence = np.concatenate([g[4] for g in chosen.groups])
+    manifest = dict(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source_data=str(source_dir), source_meta_sha256=sha256_file(source_dir / "meta.json"),
+        predictions=[dict(path=str(f), manifest_sha256=sha256_file(f / "manifest.json"),
+                          run=m.get("run"), test_ids_sha256=m["splits"]["test"]["ids_sha256"]) for f, m in sets],
+        blend=dict(method=method, weights=(weights / weights.sum()).tolist(), **source),
+        rule=dict(threshold=cfg.threshold, top_k=cfg.top_k, per_fold=cfg.per_fold), id_prefix=cfg.id_prefix,
+        rows=int(len(rows)), of_test_rows=int(len(test_ids)), original_rows=int(len(original)),
+        replaced_previous_round=previous, **describe(rows, labels, confidence, meta, source_dir, problem),
+    )
+    if cfg.per_fold:
+        manifest["folds"] = [dict(fold=int(fold), **describe(kept, y, c, meta, source_dir, problem))
+                             for fold, _, kept, y, c in chosen.groups]
+    write_folder(out, cfg, meta, source_dir, original, chosen, manifest)
+    accuracy = manifest.get("label_accuracy_on_labelled_test")
+    print(f"pseudo: kept {len(rows)} of {len(test_ids)} test rows" + (f" over {len(folds)} folds" if cfg.per_fold else "")
+          + f" (confidence >= {confidence.min():.4f}; " + ", ".join(f"{k} {v}" for k, v in manifest["label_counts"].items())
+          + ")" + (f"; their labels agree with the test labels on {accuracy:.4f}" if accuracy is not None else ""),
+          flush=True)
+    where = ("each trains only the fold whose models labelled it, and " if cfg.per_fold else "")
+    print(f"pseudo: wrote {out} ({len(original)} original + {len(rows)} pseudo train rows; {where}pseudo rows are in "
+          f"no fold's validation)", flush=True)
+    return out
+
+
+def check_names(config):
+    """The source folder, the folder to write and the source's meta.json, checked: (source, out, meta)."""
     cfg = config.pseudo
     if not cfg.name:
         raise UserError("pseudo.name is not set; pass pseudo.name=<name> (the new folder beside data.name's)")
@@ -161,22 +228,13 @@ def run(config):
         raise UserError(f"{out} already exists; choose another pseudo.name" + (
             " (it was not made by textclf, so pseudo.overwrite=true will not replace it)" if cfg.overwrite
             else " or set pseudo.overwrite=true to replace it"))
-    sets, weights, method, source = read_predictions(cfg.predictions)
-    check_sets(sets, "test")
-    test_ids = check_inputs(cfg, meta, source_dir, sets)
-    problem = sets[0][1]["problem_type"]
+    return source_dir, out, meta
 
-    train = source_dir / "train"
-    original = np.arange(meta["splits"]["train"]["rows"])
-    previous = None
-    if (train / "origin.npy").is_file():  # a pseudo-labelled source: a new round replaces its rows
-        previous = meta.get("pseudo", {}).get("rows")
-        original = np.flatnonzero(np.load(train / "origin.npy") == 0)
-    train_ids = np.load(train / "ids.npy")[original]
 
-    # (fold, rows, labels, confidence) per group of pseudo rows: one group that trains every fold,
-    # or with pseudo.per_fold one per fold, labelled by the sets' models of that fold only
-    folds = check_fold_models(sets, meta, source_dir, train_ids, original) if cfg.per_fold else [-1]
+def choose_rows(cfg, sets, how, problem, folds, test_ids):
+    """The confident test rows of each group (fold -1: every fold; else that fold's models only),
+    blended as `how` (weights, method, source) says; refused when no row is kept."""
+    weights, method, source = how
     groups = []
     for fold in folds:
         name = "probs.npy" if fold < 0 else f"fold{fold}.npy"
@@ -187,38 +245,9 @@ def run(config):
         best = max(float(select(g[1], problem, 0.0, 0, source.get("thresholds"))[2].max()) for g in groups)
         raise UserError(f"no test row reaches pseudo.threshold={cfg.threshold} (the most confident is {best:.4f}); "
                         f"lower the threshold or use pseudo.top_k")
-    rows, labels, confidence = (np.concatenate([g[i] for g in groups]) for i in (2, 3, 4))
-    only_fold = np.concatenate([np.full(len(g[2]), g[0], np.int16) for g in groups]) if cfg.per_fold else None
-    pseudo_ids = np.array([cfg.id_prefix + ("" if fold < 0 else f"fold{fold}:") + str(i)
-                           for fold, _, kept, _, _ in groups for i in test_ids[kept]])
-    clash = np.intersect1d(train_ids.astype(str), pseudo_ids)
-    if len(clash):
-        raise UserError(f"pseudo row id '{clash[0]}' is also a train id; choose another pseudo.id_prefix")
-
-    manifest = dict(
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        source_data=str(source_dir), source_meta_sha256=sha256_file(source_dir / "meta.json"),
-        predictions=[dict(path=str(f), manifest_sha256=sha256_file(f / "manifest.json"),
-                          run=m.get("run"), test_ids_sha256=m["splits"]["test"]["ids_sha256"]) for f, m in sets],
-        blend=dict(method=method, weights=(weights / weights.sum()).tolist(), **source),
-        rule=dict(threshold=cfg.threshold, top_k=cfg.top_k, per_fold=cfg.per_fold), id_prefix=cfg.id_prefix,
-        rows=int(len(rows)), of_test_rows=int(len(test_ids)), original_rows=int(len(original)),
-        replaced_previous_round=previous, **describe(rows, labels, confidence, meta, source_dir, problem),
-    )
-    if cfg.per_fold:
-        manifest["folds"] = [dict(fold=int(fold), **describe(kept, y, c, meta, source_dir, problem))
-                             for fold, _, kept, y, c in groups]
-    write_folder(out, cfg, meta, source_dir, original, [g[2] for g in groups], pseudo_ids, labels, only_fold,
-                 manifest)
-    accuracy = manifest.get("label_accuracy_on_labelled_test")
-    print(f"pseudo: kept {len(rows)} of {len(test_ids)} test rows" + (f" over {len(folds)} folds" if cfg.per_fold else "")
-          + f" (confidence >= {confidence.min():.4f}; " + ", ".join(f"{k} {v}" for k, v in manifest["label_counts"].items())
-          + ")" + (f"; their labels agree with the test labels on {accuracy:.4f}" if accuracy is not None else ""),
-          flush=True)
-    where = ("each trains only the fold whose models labelled it, and " if cfg.per_fold else "")
-    print(f"pseudo: wrote {out} ({len(original)} original + {len(rows)} pseudo train rows; {where}pseudo rows are in "
-          f"no fold's validation)", flush=True)
-    return out
+    ids = np.array([cfg.id_prefix + ("" if fold < 0 else f"fold{fold}:") + str(i)
+                    for fold, _, kept, _, _ in groups for i in test_ids[kept]])
+    return PseudoRows(groups, ids)
 
 
 def describe(rows, labels, confidence, meta, source_dir, problem):
@@ -229,7 +258,7 @@ def describe(rows, labels, confidence, meta, source_dir, problem):
     if meta["splits"]["test"]["labelled"] and len(rows):
         truth = np.load(source_dir / "test" / "labels.npy")[rows]
         out["label_accuracy_on_labelled_test"] = float(
-            (truth == labels).all(axis=1).mean() if problem == "multi_label" else (truth == labels).mean())
+            (truth == labels).all(axis=1).mean() if problem.multi_label else (truth == labels).mean())
     return out
 
 
@@ -280,7 +309,7 @@ def check_fold_models(sets, meta, source_dir, train_ids, original):
 
 
 def count_labels(labels, names, problem):
-    if problem == "multi_label":
+    if problem.multi_label:
         return {name: int(labels[:, j].sum()) for j, name in enumerate(names)}
     return {name: int((labels == j).sum()) for j, name in enumerate(names)}
 
@@ -291,10 +320,12 @@ def _pad(block, width, value):
     return np.pad(block, ((0, 0), (0, width - block.shape[1])), constant_values=value)
 
 
-def write_folder(out, cfg, meta, source_dir, original, groups, pseudo_ids, labels, only_fold, manifest):
+def write_folder(out, cfg, meta, source_dir, original, chosen, manifest):
     """The source folder with the pseudo rows appended to train, written beside it atomically:
-    `groups` are test row numbers, group after group (with pseudo.per_fold one group per fold,
-    a test row possibly in several), `only_fold` the fold each pseudo row trains (or None)."""
+    `chosen` (PseudoRows) holds test row numbers group after group (with pseudo.per_fold one group
+    per fold, a test row possibly in several), their ids and labels."""
+    groups, pseudo_ids, labels = [g[2] for g in chosen.groups], chosen.ids, chosen.labels()
+    only_fold = chosen.only_fold(cfg.per_fold)
     train, test = source_dir / "train", source_dir / "test"
     pad = {"input_ids": meta["tokenizer"]["pad_token_id"], "attention_mask": 0, "token_type_ids": 0}
     width = max(meta["splits"]["train"]["padded_width"], meta["splits"]["test"]["padded_width"])
@@ -347,7 +378,7 @@ def write_folder(out, cfg, meta, source_dir, original, groups, pseudo_ids, label
                                        p95=float(np.percentile(lengths, 95)), max=int(lengths.max())))
         if "label_counts" in entry:
             merged = np.concatenate([old_labels, labels.astype(old_labels.dtype)])
-            entry["label_counts"] = count_labels(merged, meta["label_names"], meta["problem_type"])
+            entry["label_counts"] = count_labels(merged, meta["label_names"], problem_type(meta["problem_type"]))
         write_json(tmp / "pseudo.json", manifest)
         write_json(tmp / "meta.json", new)
         if (source_dir / "config.yaml").is_file():
@@ -361,9 +392,7 @@ def sha256_text(text):
 
 
 def main(argv):
-    from .cli import pseudo
-
-    pseudo(argv, prog="python -m textclf.pseudo")
+    run(parse_args(argv, prog="python -m textclf.pseudo"))
 
 
 if __name__ == "__main__":

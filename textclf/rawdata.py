@@ -1,19 +1,23 @@
 """Reading raw CSV / TSV / JSONL files as a stream of rows, with errors people can act on.
 
 Rows come out as (line_number, values) in the order of `RawFile.columns`; nothing is held
-in memory beyond one row, so files of any size stream through.
+in memory beyond one row, so files of any size stream through. `scan_rows` checks every row of
+a file (columns, empty texts, labels, duplicate ids) before anything is written: data_process's
+first pass, and evaluate.py's check of an eval.input file.
 """
 
 import csv
+import hashlib
 import json
 import math
-import re
 import sys
+from collections import Counter
 from pathlib import Path
 
-from .config import unescape_delimiter
+import numpy as np
+
 from .errors import UserError
-from .tokenization import clean_text  # noqa: F401  (one definition of an empty text, shared with the predictors)
+from .text_rules import clean_text, fill_template, plain_number, template_fields, unescape_delimiter
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -230,8 +234,6 @@ class RowReader:
 
         self.template_fields = None
         if getattr(cfg, "template", None):  # data.template: the text is the template filled from its columns
-            from .tokenization import template_fields
-
             self.template_fields = template_fields(cfg.template)
             self.text_idx = [index(c, "data.template") for c in self.template_fields]
         else:
@@ -297,8 +299,6 @@ class RowReader:
             fields = self.fields(values, line)
             if not any(fields.values()):  # a template around empty columns is an empty text
                 return ""
-            from .tokenization import fill_template
-
             return fill_template(self.cfg.template, fields, self.template_fields)
         if len(self.text_idx) == 1:
             return self._text_cell(values, self.text_idx[0], line, "the text column")
@@ -392,11 +392,99 @@ class RowReader:
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
-# a number as data files write it: ASCII digits, a point, an exponent, inf / nan (refused later, by name);
-# Python's float() would also read '1_000', non-ASCII digits and surrounding junk like '\x0c'
-_NUMBER = re.compile(r"[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf(inity)?|nan)", re.ASCII | re.IGNORECASE)
 
 
-def plain_number(text):
-    """float(text) for a number written as data files write them, else None."""
-    return float(text) if _NUMBER.fullmatch(text) else None
+# ---------------------------------------------------------------------------- every row checked (data_process's first pass)
+
+
+def scan_rows(reader, cfg, split, known_labels):
+    """Validate every row; return counts, label frequencies (regression: each target's lowest and
+    highest value) and the longest id."""
+    rows = dropped = 0
+    low = high = None
+    given_folds, groups = [], []  # train with data.fold_column / data.group_column
+    counts = Counter()
+    id_len = 1
+    hashes, pending = [], []
+    # a test file's label column may be a blank placeholder (every cell empty): then it is unlabelled
+    placeholder = split == "test" and reader.labelled
+    blank_lines = []
+    for row_number, (line, values) in enumerate(reader.raw.rows()):
+        text = reader.text(values, line)
+        if reader.pair_idx is not None:
+            reader.pair(values, line)  # a pair that is not text is refused here, in pass 1
+        if not text:
+            if cfg.drop_empty:
+                dropped += 1
+                continue
+            raise UserError(
+                f"{reader.where(line)}: the text ({', '.join(cfg.text_columns)}) is empty (or only invisible "
+                f"characters); fill it in, remove the row, or set data.drop_empty=true to drop such rows"
+            )
+        row_id = reader.row_id(values, row_number)
+        if not row_id:
+            raise UserError(f"{reader.where(line)}: the id ('{cfg.id_column}') is empty; every row needs an id")
+        id_len = max(id_len, len(row_id))
+        pending.append(hash(row_id))
+        if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
+            hashes.append(np.asarray(pending, dtype=np.int64))
+            pending = []
+        if placeholder and reader.label_cells_blank(values):
+            blank_lines.append(line)
+        elif reader.labelled and cfg.task == "regression":
+            numbers = reader.targets(values, line)  # refused here, in pass 1, when not a finite number
+            low = numbers if low is None else [min(a, b) for a, b in zip(low, numbers)]
+            high = numbers if high is None else [max(a, b) for a, b in zip(high, numbers)]
+        elif reader.labelled:
+            labels = reader.labels(values, line)
+            for name in labels if isinstance(labels, list) else [labels]:
+                if known_labels is not None and name not in known_labels:
+                    source = "data.labels" if cfg.labels else "the train file"
+                    raise UserError(
+                        f"{reader.where(line)}: label '{name}' never occurs in {source}; fix the label"
+                        + ("" if cfg.labels else " or list every label with data.labels=[...]")
+                    )
+                counts[name] += 1
+        if reader.fold_idx is not None:
+            given_folds.append(reader.fold(values, line))
+        if reader.group_idx is not None:
+            groups.append(stable_hash(reader.group(values, line)))
+        rows += 1
+    if blank_lines and (len(blank_lines) < rows or counts or low is not None):
+        raise UserError(f"{reader.where(blank_lines[0])}: the label is empty while other rows of the test file have "
+                        f"labels; give every test row its label, or leave the whole label column blank (unlabelled)")
+    if blank_lines:
+        reader.labelled = False  # a blank placeholder column: the test rows are unlabelled
+    if rows == 0:
+        raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
+    hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
+    _check_duplicate_ids(reader, cfg, hashes)
+    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len, target_range=(low, high),
+                given_folds=np.asarray(given_folds, dtype=np.int16) if reader.fold_idx is not None else None,
+                groups=np.asarray(groups, dtype=np.int64) if reader.group_idx is not None else None)
+
+
+def stable_hash(text):
+    """A 64-bit hash of a text that is the same in every process (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def _check_duplicate_ids(reader, cfg, hashes):
+    order = np.sort(hashes)
+    dup = order[1:][order[1:] == order[:-1]]
+    if not len(dup):
+        return
+    # a repeated hash: find the rows to name them (and rule out a hash collision)
+    target = set(dup.tolist())
+    seen = {}
+    for row_number, (line, values) in enumerate(reader.raw.rows()):
+        if cfg.drop_empty and not reader.text(values, line):
+            continue
+        row_id = reader.row_id(values, row_number)
+        if hash(row_id) in target:
+            if row_id in seen:
+                raise UserError(
+                    f"{reader.raw.role} file {reader.raw.path}: id '{row_id}' ({cfg.id_column}) occurs at lines "
+                    f"{seen[row_id]} and {line}; ids must be unique"
+                )
+            seen[row_id] = line

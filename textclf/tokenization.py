@@ -5,24 +5,13 @@ predictor can use it; a transformers tokenizer is needed only to read the specia
 templates once (TextTokenizer.from_hf), which then travel as JSON (to_json / from_json).
 """
 
+import dataclasses
 import re
-import unicodedata
 
 import numpy as np
 
 from .errors import UserError
-
-# Characters that show nothing: a text made only of these (and spaces) is empty.
-_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
-
-
-def clean_text(text):
-    """The text with surrounding whitespace removed; "" when nothing visible is left (zero-width
-    spaces, joiners, byte-order marks and control characters alone are not a text)."""
-    text = text.strip()
-    if text and all(unicodedata.category(ch) in _INVISIBLE for ch in text):
-        return ""
-    return text
+from .text_rules import fill_template, template_fields
 
 
 def encodable(texts):
@@ -59,6 +48,24 @@ def predict_inputs(texts, pairs, needs_pairs):
     return texts, pairs
 
 
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """A tokenizer's special tokens around text, as TextTokenizer._templates reads them off it."""
+
+    pad_id: int
+    single: tuple  # (before, after) one text
+    pair: tuple  # (before, between, after) two segments, and the second segment's token type
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowRule:
+    """data.window_stride / max_windows / window_aggregate: texts read as sliding windows (stride > 0)."""
+
+    stride: int = 0
+    max_windows: int = 0
+    aggregate: str = "mean"
+
+
 class TextTokenizer:
     """The model's tokenizer, wrapped to turn texts (and optional second segments) into token rows
     of at most max_len, truncated one of three ways.
@@ -68,8 +75,8 @@ class TextTokenizer:
     `tail` and `head_tail` behave the same for every model family.
     """
 
-    def __init__(self, backend_json, pad_id, single, pair, max_len, truncation="head", head_tokens=None,
-                 window_stride=0, max_windows=0, window_aggregate="mean", template=None):
+    def __init__(self, backend_json, specials, max_len, truncation="head", head_tokens=None, windows=None,
+                 template=None):
         # The Rust tokenizer directly, on a private copy without the truncation or padding a
         # tokenizer.json may carry: the transformers wrapper costs as much again per row.
         from tokenizers import Tokenizer
@@ -79,48 +86,58 @@ class TextTokenizer:
         self.backend.no_padding()
         self.max_len = max_len
         self.truncation = truncation
-        self.pad_id = pad_id
-        self.single = tuple(list(part) for part in single)
+        self.pad_id = specials.pad_id
+        self.single = tuple(list(part) for part in specials.single)
+        pair = specials.pair
         self.pair = (list(pair[0]), list(pair[1]), list(pair[2]), int(pair[3]))
         n_special = len(self.single[0]) + len(self.single[1])
         if max_len <= len(self.pair[0]) + len(self.pair[1]) + len(self.pair[2]) + 1:
             raise UserError(f"data.max_len={max_len} leaves no room for text after the special tokens; raise it")
         budget = max_len - n_special
         self.text_budget = budget  # text tokens in a row of a single text
-        self.window_stride, self.max_windows, self.window_aggregate = window_stride, max_windows, window_aggregate
+        self.windows = windows or WindowRule()
         self.template = template  # data.template: rows (mappings of columns) become texts exactly as in data_process
         self.head_tokens = head_tokens if head_tokens is not None else budget // 4
         if truncation == "head_tail" and not 0 <= self.head_tokens <= budget:
             raise UserError(f"data.head_tokens={head_tokens} must be between 0 and {budget} (max_len minus special tokens)")
 
+    @property
+    def window_stride(self):
+        return self.windows.stride
+
+    @property
+    def aggregate(self):
+        """How a text's windows become one row (per_text): the window aggregate when texts are
+        read as sliding windows, else None (one row per text)."""
+        return self.windows.aggregate if self.windows.stride else None
+
     @classmethod
-    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None, **windows):
-        """From a transformers fast tokenizer, reading its special-token templates off it;
-        `windows`: window_stride, max_windows, window_aggregate (see rows)."""
+    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None, windows=None, template=None):
+        """From a transformers fast tokenizer, reading its special-token templates off it."""
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         single, pair = cls._templates(tokenizer)
-        return cls(tokenizer.backend_tokenizer.to_str(), pad_id, single, pair, max_len, truncation, head_tokens,
-                   **windows)
+        return cls(tokenizer.backend_tokenizer.to_str(), SpecialTokens(pad_id, single, pair), max_len, truncation,
+                   head_tokens, windows, template)
 
     @classmethod
     def for_spec(cls, tokenizer, tokenization):
-        """As a run's model.Tokenization says (max_len, truncation, windows)."""
+        """As a run's model.Tokenization says (max_len, truncation, windows, template)."""
         return cls.from_hf(tokenizer, tokenization.max_len, tokenization.truncation, tokenization.head_tokens,
-                           window_stride=tokenization.window_stride, max_windows=tokenization.max_windows,
-                           window_aggregate=tokenization.window_aggregate, template=tokenization.template)
+                           WindowRule(tokenization.window_stride, tokenization.max_windows,
+                                      tokenization.window_aggregate), tokenization.template)
 
     def to_json(self):
         """Everything but the vocabulary (tokenizer.json) that encoding needs, for from_json."""
         return {"max_len": self.max_len, "truncation": self.truncation, "head_tokens": self.head_tokens,
                 "pad_id": self.pad_id, "single": list(self.single), "pair": list(self.pair),
-                "window_stride": self.window_stride, "max_windows": self.max_windows,
-                "window_aggregate": self.window_aggregate, "template": self.template}
+                "window_stride": self.windows.stride, "max_windows": self.windows.max_windows,
+                "window_aggregate": self.windows.aggregate, "template": self.template}
 
     @classmethod
     def from_json(cls, backend_json, doc):
-        return cls(backend_json, doc["pad_id"], doc["single"], doc["pair"], doc["max_len"], doc["truncation"],
-                   doc["head_tokens"], doc.get("window_stride", 0), doc.get("max_windows", 0),
-                   doc.get("window_aggregate", "mean"), doc.get("template"))
+        windows = WindowRule(doc.get("window_stride", 0), doc.get("max_windows", 0), doc.get("window_aggregate", "mean"))
+        return cls(backend_json, SpecialTokens(doc["pad_id"], doc["single"], doc["pair"]), doc["max_len"],
+                   doc["truncation"], doc["head_tokens"], windows, doc.get("template"))
 
     def texts(self, items):
         """Raw rows -> model input texts: with a template, each row (a mapping of its columns, or a
@@ -137,19 +154,15 @@ class TextTokenizer:
     def rows(self, texts, pairs=None):
         """Token rows for texts, as the training data was made: (input_ids, token_type_ids,
         attention_mask, lengths, owner), owner[i] the text of row i (one row per text, or with
-        sliding windows several); `to_texts` turns per-row probabilities into one row per text."""
-        if self.window_stride:
-            ids, types, lengths, owner, _ = self.windows(texts, self.window_stride, self.max_windows)
+        sliding windows several); per_text(values, owner, n, self.aggregate, problem) turns per-row
+        probabilities into one row per text."""
+        if self.windows.stride:
+            ids, types, lengths, owner, _ = self.sliding_windows(texts, self.windows.stride, self.windows.max_windows)
         else:
             ids, types, lengths, _ = self.encode(texts, pairs)
             owner = np.arange(len(texts), dtype=np.int32)
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
         return ids, types, mask, lengths, owner
-
-    def to_texts(self, values, owner, n_texts, problem_type):
-        if not self.window_stride:
-            return values
-        return aggregate_windows(values, owner, n_texts, self.window_aggregate, problem_type)
 
     @staticmethod
     def _templates(tokenizer):
@@ -188,7 +201,7 @@ class TextTokenizer:
         tail = budget - head
         return ids[:head] + (ids[len(ids) - tail:] if tail else [])
 
-    def windows(self, texts, stride, max_windows=0):
+    def sliding_windows(self, texts, stride, max_windows=0):
         """Sliding windows over whole texts (data.window_stride): each text's tokens cut into
         windows of the text budget (max_len less the special tokens) starting every `stride`
         tokens, the last one ending at the text's end; with max_windows > 0 the first
@@ -254,61 +267,6 @@ class TextTokenizer:
         return input_ids, token_types, lengths, truncated
 
 
-def template_fields(template):
-    """The column names a data.template fills, in order of first use ('{{' and '}}' are braces)."""
-    import string
-
-    fields = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:  # an unbalanced brace, an empty conversion ...
-        raise UserError(f"config key data.template: {template!r} cannot be read ({exc}); write fields as {{column}} "
-                        f"and literal braces as {{{{ }}}}") from None
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name or spec or conversion or any(c in name for c in ".[]") or name.isdigit():
-            raise UserError(f"config key data.template: {{{name}{'!' + conversion if conversion else ''}"
-                            f"{':' + spec if spec else ''}}} is not a plain column name; write fields as {{column}} "
-                            f"(not a number alone; literal braces as {{{{ }}}})")
-        if name not in fields:
-            fields.append(name)
-    if not fields:
-        raise UserError(f"config key data.template: {template!r} names no column; write fields as {{column}}, e.g. "
-                        f"'title:{{title}}, abstract:{{abstract}}'")
-    return fields
-
-
-def fill_template(template, item, fields=None):
-    """One model input from a data.template: `item` is a mapping of column -> value, or for a
-    template of one field a plain text. Values are stripped; a missing column is refused."""
-    fields = fields or template_fields(template)
-    if isinstance(item, str):
-        if len(fields) != 1:
-            raise UserError(f"this model's texts are made by the template {template!r} from the columns "
-                            f"{', '.join(fields)}; pass each row as a mapping of those columns, not a plain text")
-        item = {fields[0]: item}
-    if not isinstance(item, dict):
-        raise UserError(f"a row for the template {template!r} must be a mapping of {', '.join(fields)}, "
-                        f"got {type(item).__name__}")
-    missing = [f for f in fields if f not in item]
-    if missing:
-        raise UserError(f"a row lacks '{missing[0]}', which the template {template!r} needs; give every row "
-                        f"{', '.join(fields)}")
-    values = {f: cell_text(item[f]) for f in fields}
-    return template.format_map(values).strip()
-
-
-def cell_text(value):
-    """A cell as data_process writes it into a template: text as is, JSON true/false as written,
-    null as nothing, numbers as Python prints them; stripped."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return clean_text(str(value))
-
-
 def window_starts(n_tokens, budget, stride, max_windows=0):
     """Where a text's windows start: 0, stride, 2 stride, ... and a last one that ends at the
     text's end (every token is in some window when stride <= budget)."""
@@ -320,14 +278,11 @@ def window_starts(n_tokens, budget, stride, max_windows=0):
     return starts
 
 
-WINDOW_AGGREGATES = ("mean", "max", "first_last")
-
-
-def aggregate_windows(values, doc, n_docs, how, problem_type):
+def aggregate_windows(values, doc, n_docs, how, problem=None):
     """Window probabilities (or regression predictions), (windows, k), to one row per text in
-    text order: the mean over a text's windows, the classwise max (renormalised for single-label
-    so a row still sums to 1), or the mean of its first and last window. `doc` is each window's
-    text (0..n_docs-1), windows of one text in their order."""
+    text order: the mean over a text's windows, the classwise max (renormalised where a row's
+    probabilities sum to 1, so it still does), or the mean of its first and last window. `doc` is
+    each window's text (0..n_docs-1), windows of one text in their order."""
     values = np.asarray(values, dtype=np.float64)
     doc = np.asarray(doc, dtype=np.int64)
     counts = np.bincount(doc, minlength=n_docs)
@@ -340,7 +295,7 @@ def aggregate_windows(values, doc, n_docs, how, problem_type):
     elif how == "max":
         out = np.full((n_docs, values.shape[1]), -np.inf)
         np.maximum.at(out, doc, values)
-        if problem_type in ("single_label", "binary_bce"):
+        if problem is not None and problem.one_class:
             out /= out.sum(axis=1, keepdims=True)
     elif how == "first_last":  # a text's windows come in order: its lowest and highest window row
         index = np.arange(len(doc))
@@ -353,12 +308,21 @@ def aggregate_windows(values, doc, n_docs, how, problem_type):
     return out.astype(np.float32)
 
 
-def decide(probs, label_names, problem_type, threshold=0.5):
-    """Labels from probabilities (rows, classes): the argmax, or for multi-label every class at or
-    above the threshold; for regression the predicted value (rows, targets) of each row, a float,
-    or a list of floats in target order for several targets. Shared by Predictor and OnnxPredictor."""
-    if problem_type == "regression":
-        return [float(row[0]) if len(row) == 1 else [float(v) for v in row] for row in np.asarray(probs)]
-    if problem_type == "multi_label":
-        return [[label_names[j] for j in np.flatnonzero(row >= threshold)] for row in probs]
-    return [label_names[j] for j in probs.argmax(axis=1)]
+def per_text(values, owner, n_texts, aggregate, problem=None):
+    """Per-token-row values (rows, k) -> one row per text: unchanged where every text is one row
+    (aggregate None), else each text's windows aggregated (aggregate_windows)."""
+    if aggregate is None:
+        return values
+    return aggregate_windows(values, owner, n_texts, aggregate, problem)
+
+
+def fold_texts(fold_values, owner, n_texts, aggregate, problem=None):
+    """Each fold's per-row values (folds, rows, k) -> (folds, texts, k), float32: windows are
+    aggregated fold by fold, since an aggregate such as the max does not commute with the mean."""
+    return np.stack([per_text(values, owner, n_texts, aggregate, problem) for values in fold_values]).astype(np.float32)
+
+
+def fold_mean(fold_values, owner, n_texts, aggregate, problem=None):
+    """The fold mean over texts (texts, k): what evaluate.py, Predictor, OnnxPredictor and export's
+    int8 check all report."""
+    return fold_texts(fold_values, owner, n_texts, aggregate, problem).mean(axis=0)

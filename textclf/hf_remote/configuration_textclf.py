@@ -18,15 +18,16 @@ class TextclfConfig(PretrainedConfig):
     model_type = "textclf"
 
     def __init__(self, encoder=None, head="cls", n_outputs=2, textclf_problem_type="single_label", members=1,
-                 mlp_hidden=0, target_mean=None, target_std=None, **kwargs):
+                 **kwargs):
         self.encoder = dict(encoder or {})
         self.head = head
         self.n_outputs = n_outputs
         self.textclf_problem_type = textclf_problem_type
         self.members = members
-        self.mlp_hidden = mlp_hidden
-        self.target_mean = target_mean
-        self.target_std = target_std
+        # the head's extras, absent from earlier exports: an MLP's width, a regression's target scale
+        self.mlp_hidden = kwargs.pop("mlp_hidden", 0)
+        self.target_mean = kwargs.pop("target_mean", None)
+        self.target_std = kwargs.pop("target_std", None)
         if self.encoder:
             kwargs.setdefault("initializer_range", self.encoder.get("initializer_range", 0.02))
             kwargs.setdefault("hidden_size", self.encoder.get("hidden_size"))
