@@ -230,7 +230,7 @@ def run(config):
     ids = load_array(*sets[0], split, "ids.npy")
 
     if ecfg.sample_submission:
-        sample_path, header, body = read_sample(ecfg.sample_submission)
+        _, header, body = read_sample(ecfg.sample_submission)
         rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem, ecfg.label_format)
     elif problem.regression:
         rows = [["id", *label_names]] + [[str(i), *map(number_text, p)] for i, p in zip(ids, predicted)]

@@ -280,24 +280,27 @@ def held_out_rows(run_dir, folds):
     return split, rows, np.load(split / "labels.npy", mmap_mode="r")[rows]
 
 
-def compare_int8(folder, onnx_doc, encoder, held):
+def compare_int8(folder, onnx_doc, encoder, held, block=4096):
     """The metric (accuracy; rmse for regression) of model.onnx and model.int8.onnx on the held-out
     rows (texts; their windows, with sliding windows), and their largest difference, predicted as
-    OnnxPredictor predicts."""
+    OnnxPredictor predicts. The token rows are read `block` at a time, so memory stays flat."""
     import onnxruntime as ort
 
     split, rows, labels = held
     windows = Windows(split, encoder.windows.aggregate)
     n_texts = len(rows)
     token_rows, owner = windows.rows(rows)
-    arrays = {name: np.asarray(np.load(split / f"{name}.npy", mmap_mode="r")[token_rows])
-              for name in ("input_ids", "token_type_ids", "lengths")}
+    arrays = {name: np.load(split / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "token_type_ids", "lengths")}
     out = {}
     for name in ("model.onnx", "model.int8.onnx"):
         session = ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
         predictor = OnnxPredictor(session, onnx_doc, encoder)
-        probs = predictor.probs(arrays["input_ids"], arrays["token_type_ids"], arrays["lengths"])
-        out[name] = predictor.per_text(probs, owner, n_texts)
+        parts = []
+        for start in range(0, len(token_rows), block):
+            chunk = token_rows[start:start + block]
+            parts.append(predictor.probs(*(np.asarray(arrays[k][chunk]) for k in ("input_ids", "token_type_ids",
+                                                                                 "lengths"))))
+        out[name] = predictor.per_text(np.concatenate(parts, axis=-2), owner, n_texts)
     fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
     problem = predictor.problem
     metric = "rmse" if problem.regression else "accuracy"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .problem import problem_type
+from .problem import NAMES as PROBLEM_NAMES, problem_type
 from .tokenization import TextTokenizer, fold_mean, per_text, predict_inputs
 
 
@@ -50,6 +50,9 @@ class OnnxPredictor:
         doc = load_json(doc_path, "a textclf ONNX export's description", fix,
                         {"models": dict, "labels": list, "problem_type": str, "inputs": list, "outputs": list,
                          "tokenization": dict})
+        if doc["problem_type"] not in PROBLEM_NAMES:
+            raise UserError(f"{doc_path} names problem type {doc['problem_type']!r}, not one of "
+                            f"{', '.join(PROBLEM_NAMES)}; {fix}")
         name = doc["models"].get("int8" if int8 else "fp32")
         if name is None:
             raise UserError(f"{folder} has no {'int8' if int8 else 'fp32'} model; export again" + (

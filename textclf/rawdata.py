@@ -222,7 +222,6 @@ class RowReader:
         self.raw = raw
         self.cfg = cfg
         cols = {name: i for i, name in enumerate(raw.columns)}
-        self._cols = cols
 
         def index(name, key):
             if name not in cols:
