@@ -28,8 +28,7 @@ from typing import ClassVar, Literal, Union
 import yaml
 
 from .errors import UserError
-from .metrics import BLEND_METRICS, TRAIN_METRICS
-from .problem import NAMES as PROBLEM_NAMES
+from .problem import BLEND_METRICS, NAMES as PROBLEM_NAMES, TRAIN_METRICS
 from .text_rules import plain_number, template_fields, unescape_delimiter
 
 # The folder above the package: a checkout when it holds the stage scripts.

@@ -23,9 +23,9 @@ import numpy as np
 from .config import resolve_path
 from .errors import UserError
 from .fileio import atomic_write_text, next_version, number_text, write_json
-from .metrics import BLEND_METRICS, HIGHER_IS_BETTER, REGRESSION, compute
+from .metrics import compute
 from .predsets import blend, check_sets, load_array, load_set, normalise
-from .problem import PROBLEMS, problem_type
+from .problem import BLEND_METRICS, HIGHER_IS_BETTER, PROBLEMS, REGRESSION, problem_type
 
 
 def check_method(method, metric, problem):

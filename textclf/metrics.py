@@ -1,26 +1,19 @@
 """Metrics from probabilities, and the per-class report; regression metrics from predictions
-(rows, targets), and a numeric report. Every metric name textclf knows is spelled here once.
+(rows, targets), and a numeric report. The metric names, and whether higher is better, are
+problem.py's (the config schema reads them from there without importing scikit-learn).
 
 `compute`, `report` and `confusion` take the problem type as a problem.Problem, which decides
 how probabilities become classes."""
 
 import numpy as np
+from sklearn import metrics as skm
 
-# Every metric, and whether higher is better. Training also ranks by its own loss on held-out
-# rows; a blend can be scored by its log loss.
-HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "log_loss": False,
-                    "rmse": False, "mae": False, "pearson": True, "spearman": True, "loss": False}
-CLASSIFICATION = ("accuracy", "f1_macro", "f1_micro", "roc_auc")
-REGRESSION = ("rmse", "mae", "pearson", "spearman")
-TRAIN_METRICS = CLASSIFICATION + REGRESSION + ("loss",)  # train.metric
-BLEND_METRICS = CLASSIFICATION + ("log_loss",) + REGRESSION  # ensemble.metric
+from .problem import HIGHER_IS_BETTER, REGRESSION
 
 
 def compute(probs, labels, problem):
     """accuracy, macro/micro F1, and ROC AUC for two classes (multi-label: subset accuracy);
     regression: rmse, mae, pearson, spearman (see regression_metrics)."""
-    from sklearn import metrics as skm
-
     if problem.regression:
         return regression_metrics(probs, labels)
     probs = np.asarray(probs, dtype=np.float64)
@@ -93,8 +86,6 @@ def regression_report(preds, targets, names):
 def report(probs, labels, problem, label_names):
     """Per-class precision / recall / F1 / support as text (like NeMo's classification report);
     regression: the numeric report of regression_report."""
-    from sklearn import metrics as skm
-
     if problem.regression:
         return regression_report(probs, labels, label_names)
     pred = problem.decide(probs)
@@ -107,8 +98,6 @@ def report(probs, labels, problem, label_names):
 
 def confusion(probs, labels, label_names):
     """The confusion matrix as text: rows are true labels, columns predictions (the argmax)."""
-    from sklearn import metrics as skm
-
     pred = np.asarray(probs).argmax(axis=1)
     matrix = skm.confusion_matrix(labels, pred, labels=list(range(len(label_names))))
     names = [str(n)[:12] for n in label_names]

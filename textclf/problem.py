@@ -9,7 +9,7 @@
     problem.probabilities(logits)          # torch: (rows, classes) probabilities, regression: the values
     problem.decide(probs, threshold)       # numpy: class numbers, 0/1 rows or values
     problem.labels(probs, label_names)     # label names (lists for multi-label), or values
-    problem.metrics(n_labels)              # what metrics.compute reports for it, and problem.default_metric
+    problem.metrics(n_labels)              # the metric names metrics.compute reports for it
     problem.loss(...)                      # the training loss
 
 Every rule that depends on the problem type lives here, so callers ask the object instead of
@@ -22,9 +22,17 @@ import dataclasses
 import numpy as np
 
 from .errors import UserError
-from .metrics import CLASSIFICATION, REGRESSION
 
 NAMES = ("single_label", "binary_bce", "multi_label", "regression")
+
+# Every metric textclf computes (metrics.py), and whether higher is better. Training can also rank
+# by its own loss on held-out rows; a blend can be scored by its log loss.
+HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "f1_micro": True, "roc_auc": True, "log_loss": False,
+                    "rmse": False, "mae": False, "pearson": True, "spearman": True, "loss": False}
+CLASSIFICATION = ("accuracy", "f1_macro", "f1_micro", "roc_auc")
+REGRESSION = ("rmse", "mae", "pearson", "spearman")
+TRAIN_METRICS = CLASSIFICATION + REGRESSION + ("loss",)  # what train.metric may name
+BLEND_METRICS = CLASSIFICATION + ("log_loss",) + REGRESSION  # what ensemble.metric may name
 
 
 @dataclasses.dataclass(frozen=True)
