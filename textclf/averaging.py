@@ -29,31 +29,32 @@ FILE = "average.safetensors"
 
 @dataclasses.dataclass
 class Average:
-    """A fold's weight average: "ema" or "swa", the torch AveragedModel, and (SWA) the evaluation
-    steps whose weights it averages."""
+    """A fold's weight average: "ema" or "swa", the torch AveragedModel, the model whose weights it
+    follows, and (SWA) the evaluation steps whose weights it averages."""
 
     kind: str
     model: torch.nn.Module  # torch.optim.swa_utils.AveragedModel
+    source: torch.nn.Module  # the trained model, unwrapped from DDP
     swa_steps: frozenset = frozenset()
 
 
 def make_average(model, train_cfg, total_steps, steps_per_epoch):
-    """The Average for train.ema_decay / train.swa_last, or None when both are off."""
+    """The Average of `model` (unwrapped) for train.ema_decay / train.swa_last, or None when both are off."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     if train_cfg.ema_decay:
-        return Average("ema", AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay)))
+        return Average("ema", AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay)), model)
     if train_cfg.swa_last:  # the default multi_avg_fn: a running equal-weight mean
-        return Average("swa", AveragedModel(model),
+        return Average("swa", AveragedModel(model), model,
                        frozenset(swa_steps(train_cfg, total_steps, steps_per_epoch)))
     return None
 
 
-def after_step(average, model, state):
+def after_step(average, state):
     """After an optimizer step: the EMA follows the weights, when the step moved them (a skipped
     non-finite step did not)."""
     if average is not None and average.kind == "ema" and state.nonfinite_in_row == 0:
-        average.model.update_parameters(model)
+        average.model.update_parameters(average.source)
 
 
 def scored(average, model):
@@ -64,12 +65,12 @@ def scored(average, model):
     return model, None
 
 
-def after_eval(average, model, step, total_steps):
+def after_eval(average, step, total_steps):
     """After an evaluation: SWA takes these weights in when the step is one of its evaluations;
     after the last one, returns the mean, to be scored as a candidate for best/ (else None)."""
     if average is None or step not in average.swa_steps:
         return None
-    average.model.update_parameters(model)
+    average.model.update_parameters(average.source)
     return average.model.module if step >= total_steps else None
 
 

@@ -120,7 +120,7 @@ def fit(job, fold, state):
             fold.scheduler.step()
         fold.optimizer.zero_grad(set_to_none=True)
         count_step(fold, state, updated, train_cfg.max_nonfinite)
-        averaging.after_step(fold.average, accelerator.unwrap_model(fold.model), state)  # EMA follows the weights
+        averaging.after_step(fold.average, state)  # EMA: the average follows the weights
 
         bar.update(1)
         last = state.step >= fold.total_steps
@@ -301,7 +301,7 @@ def evaluate_and_keep_best(job, fold, state):
     if train_cfg.patience and state.bad_evals >= train_cfg.patience:
         state.stopped_early = True
     # weight averaging after an evaluation: SWA takes these weights in; after its last, its mean competes
-    swa = averaging.after_eval(fold.average, job.accelerator.unwrap_model(fold.model), state.step, fold.total_steps)
+    swa = averaging.after_eval(fold.average, state.step, fold.total_steps)
     if swa is not None:
         score_swa(job, fold, state, swa)
 
