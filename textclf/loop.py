@@ -122,6 +122,7 @@ def fit(job, fold, state):
         count_step(fold, state, updated, train_cfg.max_nonfinite)
         averaging.after_step(fold.average, state)  # EMA: the average follows the weights
 
+        # after the step: the bar, the wall time, the profiler (profiling.py)
         bar.update(1)
         last = state.step >= fold.total_steps
         state.seconds = earlier_seconds + time.time() - session_start
@@ -149,7 +150,8 @@ def fit(job, fold, state):
             bar.close()
             return reason
     bar.close()
-    profiler = profiler and profiler.after_step(last=True)
+    if profiler:  # the fold stopped early, before the profiler's last step
+        profiler.after_step(last=True)
     return "done"
 
 
