@@ -5,6 +5,11 @@ SST-2 subsample, in fp32, interleaved A B A B ...
     git worktree add ../textclf-before <commit>        # the other checkout, any folder
     python bench/same_run.py --other ../textclf-before [--rows 2000 --epochs 2 --repeats 3]
 
+Run it the other way round too (copy this script into the other checkout and point --other back
+here), and once with two checkouts of the same commit: on these machines the checkout that runs
+the script came out a few percent slower even with identical code, so a ratio is read against
+both directions and that control.
+
 Both checkouts run with this interpreter, each its own scripts and package. Compared, file by
 file: the data arrays and meta.json (less its timestamp), every record of metrics.jsonl (less the
 wall-clock fields "time" and "samples_per_s"), the out-of-fold probabilities and the best weights
@@ -87,6 +92,7 @@ def main():
     parser.add_argument("--epochs", default="2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default=str(HERE / "bench" / "work" / "same_run"))
+    parser.add_argument("--suffix", default="", help="results file: bench/results/same_run<suffix>.json")
     args = parser.parse_args()
     sides = {"A": HERE, "B": Path(args.other).resolve()}
     work = Path(args.work)
@@ -130,7 +136,7 @@ def main():
                  ratio_b_over_a={"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
                                  "max": round(max(ratios), 3)},
                  fingerprint=reference)
-    save(out)
+    save(out, args.suffix)
     print(json.dumps({k: out[k] for k in ("all_identical", "median_seconds", "ratio_b_over_a")}, indent=1))
     if not out["all_identical"]:
         print("differs: " + ", ".join(k for k, same in identical.items() if not same))
