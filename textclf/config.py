@@ -107,6 +107,7 @@ TRUNCATIONS = ("head", "tail", "head_tail")
 WINDOW_AGGREGATES = ("mean", "max", "first_last")
 HEADS = ("cls", "mean", "pooler", "fusion", "last")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
+SUBMISSION_OUTPUTS = ("auto", "labels", "probability", "class_probabilities")
 
 
 @dataclass
@@ -477,13 +478,16 @@ class EnsembleConfig:
     method: Literal["mean", "weighted", "geometric", "rank"] = key("weighted", "how the sets are blended; weighted: "
                                                                    "weights searched on the out-of-fold rows; rank: "
                                                                    "for roc_auc only")
-    metric: Literal[("auto",) + BLEND_METRICS] = key("auto", "what the blend is tuned and scored by; auto: accuracy, "
-                                                     "or rmse for regression")
+    metric: Literal[("auto",) + BLEND_METRICS] = key("auto", "the competition's metric, which the blend is tuned and "
+                                                     "scored by; auto: roc_auc / log_loss for probabilities, else "
+                                                     "accuracy (rmse for regression)")
     sample_submission: str | None = key(None, "a sample submission: its ids, order and columns are followed")
+    output: Literal[SUBMISSION_OUTPUTS] = key("auto", "what the submission holds: labels, probability (of the positive "
+                                              "class), class_probabilities; auto: from the sample and the metric")
     label_format: Literal["auto", "name", "index"] = key("auto", "a label column holds label names or class numbers")
     output_dir: str = key("submissions", "where submissions are written")
     tune_thresholds: bool = key(True, "tune the binary threshold (multi-label: one per class) on the out-of-fold "
-                                "rows")
+                                "rows, where labels are written for a label metric")
 
     def check(self):
         check_name(self.name, "ensemble.name")

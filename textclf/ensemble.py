@@ -6,8 +6,10 @@
 
 Blends: mean, weighted (weights searched on the out-of-fold probabilities for the
 configured metric, never worse there than the plain mean), geometric mean, rank average.
-Binary problems get a tuned decision threshold and multi-label problems one threshold per
-class, both learned on the out-of-fold rows and applied to test.
+What the submission holds (labels, the positive class's probability, one probability column per
+class) follows the sample and the metric (submission.py). Where labels are written for a label
+metric, binary problems get a tuned decision threshold and multi-label problems one threshold
+per class, both learned on the out-of-fold rows and applied to test.
 
 Regression predictions blend with mean or weighted (weights searched for ensemble.metric, rmse
 by default, on the out-of-fold rows); geometric and rank blends and thresholds do not apply.
@@ -16,13 +18,14 @@ The submission writes each target's value (7 significant digits, no exponent).
 
 import csv
 import io
-import re
+from pathlib import Path
 
 import numpy as np
 
+from . import submission
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_write_text, next_version, number_text, write_json
+from .fileio import atomic_write_text, next_version, write_json
 from .metrics import compute
 from .predsets import blend, check_sets, load_array, load_set, normalise
 from .problem import BLEND_METRICS, HIGHER_IS_BETTER, PROBLEMS, REGRESSION, problem_type
@@ -120,90 +123,12 @@ def tune_thresholds(probs, labels, problem, metric):
     return float(grid[best]) if scores[best] > at_half + 1e-12 else 0.5
 
 
-def read_sample(path):
-    """(path, header, rows) of a sample submission."""
-    path = resolve_path(path)
-    if not path.is_file():
-        raise UserError(f"sample submission {path} not found; set ensemble.sample_submission")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh))
-    except UnicodeDecodeError:
-        raise UserError(f"sample submission {path} is not UTF-8; re-save it as UTF-8") from None
-    if len(rows) < 2 or len(rows[0]) < 2:
-        raise UserError(f"sample submission {path} needs a header with an id column and a label column, and rows")
-    header, body = rows[0], [r for r in rows[1:] if r]
-    if any(len(r) != len(header) for r in body):
-        raise UserError(f"sample submission {path} has rows with another number of fields than its header")
-    return path, header, body
-
-
-def label_format(examples, label_names, requested):
-    """How the sample's label column writes a label: "name" or "index" (class number). Labels that are
-    themselves integers (AG News' 1..4) against a number that is not one of them (a placeholder 0)
-    could mean either: that is refused unless ensemble.label_format says which."""
-    if requested != "auto":
-        return requested
-    if not examples or all(v in label_names for v in examples):
-        return "name"
-    integer = re.compile(r"-?\d+")
-    if all(integer.fullmatch(v) for v in examples):
-        if any(integer.fullmatch(name) for name in label_names):
-            raise UserError(f"the sample submission writes labels as numbers ({examples[0]!r}) and the labels are "
-                            f"themselves numbers ({', '.join(label_names[:5])}): it could mean names or class "
-                            f"indices; set ensemble.label_format=name or ensemble.label_format=index")
-        return "index"
-    return "name"
-
-
 def submission_rows(header, body, ids, probs, predicted, label_names, problem, requested_format="auto"):
-    """Rows in the sample's order and layout: a label column (names or numbers) or one
-    probability column per class."""
-    index = {str(i): k for k, i in enumerate(ids)}
-    sample_ids = [r[0] for r in body]
-    seen = set()
-    for sid in sample_ids:
-        if sid in seen:
-            raise UserError(f"the sample submission lists id '{sid}' twice; use the sample that belongs to this test "
-                            f"file (ids must be unique)")
-        seen.add(sid)
-    missing = [i for i in sample_ids if i not in index]
-    if missing or len(sample_ids) != len(ids):
-        extra = len(ids) - (len(sample_ids) - len(missing))
-        raise UserError(f"the sample submission's ids do not match the test rows ({len(missing)} sample ids have no "
-                        f"prediction, e.g. '{(missing or ['-'])[0]}'; {extra} predicted rows are not in the sample); "
-                        f"use the sample that belongs to this test file")
-    order = [index[i] for i in sample_ids]
-    columns = header[1:]
-    out = [header]
-    if problem.regression:  # one value column per target; one target may go under any column name
-        if len(columns) == 1 and len(label_names) == 1:
-            col_index = [0]
-        elif set(columns) == set(label_names) and len(columns) == len(label_names):
-            col_index = [label_names.index(c) for c in columns]
-        else:
-            raise UserError(f"the sample submission's columns {columns} are not the targets ({', '.join(label_names)}); "
-                            f"fix ensemble.sample_submission")
-        for sid, k in zip(sample_ids, order):
-            out.append([sid, *[number_text(probs[k, j]) for j in col_index]])
-        return out
-    if set(columns) == set(label_names) and len(columns) == len(label_names):  # one probability column per class
-        col_index = [label_names.index(c) for c in columns]
-        for sid, k in zip(sample_ids, order):
-            out.append([sid, *[f"{probs[k, j]:.6f}" for j in col_index]])
-        return out
-    if len(columns) != 1:
-        raise UserError(f"the sample submission's columns {columns} are neither one label column nor one column per "
-                        f"label ({', '.join(label_names)}); fix ensemble.sample_submission")
-    fmt = label_format([r[1].strip() for r in body if r[1].strip()], label_names, requested_format)
-    write = (lambda j: str(int(j))) if fmt == "index" else (lambda j: label_names[int(j)])
-    for sid, k in zip(sample_ids, order):
-        if problem.multi_label:
-            value = " ".join(write(j) for j in np.flatnonzero(predicted[k]))
-        else:
-            value = write(predicted[k])
-        out.append([sid, value])
-    return out
+    """Rows in the sample's order and layout, as ensemble.output=auto decides it (submission.plan)."""
+    sample = submission.Sample(Path("sample"), header, body)
+    layout, _ = submission.plan(sample, label_names, problem, label_format=requested_format)
+    return submission.rows(layout, sample, ids, submission.written_probs(layout, probs, problem), predicted,
+                           label_names)
 
 
 def run(config):
@@ -216,50 +141,48 @@ def run(config):
     check_sets(sets, split)
     manifest = sets[0][1]
     problem, label_names = problem_type(manifest["problem_type"]), manifest["label_names"]
-    metric = problem.default_metric if ecfg.metric == "auto" else ecfg.metric
+    sample = submission.read_sample(ecfg.sample_submission) if ecfg.sample_submission else None
+    delimiter = (manifest.get("config") or {}).get("data", {}).get("label_delimiter")
+    layout, metric = submission.plan(sample, label_names, problem, ecfg.metric, ecfg.output, ecfg.label_format,
+                                     delimiter)
     check_method(ecfg.method, metric, problem)
-    summary, weights, thresholds = fit_blend(ecfg, sets, problem, metric)
-
     if not all(split in m["splits"] for _, m in sets):
         raise UserError(f"not every prediction set has a '{split}' split; run evaluate.py with eval.splits=[test]")
+    summary, weights, thresholds = fit_blend(ecfg, sets, problem, metric, layout)
+
     test_members = [load_array(folder, m, split) for folder, m in sets]
     test_probs = normalise(blend(test_members, weights, ecfg.method), problem)
     if np.isnan(test_probs).any():
         raise UserError("the blended test probabilities contain NaN; a prediction set is corrupted, re-run evaluate.py")
     predicted = problem.decide(test_probs, thresholds)
-    ids = load_array(*sets[0], split, "ids.npy")
-
-    if ecfg.sample_submission:
-        _, header, body = read_sample(ecfg.sample_submission)
-        rows = submission_rows(header, body, ids, test_probs, predicted, label_names, problem, ecfg.label_format)
-    elif problem.regression:
-        rows = [["id", *label_names]] + [[str(i), *map(number_text, p)] for i, p in zip(ids, predicted)]
-    else:
-        header = ["id", "label"]
-        rows = [header] + [[str(i), " ".join(label_names[j] for j in np.flatnonzero(p)) if problem.multi_label
-                            else label_names[int(p)]] for i, p in zip(ids, predicted)]
+    written = submission.written_probs(layout, test_probs, problem)
+    rows = submission.rows(layout, sample, load_array(*sets[0], split, "ids.npy"), written, predicted, label_names)
     test_score = None
-    if split in manifest["splits"] and "metrics" in manifest["splits"][split]:  # scored before anything is written
-        test_score = score(test_probs, load_array(*sets[0], split, "labels.npy"), problem, metric)
+    if "metrics" in manifest["splits"][split]:  # scored before anything is written, as written
+        test_score = written_score(layout, written, predicted, load_array(*sets[0], split, "labels.npy"), problem,
+                                   metric)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv", also=(".json",))  # the summary beside it
     atomic_write_text(target, buf.getvalue())
-    summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets])
+    summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets],
+                   test_score=test_score)
     write_json(target.with_suffix(".json"), summary)
     if test_score is not None:
-        print(f"blend on labelled test rows: {metric} {test_score:.4f}", flush=True)
-    print(f"ensemble: wrote {target} ({len(rows) - 1} rows)", flush=True)
+        print(f"submission on labelled test rows: {metric} {test_score:.4f}", flush=True)
+    print(f"ensemble: wrote {target} ({len(rows) - 1} rows, {layout.kind}: {', '.join(layout.header[1:])})",
+          flush=True)
     return target
 
 
-def fit_blend(ecfg, sets, problem, metric):
+def fit_blend(ecfg, sets, problem, metric, layout):
     """The blend's weights and decision thresholds, learned on the out-of-fold rows (else the
     validation rows) every set has: (summary, weights, thresholds). Without either, equal weights
-    and no thresholds."""
+    and no thresholds. A threshold is tuned only where labels are written for a label metric."""
     has_oof = all("oof" in m["splits"] for _, m in sets)
     tune_split = "oof" if has_oof else ("valid" if all("valid" in m["splits"] for _, m in sets) else None)
-    summary = {"members": [], "method": ecfg.method, "metric": metric, "tuned_on": tune_split}
+    summary = {"members": [], "method": ecfg.method, "metric": metric, "output": layout.kind,
+               "columns": layout.header[1:], "tuned_on": tune_split}
     weights = np.full(len(sets), 1.0 / len(sets))
     if not tune_split:
         print("ensemble: no out-of-fold or validation probabilities in every set; equal weights, no thresholds",
@@ -278,10 +201,27 @@ def fit_blend(ecfg, sets, problem, metric):
     else:
         blend_score = score(normalise(blend(members, weights, ecfg.method), problem), labels, problem, metric)
     blended = normalise(blend(members, weights, ecfg.method), problem)
-    if ecfg.tune_thresholds and ecfg.method != "rank" and not problem.regression:
+    if (ecfg.tune_thresholds and ecfg.method != "rank" and layout.kind == "labels" and not problem.regression
+            and metric in submission.LABEL_METRICS):
         thresholds = tune_thresholds(blended, labels, problem, metric)
-    summary.update(mean_score=mean_score, blend_score=blend_score, weights=weights.tolist(), thresholds=thresholds)
+    written = submission.written_probs(layout, blended, problem)
+    oof_score = written_score(layout, written, problem.decide(blended, thresholds), labels, problem, metric)
+    summary.update(mean_score=mean_score, blend_score=blend_score, weights=weights.tolist(),
+                   thresholds=None if thresholds is None else np.round(thresholds, 4).tolist(),
+                   submission_score=oof_score)
     print(f"blend ({ecfg.method}): {tune_split} {metric} {blend_score:.4f} (plain mean {mean_score:.4f}); "
-          f"weights {np.round(weights, 3).tolist()}" + (f"; thresholds {thresholds}" if thresholds else ""),
-          flush=True)
+          f"weights {np.round(weights, 3).tolist()}"
+          + (f"; thresholds {np.round(thresholds, 4).tolist()}" if thresholds is not None else "")
+          + f"; as written ({layout.kind}) {metric} {oof_score:.4f}", flush=True)
     return summary, weights, thresholds
+
+
+def written_score(layout, probs, predicted, labels, problem, metric):
+    """The submission's score in `metric` as it is written: labels decided (thresholds applied)
+    for a label output, the written probabilities (clipped for log_loss) otherwise."""
+    if layout.kind == "labels" and not problem.regression and metric in submission.LABEL_METRICS:
+        decided = np.asarray(predicted)
+        if decided.ndim == 1:  # one class per row: its decision as a one-hot row
+            decided = np.eye(probs.shape[1])[decided]
+        return score(decided.astype(float), labels, problem, metric)
+    return score(probs, labels, problem, metric)
