@@ -125,7 +125,7 @@ def test_lora_trains_adapters_only_and_the_checkpoint_reloads_to_the_merged_outp
 
 def test_lora_on_an_encoder_and_resume_is_bit_exact(stage, premodels, tmp_path):
     base = data(stage, premodels, tmp_path, "bert")
-    args = ["train.epochs=2", "model.lora={r: 2, dropout: 0.1}", "model.head=mean"]
+    args = ["train.epochs=2", "model.lora={r: 2, dropout: 0.1}", "model.head=mean", "train.keep_state=true"]
     train(stage, tmp_path, base, *args, out="straight")
     first = stage("train", *base, f"train.output_dir={tmp_path / 'stopped'}", "train.precision=no", "train.batch_size=8",
                   "train.log_every_steps=1", "train.lr=1e-3", *args, "train.max_time=0.000001")

@@ -41,7 +41,7 @@ def fingerprint(weights):
 
 def test_tiny_bert_reproduces_its_pinned_losses_and_weights(stage, premodels, tmp_path):
     base = make_data(stage, premodels, tmp_path, toy_rows(48))
-    train(stage, tmp_path, base, *ARGS)
+    train(stage, tmp_path, base, *ARGS, "train.keep_state=true")
     run = tmp_path / "ck" / "toy"
     steps = records(run, "train")
     losses = [r["loss"] for r in steps]

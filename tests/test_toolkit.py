@@ -24,7 +24,8 @@ def test_ema_weights_equal_a_hand_computed_ema(stage, premodels, tmp_path):
     decay = 0.8
     base = make_data(stage, premodels, tmp_path, toy_rows(40))
     result = train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=8", "train.lr=3e-3",
-                   f"train.ema_decay={decay}", "train.save_every_steps=1", "train.save_total_limit=100")
+                   f"train.ema_decay={decay}", "train.save_every_steps=1", "train.save_total_limit=100",
+                   "train.keep_state=true")
     assert "EMA of the weights (decay 0.8" in result.out
     run = tmp_path / "ck" / "toy"
     saved = states(run)
@@ -49,7 +50,7 @@ def test_ema_weights_equal_a_hand_computed_ema(stage, premodels, tmp_path):
 def test_swa_is_the_mean_of_the_last_evaluations(stage, premodels, tmp_path):
     base = make_data(stage, premodels, tmp_path, toy_rows(40))
     train(stage, tmp_path, base, "train.epochs=4", "train.batch_size=8", "train.lr=3e-3", "train.swa_last=3",
-          "train.save_total_limit=100")
+          "train.save_total_limit=100", "train.keep_state=true")
     run = tmp_path / "ck" / "toy"
     by_step = {int(p.name[5:]): p for p in states(run)}
     assert sorted(by_step) == [5, 10, 15, 20]  # saved at each epoch's end, where it evaluates

@@ -238,7 +238,7 @@ def test_early_stopping_and_save_total_limit(stage, premodels, tmp_path):
     base = make_data(stage, premodels, tmp_path, toy_rows(48))
     # lr 0: the metric can never improve after the first evaluation
     train(stage, tmp_path, base, "train.epochs=3", "train.batch_size=4", "train.lr=0", "train.eval_every_steps=2",
-          "train.patience=2", "train.save_total_limit=2", "train.save_every_steps=1")
+          "train.patience=2", "train.save_total_limit=2", "train.save_every_steps=1", "train.keep_state=true")
     run = tmp_path / "ck" / "toy"
     evals = records(run, "eval")
     assert [r["step"] for r in evals] == [2, 4, 6]  # best at 2, then two evaluations without improvement
@@ -334,7 +334,7 @@ def test_data_keys_that_differ_from_the_arrays_are_refused_and_unset_ones_record
 def test_resume_from_a_named_state_redoes_the_steps_after_it(stage, premodels, tmp_path):
     base = make_data(stage, premodels, tmp_path, toy_rows(48))
     args = ["train.epochs=2", "train.batch_size=8", "train.lr=1e-3", "train.save_every_steps=2",
-            "train.save_total_limit=10"]
+            "train.save_total_limit=10", "train.keep_state=true"]
     train(stage, tmp_path, base, *args, out="straight")
     run = tmp_path / "straight" / "toy"
     states = sorted(p.name for p in (run / "fold0").glob("last-*"))
@@ -350,7 +350,7 @@ def test_resume_from_a_named_state_redoes_the_steps_after_it(stage, premodels, t
 
 def test_epochs_are_counted_at_the_end_of_the_data(stage, premodels, tmp_path):
     base = make_data(stage, premodels, tmp_path, toy_rows(32))
-    train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=8")
+    train(stage, tmp_path, base, "train.epochs=2", "train.batch_size=8", "train.keep_state=true")
     run = tmp_path / "ck" / "toy"
     assert [r["epoch"] for r in records(run, "eval")] == [1, 2]  # after the first epoch, after the second
     state = json.loads(next(run.glob("fold0/last-*/state.json")).read_text())
@@ -449,3 +449,24 @@ def test_end_of_run_texts_are_checked_before_training(stage, premodels, tmp_path
         result = stage("train", *base, f"train.output_dir={tmp_path / 'ck'}", f"eval.texts={texts}")
         assert result.code == 2 and message in result.err and result.err.count("\n") == 1, result
         assert not (tmp_path / "ck").exists()
+
+
+def test_a_finished_k_fold_run_keeps_its_best_weights_not_its_states(stage, premodels, tmp_path):
+    """Disk: a finished fold keeps best/, oof/ and its logs; its resumable states (weights and
+    optimizer, about 3x the model) go unless train.keep_state=true. The summary says the footprint."""
+    base = make_data(stage, premodels, tmp_path, toy_rows(48), extra=("data.n_folds=3",))
+    result = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "train.report_to=none")
+    run = tmp_path / "ck" / "toy"
+    assert not list(run.glob("fold*/last-*")) and "train: disk" in result.out
+    best = sum((run / f"fold{k}" / "best" / "model.safetensors").stat().st_size for k in range(3))
+    files = {p: p.stat().st_size for p in run.rglob("*") if p.is_file()}
+    total = sum(files.values())
+    # beyond the best weights: curves.png, logs, OOF rows, each best/'s config, tokenizer and remote code
+    assert total - best < 300_000, sorted(files.items(), key=lambda kv: -kv[1])[:8]
+    disk = json.loads((run / "summary.json").read_text())["disk"]
+    assert disk["state_bytes"] == 0 and abs(disk["bytes"] - total) < 4096  # all but summary.json itself
+    kept = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "train.report_to=none",
+                 "train.keep_state=true", out="kept")
+    assert kept.code == 0 and len(list((tmp_path / "kept" / "toy").glob("fold*/last-*"))) == 3
+    kept_disk = json.loads((tmp_path / "kept" / "toy" / "summary.json").read_text())["disk"]
+    assert kept_disk["state_bytes"] > 2 * best  # each state holds the weights and the optimizer's two moments

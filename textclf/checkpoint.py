@@ -7,6 +7,7 @@
                                       head.json (model.ModelSpec), metrics.json: what evaluate.py needs
     fold<k>/last-<step>/              resumable state: weights, optimizer, scheduler, loss scaler, RNG
                                       streams, and state.json (TrainState); train.save_total_limit kept
+                                      while the fold trains, dropped when it is done (train.keep_state)
     fold<k>/oof/                      the best model's probabilities on the fold's held-out rows
     fold<k>/done.json                 written when the fold is finished
     oof/                              every fold's held-out probabilities, keyed by row id, and the CV score
@@ -29,7 +30,7 @@ import torch
 from . import averaging, lora
 from .config import resolve_path
 from .errors import UserError
-from .fileio import atomic_dir, atomic_write_text, load_json, next_version, versions, write_json
+from .fileio import atomic_dir, atomic_write_text, folder_bytes, load_json, next_version, versions, write_json
 from .metrics import compute
 from .model import load_into, save_classifier
 
@@ -306,6 +307,24 @@ def save_best(accelerator, fold_dir, model, spec, tokenizer, metrics, config_yam
             write_json(tmp / "metrics.json", metrics)
             atomic_write_text(tmp / "config.yaml", config_yaml)
     accelerator.wait_for_everyone()
+
+
+def drop_states(fold_dir):
+    """A finished fold's resumable states (last-<step>/, and temporaries a kill left): removed, since
+    best/, oof/ and done.json are all a finished fold needs. Returns the bytes freed."""
+    freed = 0
+    for path in [*fold_dir.glob("last-*"), *fold_dir.glob(".last-*.tmp-*")]:
+        freed += folder_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return freed
+
+
+def footprint(run_dir):
+    """A run folder's disk use: {"bytes": all of it, "best_bytes": the folds' best/ folders,
+    "state_bytes": resumable states}."""
+    best = sum(folder_bytes(p) for p in run_dir.glob("fold*/best"))
+    states = sum(folder_bytes(p) for p in run_dir.glob("fold*/last-*"))
+    return {"bytes": folder_bytes(run_dir), "best_bytes": best, "state_bytes": states}
 
 
 # ---------------------------------------------------------------------------- out-of-fold rows

@@ -365,7 +365,9 @@ class TrainConfig:
     patience: int = key(0, "evaluations without improvement before the fold stops; 0: never")
     min_delta: float = key(0.0, "the least change that counts as an improvement")
     max_nonfinite: int = key(20, "non-finite losses in a row before the run stops")
-    save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold", free_on_resume=True)
+    save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold while it trains", free_on_resume=True)
+    keep_state: bool = key(False, "keep a finished fold's resumable states (weights, optimizer: ~3x the model); "
+                           "false: best/, oof/ and the logs are all a finished fold keeps", free_on_resume=True)
     save_every_steps: int = key(0, "also save a resumable state every this many optimizer steps",
                                 free_on_resume=True)
     resume: str | None = key(None, "auto (the newest version of the run), checkpoints/<run>, or "

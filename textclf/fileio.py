@@ -238,3 +238,11 @@ def number_text(value):
     import numpy as np
 
     return np.format_float_positional(float(value), precision=7, unique=True, fractional=False, trim="-")
+
+
+def folder_bytes(path):
+    """The bytes of the files under `path` (a file: its size); links are not followed."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from . import adversarial, averaging, preflight
-from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, load_state, load_weights, merge_oof,
-                         named_state, read_log, resume_state_dir, sharding, write_fold_oof)
+from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, drop_states, footprint, load_state,
+                         load_weights, merge_oof, named_state, read_log, resume_state_dir, sharding, write_fold_oof)
 from .console import say, shown
 from .errors import UserError
 from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output, write_json,
@@ -158,6 +158,8 @@ def train_fold(job, plan):
     if (fold_dir / "done.json").is_file():
         if named_state(fold_dir, train_cfg.resume) is None:
             say(accelerator, f"fold {plan.fold}: already finished, skipped")
+            if accelerator.is_main_process and not train_cfg.keep_state:  # states a kill left before they went
+                drop_states(fold_dir)
             return "done"
         accelerator.wait_for_everyone()  # train.resume names one of its states: the fold is trained again from there
         if accelerator.is_main_process:
@@ -319,6 +321,8 @@ def finish_fold(job, fold, state):
                                             "nonfinite_total": state.nonfinite_total,
                                             "stopped_early": state.stopped_early, "seconds": round(state.seconds, 1)})
         say(accelerator, f"fold {fold.index}: trained in {state.seconds:.1f} s")
+        if not job.config.train.keep_state:  # done.json is written: the fold never resumes again
+            drop_states(fold.dir)
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drops Accelerate's references to this fold's model and optimizer
 
@@ -349,10 +353,16 @@ def finish_run(job, folds, oof_score, meta):
     if curves:
         summary["curves"] = curves.name
     summary["seconds"] = round(time.time() - job.started, 1)
+    summary["disk"] = footprint(job.run_dir)
     write_json(job.run_dir / "summary.json", summary)
     say(job.accelerator, "train: wall time " + ", ".join(f"fold {k} {v:.1f} s" for k, v in summary["fold_seconds"].items()
                                                          if v is not None)
         + f"; this session {summary['seconds']:.1f} s -> {job.run_dir / 'summary.json'}")
+    disk = summary["disk"]
+    say(job.accelerator, f"train: disk {megabytes(disk['bytes'])} in {job.run_dir} (best weights "
+                         f"{megabytes(disk['best_bytes'])}, resumable states {megabytes(disk['state_bytes'])}"
+                         + ("" if job.config.train.keep_state else "; finished folds keep no state: "
+                            "train.keep_state=true keeps it") + ")")
 
 
 def predict_texts(job, predictor, texts):
@@ -403,3 +413,7 @@ def draw_curves(job):
         say(job.accelerator, "train: curves.png skipped: install matplotlib to draw it")
         return None
     return path
+
+
+def megabytes(n):
+    return f"{n / 1e6:.1f} MB"
