@@ -171,3 +171,26 @@ class Payload:
 
     def __reduce__(self):
         return (print, ("this must never run",))
+
+
+def test_the_printed_resume_command_resumes_the_run_with_its_settings(toy, stage):
+    """After a stop signal, the command the run prints (no config file, no overrides) resumes it
+    with the settings it was started with, and finishes it as the uninterrupted run."""
+    import shlex
+
+    out = toy["tmp"] / "hinted"
+    proc = start_training(toy, out)
+    wait_for_state(proc, out / "toy" / "fold0", 3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    hint = stdout.split("Continue with: ")[1].splitlines()[0]
+    words = shlex.split(hint)
+    assert words[:2] == ["python", "train.py"] and len(words) == 3 and words[2].startswith("train.resume=")
+    result = stage("train", *words[2:])
+    assert result.code == 0, result
+    assert "resuming from last-" in result.out
+    assert_same_as_straight(out / "toy", toy["straight"])
+    # a changed setting on the command line is still refused, and the refusal names a command that works
+    again = stage("train", words[2], "train.lr=0.5", "train.resume=" + str(out / "toy"))
+    assert again.code == 2 and f"python train.py train.resume={out / 'toy'}" in again.err

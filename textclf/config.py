@@ -56,7 +56,7 @@ def resolve_path(path):
 # ---------------------------------------------------------------------------- the schema
 
 
-def key(default, help, *, fixed=False, free_on_resume=False, describes_file=False):
+def key(default, help, *, fixed=False, free_on_resume=False, describes_file=False, locates_input=False):
     """A config key: its default, a one-line description, and what other stages need to know of it:
 
     fixed           (data.*) fixed when data_process.py writes the arrays: meta.json records it, and
@@ -65,8 +65,11 @@ def key(default, help, *, fixed=False, free_on_resume=False, describes_file=Fals
                     (preflight.check_resume); a section whose every key may says FREE_ON_RESUME
     describes_file  (data.*) describes how a raw file is read, not what the arrays hold: evaluate.py
                     reads a new file (eval.input) with its own value
+    locates_input   says where a run's inputs are (the data, the models): a resumed run takes it from
+                    its record unless the command line gives it (preflight.resume_settings)
     """
-    metadata = {"help": help, "fixed": fixed, "free_on_resume": free_on_resume, "describes_file": describes_file}
+    metadata = {"help": help, "fixed": fixed, "free_on_resume": free_on_resume, "describes_file": describes_file,
+                "locates_input": locates_input}
     if isinstance(default, (list, dict)):  # a fresh copy for every config
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -113,13 +116,14 @@ SUBMISSION_OUTPUTS = ("auto", "labels", "probability", "class_probabilities")
 @dataclass
 class DataConfig:
     name: str = key("", "output folder models_input_files/<name>; default: the config file's stem",
-                    free_on_resume=True)
+                    free_on_resume=True, locates_input=True)
     train_file: str = key("", "the labelled train file (csv, tsv or jsonl)", fixed=True, describes_file=True)
     valid_file: str | None = key(None, "a validation file; without one, a held-out split or K folds of train",
                                  fixed=True, describes_file=True)
     test_file: str | None = key(None, "a test file, labelled or not (a blank label column is unlabelled)",
                                 fixed=True, describes_file=True)
-    output_dir: str = key("models_input_files", "where data sets are written", free_on_resume=True)
+    output_dir: str = key("models_input_files", "where data sets are written", free_on_resume=True,
+                          locates_input=True)
     overwrite: bool = key(False, "replace an existing models_input_files/<name> that data_process.py made",
                           free_on_resume=True)
     format: Literal["auto", "csv", "tsv", "jsonl"] = key("auto", "file format; auto: from the file extension",
@@ -249,7 +253,7 @@ LORA_DEFAULTS = {"r": 8, "alpha": None, "dropout": 0.0, "target_modules": "all-l
 class ModelConfig:
     name: str = key("all-MiniLM-L6-v2", "a folder in premodels/, a path, or a hub name (fetched with "
                     "python -m textclf.premodels fetch)")
-    premodels_dir: str = key("premodels", "where model folders are found", free_on_resume=True)
+    premodels_dir: str = key("premodels", "where model folders are found", free_on_resume=True, locates_input=True)
     trust_remote_code: bool = key(False, "run a model folder's own Python code (only for models you trust)",
                                   free_on_resume=True)
     head: Literal[("auto",) + HEADS] = key("auto", "what the classifier reads: cls, mean, pooler, fusion or last; "
@@ -535,11 +539,12 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     config_file: str | None = None  # where it was read from (set by the parser)
     explicit: set = field(default_factory=set)  # "section.key" set on the command line
+    program: str = "python train.py"  # the command that read it, for hints that name a command
 
     def to_dict(self):
         out = dataclasses.asdict(self)
-        out.pop("config_file")
-        out.pop("explicit")
+        for name in ("config_file", "explicit", "program"):
+            out.pop(name)
         return out
 
     def to_yaml(self):
@@ -547,7 +552,7 @@ class Config:
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("config_file", "explicit")}
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("config_file", "explicit", "program")}
 
 
 def validate(cfg):
@@ -583,6 +588,28 @@ def free_on_resume(section, name):
     """Whether section.name may change when a run is resumed (it cannot change the result)."""
     cls = SECTIONS[section]
     return getattr(cls, "FREE_ON_RESUME", False) or cls.__dataclass_fields__[name].metadata["free_on_resume"]
+
+
+def take_recorded(cfg, recorded):
+    """The keys a resumed run keeps (every key not free on resume) and the keys that say where its
+    inputs are take their value from `recorded` (a resolved config as a run's config.yaml holds it)
+    unless the command line gives them: a resumed run goes on with the settings it was started
+    with, whatever the config file says now; the keys of this session (time budget, logging, the
+    other stages) stay as given. Returns ["section.key (the file's value, recorded value)"] for the
+    keys whose value changed."""
+    replaced = []
+    for section in SECTIONS:
+        values = recorded.get(section) if isinstance(recorded, dict) else None
+        for f in fields_of(section) if isinstance(values, dict) else ():
+            name = f"{section}.{f.name}"
+            kept = not free_on_resume(section, f.name) or f.metadata["locates_input"]
+            if not kept or name in cfg.explicit or f.name not in values:
+                continue
+            value = coerce(values[f.name], f.type, name)
+            if value != getattr(getattr(cfg, section), f.name):
+                replaced.append(f"{name} ({getattr(getattr(cfg, section), f.name)!r}, recorded {value!r})")
+                setattr(getattr(cfg, section), f.name, value)
+    return replaced
 
 
 def key_list():
@@ -874,7 +901,7 @@ def help_text(prog):
 
 def parse_args(argv, prog="stage.py"):
     """Parse `--config file.yaml key=value ...` into a Config. `--help` prints the keys."""
-    cfg = Config()
+    cfg = Config(program=f"python {prog}" if prog.endswith(".py") else prog)
     config_path = None
     overrides = []
     i = 0

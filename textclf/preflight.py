@@ -17,7 +17,7 @@ import numpy as np
 
 from . import adversarial, averaging, lora
 from .checkpoint import load_run_json
-from .config import free_on_resume, resolve_path
+from .config import free_on_resume, resolve_path, take_recorded
 from .datadir import check_data_keys, fold_rows, load_meta
 from .errors import UserError
 from .fileio import sha256_file
@@ -204,20 +204,33 @@ def saved_precision(run_dir):
     return {False: "no"}.get(value, value) if value in ("no", "fp16", "bf16", False) else None
 
 
-def check_resume(config, run_dir, spec):
-    """Refuse to resume a run with other data or with settings that change its result (every key
-    but those the schema marks free_on_resume); returns run.json."""
+def recorded_config(run_dir):
+    """The resolved config a run was started with (its config.yaml), as a dict."""
     import yaml
 
-    run_info = load_run_json(run_dir)
-    if run_info["data_meta_sha256"] != spec.provenance.data_meta_sha256:
-        raise UserError(f"train.resume: {run_dir} was trained on {run_info['data_dir']}, whose meta.json differs from "
-                        f"the data given now; resume with the data it was made from, or start a new run")
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise UserError(f"{run_dir / 'config.yaml'} cannot be read ({type(err).__name__}); the run cannot be checked "
                         f"for resuming: start a new run") from None
+    return saved if isinstance(saved, dict) else {}
+
+
+def resume_settings(config, run_dir):
+    """A resumed run goes on with the settings it was started with: every key not given on this
+    command line comes from its config.yaml (so `train.resume=<run>` alone resumes it). Returns
+    the keys whose value the config file (or a default) gave otherwise."""
+    return take_recorded(config, recorded_config(run_dir))
+
+
+def check_resume(config, run_dir, spec):
+    """Refuse to resume a run with other data or with settings that change its result (every key
+    but those the schema marks free_on_resume); returns run.json."""
+    run_info = load_run_json(run_dir)
+    if run_info["data_meta_sha256"] != spec.provenance.data_meta_sha256:
+        raise UserError(f"train.resume: {run_dir} was trained on {run_info['data_dir']}, whose meta.json differs from "
+                        f"the data given now; resume with the data it was made from, or start a new run")
+    saved = recorded_config(run_dir)
     changed = []
     for section, values in config.to_dict().items():
         before = (saved or {}).get(section) if isinstance(saved, dict) else None
@@ -229,6 +242,7 @@ def check_resume(config, run_dir, spec):
     if changed:
         raise UserError(f"train.resume: {run_dir} was started with other settings: {'; '.join(changed[:4])}"
                         + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
-                        + "; a resumed run keeps what changes its result: drop these overrides, or start a new run")
+                        + f"; a resumed run keeps what changes its result: resume it with {config.program} "
+                          f"train.resume={run_dir} (its recorded settings), or start a new run")
     return run_info
 

@@ -50,8 +50,11 @@ def run(config):
     checked before the run folder is made."""
     started = time.time()
     train_cfg = config.train
+    replaced = []  # keys a resumed run takes from its config.yaml, not from the config file
+    if train_cfg.resume:  # a resumed run goes on with its recorded settings, the command line's aside
+        run_dir, resuming = choose_run_dir(train_cfg, config.data.name, train_cfg.resume)
+        replaced = preflight.resume_settings(config, run_dir) if resuming else []
     plan = preflight.check(config)
-
     # Every process picks the same folder before the main process creates it.
     run_dir, resuming = choose_run_dir(train_cfg, config.data.name, train_cfg.resume)
     recorded = None  # the precision a resumed run trains in
@@ -67,6 +70,9 @@ def run(config):
     accelerator.wait_for_everyone()
     if resuming:
         say(accelerator, f"train: resuming run {run_dir}")
+        if replaced:
+            say(accelerator, "train: with its recorded settings, where the config file now says otherwise: "
+                + "; ".join(replaced[:4]) + (f" and {len(replaced) - 4} more" if len(replaced) > 4 else ""))
         if recorded and choice.precision != recorded:
             say(accelerator, f"train: this run was trained in {recorded} and continues in {choice.precision} "
                              f"(train.precision={train_cfg.precision}): the continuation is not bit-exact")
@@ -88,8 +94,9 @@ def run(config):
         outcome = train_fold(job, fold_plan)
         if outcome != "done":
             why = "a stop signal" if outcome == "interrupted" else f"train.max_time={train_cfg.max_time:g}s"
-            say(accelerator, f"train: stopped by {why}; state saved. Continue with: python train.py --config "
-                             f"{config.config_file or '<config>'} train.resume={run_dir}")
+            trust = " model.trust_remote_code=true" if config.model.trust_remote_code else ""
+            say(accelerator, f"train: stopped by {why}; state saved. Continue with: {config.program} "
+                             f"train.resume={run_dir}{trust}")
             accelerator.end_training()
             if outcome == "interrupted":
                 raise SystemExit(128 + int(job.stop.signal or signal.SIGTERM))  # a process the signal missed
