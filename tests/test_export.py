@@ -195,3 +195,20 @@ def test_every_head_and_family_exports_exactly(premodels, families, tmp_path, pr
             want = torch.cat([torch.zeros_like(raw), raw], -1) if problem_type == "binary_bce" else raw
             assert float((logits - want).abs().max()) <= 1e-4, (family, head)
             assert float(raw.std(0).mean()) > 1e-2  # the rows get different outputs: the comparison has teeth
+
+
+def test_int8_check_of_a_fold_mean_scores_each_row_out_of_fold(toy_run, tmp_path):
+    """Honest int8 figures: a fold-mean export is scored on each row by the fold model that held it
+    out (the graph's per-fold output), so its fp32 accuracy is the run's out-of-fold accuracy, not
+    the fold mean's on rows the other folds trained on."""
+    report = export.export(toy_run / "ck" / "two", "onnx", tmp_path / "onnx", int8=True)
+    doc = json.loads((tmp_path / "onnx" / "textclf_onnx.json").read_text())
+    assert doc["outputs"] == ["probs", "fold_probs"] and doc["folds"] == 2
+    check = report["folders"][0]["int8"]
+    oof = json.loads((toy_run / "ck" / "two" / "oof" / "metrics.json").read_text())["accuracy"]
+    assert check["rows"] == 48 and check["scored"].startswith("out of fold")
+    assert check["accuracy_fp32"] == pytest.approx(oof, abs=1 / 48 + 1e-9)  # one row may flip at a tie
+    # what the fold mean scores on these rows, which one of its folds trained on: another number
+    mean = predictor(toy_run / "ck" / "two").predict([t for t, _ in toy_rows(48)])["probs"]
+    labels = np.load(toy_run / "ck" / "two" / "oof" / "labels.npy")
+    assert abs(float((mean.argmax(1) == labels).mean()) - oof) > 1 / 48

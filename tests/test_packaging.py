@@ -123,3 +123,23 @@ def test_stages_write_under_the_working_directory(installed):
     assert len(out["labels"]) == 2 and set(out["labels"]) <= {"0", "1"}
     for row in out["probs"]:
         assert sum(row) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_extras_lowest_versions_are_the_versions_the_tests_run():
+    """An extra's lower bound is a version these tests ran (requirements.txt pins it): onnxruntime
+    1.30 crashed quantising, so a bound below the tested version is a promise nobody checked."""
+    import re
+    import tomllib
+
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", (ROOT / "requirements.txt").read_text(), re.M))
+    pins = {name.lower(): version for name, version in pins.items()}
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    bounded = {}
+    for requirements in extras.values():
+        for requirement in requirements:
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)", requirement)
+            assert match, f"the extra's {requirement!r} has no lower bound"
+            bounded[match.group(1).lower()] = match.group(2)
+    assert {"onnxruntime", "onnx", "onnxscript", "import-linter"} <= set(bounded)
+    for name, lowest in bounded.items():
+        assert pins.get(name) == lowest, f"{name}>={lowest} in pyproject.toml, but the tests run {pins.get(name)}"

@@ -46,7 +46,7 @@ from .model import hf_config, read_encoder_config, write_hf_config
 from .onnx_predict import OnnxPredictor
 from .predict import load_fold_models, recover_best
 from .premodels import load_tokenizer
-from .tokenization import TextTokenizer
+from .tokenization import TextTokenizer, fold_texts
 
 # Heads that are exactly a native Hugging Face class: model_type -> (class, encoder prefix).
 NATIVE = {"bert": ("BertForSequenceClassification", "bert"),
@@ -57,20 +57,24 @@ ONNX_TOLERANCE = 1e-4
 
 
 class FoldMean(torch.nn.Module):
-    """The mean of the fold models' probabilities (what evaluate.py and Predictor compute), or with
-    per_fold each fold's, stacked (folds, rows, k), for a reader that aggregates windows per fold."""
+    """The fold models' probabilities as the graph's `outputs` name them: their mean ("probs",
+    "predictions": what evaluate.py and Predictor compute) and each fold's, stacked (folds, rows, k)
+    ("fold_probs", "fold_predictions"): a reader that aggregates windows by their max takes each
+    fold's, and export scores each fold's model on the rows it held out. One output is a tensor,
+    several a tuple in that order."""
 
-    def __init__(self, models, problem, per_fold=False):
+    def __init__(self, models, problem, outputs=("probs",)):
         super().__init__()
         self.members = torch.nn.ModuleList(models)
         self.problem = problem
         self.pass_token_types = models[0].pass_token_types
-        self.per_fold = per_fold
+        self.outputs = tuple(outputs)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         probs = torch.stack([self.problem.probabilities(m(input_ids, attention_mask, token_type_ids))
                              for m in self.members])
-        return probs if self.per_fold else probs.mean(0)
+        out = tuple(probs if name.startswith("fold_") else probs.mean(0) for name in self.outputs)
+        return out if len(out) > 1 else out[0]
 
 
 # ---------------------------------------------------------------------------- checks
@@ -97,9 +101,10 @@ def check_rows(spec, tokenizer, rows=24, seed=0):
 
 
 @torch.no_grad()
-def reference_probs(models, spec, batch, per_fold=False):
-    """textclf's own probabilities on the check rows: what every export is compared with."""
-    return FoldMean(models, spec.labels.problem, per_fold)(*batch)
+def reference_probs(models, spec, batch, outputs=("probs",)):
+    """textclf's own probabilities on the check rows, for each output: what every export is compared with."""
+    out = FoldMean(models, spec.labels.problem, outputs)(*batch)
+    return out if isinstance(out, tuple) else (out,)
 
 
 def require_close(got, want, tolerance, what, spec=None):
@@ -206,8 +211,8 @@ def write_hf(folder, models, spec, config, tokenizer):
         logits = loaded(input_ids=batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits.float()
     problem = spec.labels.problem  # Hugging Face's convention: softmax, sigmoid for multi-label, values for regression
     got = logits if problem.regression else logits.sigmoid() if problem.multi_label else logits.softmax(-1)
-    return kind, require_close(got.numpy(), reference_probs(models, spec, batch).numpy(), HF_TOLERANCE, "Hugging Face",
-                               spec)
+    return kind, require_close(got.numpy(), reference_probs(models, spec, batch)[0].numpy(), HF_TOLERANCE,
+                               "Hugging Face", spec)
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -219,8 +224,8 @@ def write_onnx(folder, models, spec, tokenizer):
     import onnxruntime as ort
 
     pass_types = models[0].pass_token_types
-    per_fold = onnx_output(spec, len(models)) == "fold_probs"
-    module = FoldMean(models, spec.labels.problem, per_fold).eval()
+    outputs = onnx_outputs(spec, len(models))
+    module = FoldMean(models, spec.labels.problem, outputs).eval()
     batch = check_rows(spec, tokenizer)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if pass_types else [])
     # The example must hold padding: a mask of ones would let the encoder skip its mask code
@@ -235,24 +240,28 @@ def write_onnx(folder, models, spec, tokenizer):
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=[onnx_output(spec, len(models))],
+        torch.onnx.export(module, example, str(path), input_names=names, output_names=list(outputs),
                           dynamic_shapes=dynamic, dynamo=True, opset_version=18, external_data=False)
     save_tokenizer(tokenizer, spec, folder)
     encoder = TextTokenizer.for_spec(tokenizer, spec.tokenization)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(names, batch)}
-    return encoder, require_close(session.run(None, feeds)[0], reference_probs(models, spec, batch, per_fold).numpy(),
-                                  ONNX_TOLERANCE, "ONNX", spec)
+    got = session.run(list(outputs), feeds)
+    return encoder, max(require_close(g, want.numpy(), ONNX_TOLERANCE, "ONNX", spec)
+                        for g, want in zip(got, reference_probs(models, spec, batch, outputs)))
 
 
-def onnx_output(spec, folds=1):
-    """The graph's output: the probabilities, or a regression's predictions; each fold's
-    probabilities (folds, rows, k) where several folds read sliding windows aggregated by their max,
-    which does not commute with the fold mean (the reader takes each fold's max, then the mean)."""
-    if spec.labels.problem.regression:
-        return "predictions"
+def onnx_outputs(spec, folds=1):
+    """The graph's outputs: the probabilities ("probs"; a regression's "predictions") and, for
+    several folds, each fold's too ("fold_probs", (folds, rows, k)), so each fold's model can be
+    scored on the rows it held out. Only each fold's where the folds read sliding windows
+    aggregated by their max, which does not commute with the fold mean (the reader takes each
+    fold's max, then the mean)."""
+    name = "predictions" if spec.labels.problem.regression else "probs"
+    if folds == 1:
+        return [name]
     windowed_max = spec.tokenization.window_stride and spec.tokenization.window_aggregate == "max"
-    return "fold_probs" if windowed_max and folds > 1 else "probs"
+    return [f"fold_{name}"] if windowed_max else [name, f"fold_{name}"]
 
 
 def quantize(folder):
@@ -266,27 +275,33 @@ def quantize(folder):
 
 
 def held_out_rows(run_dir, folds):
-    """The run's rows held out by the exported folds: (split folder, rows, labels) or None where the
-    run's data is gone."""
+    """The run's rows held out by the exported folds: (split folder, rows, labels, the position in
+    `folds` of the fold that held each row out), or None where the run's data is gone."""
     data_dir = resolve_path(load_run_json(run_dir)["data_dir"])
     if not (data_dir / "meta.json").is_file():
         return None
     meta = load_meta(data_dir)
     parts = [fold_rows(meta, data_dir, fold)[1:] for fold in folds]
     split = data_dir / parts[0][0]
-    rows = np.unique(np.concatenate([held for _, held in parts]))
+    rows = np.concatenate([held for _, held in parts])
+    member = np.concatenate([np.full(len(held), k) for k, (_, held) in enumerate(parts)])
+    order = np.argsort(rows, kind="stable")
+    rows, member = rows[order], member[order]
     if not len(rows) or not (split / "labels.npy").is_file():
         return None
-    return split, rows, np.load(split / "labels.npy", mmap_mode="r")[rows]
+    return split, rows, np.load(split / "labels.npy", mmap_mode="r")[rows], member
 
 
 def compare_int8(folder, onnx_doc, encoder, held, block=4096):
     """The metric (accuracy; rmse for regression) of model.onnx and model.int8.onnx on the held-out
     rows (texts; their windows, with sliding windows), and their largest difference, predicted as
-    OnnxPredictor predicts. The token rows are read `block` at a time, so memory stays flat."""
+    OnnxPredictor predicts. A fold mean is scored out of fold: each row by the fold model that held
+    it out (the graph's per-fold output), never by folds that trained on it. The token rows are
+    read `block` at a time, so memory stays flat."""
     import onnxruntime as ort
 
-    split, rows, labels = held
+    split, rows, labels, member = held
+    per_fold = next((name for name in onnx_doc["outputs"] if name.startswith("fold_")), None)
     windows = Windows(split, encoder.windows.aggregate)
     n_texts = len(rows)
     token_rows, owner = windows.rows(rows)
@@ -299,14 +314,21 @@ def compare_int8(folder, onnx_doc, encoder, held, block=4096):
         for start in range(0, len(token_rows), block):
             chunk = token_rows[start:start + block]
             parts.append(predictor.probs(*(np.asarray(arrays[k][chunk]) for k in ("input_ids", "token_type_ids",
-                                                                                 "lengths"))))
-        out[name] = predictor.per_text(np.concatenate(parts, axis=-2), owner, n_texts)
+                                                                                 "lengths")), output=per_fold))
+        probs = np.concatenate(parts, axis=-2)
+        if per_fold:  # (folds, texts, k): each text from the fold that held it out
+            probs = fold_texts(probs, owner, n_texts, encoder.aggregate, predictor.problem)[member, np.arange(n_texts)]
+            out[name] = probs
+        else:
+            out[name] = predictor.per_text(probs, owner, n_texts)
     fp32, int8 = out["model.onnx"], out["model.int8.onnx"]
     problem = predictor.problem
     metric = "rmse" if problem.regression else "accuracy"
     return {"rows": int(n_texts), "metric": metric, f"{metric}_fp32": compute(fp32, labels, problem)[metric],
             f"{metric}_int8": compute(int8, labels, problem)[metric],
-            "max_prob_difference": float(np.abs(fp32 - int8).max())}
+            "max_prob_difference": float(np.abs(fp32 - int8).max()),
+            "scored": "out of fold: each row by the fold model that held it out" if per_fold
+            else "the rows the exported fold held out"}
 
 
 # ---------------------------------------------------------------------------- the command
@@ -382,7 +404,7 @@ def write_onnx_folder(folder, members, spec, tokenizer, int8_run=None, folds=())
     entry = {"max_difference": difference}
     onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
                 "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else []),
-                "outputs": [onnx_output(spec, len(members))], "tokenization": encoder.to_json(),
+                "outputs": onnx_outputs(spec, len(members)), "tokenization": encoder.to_json(),
                 "text_pair_column": spec.tokenization.text_pair_column, "folds": len(members),
                 "models": {"fp32": "model.onnx"}}
     if int8_run is not None:
@@ -393,9 +415,6 @@ def write_onnx_folder(folder, members, spec, tokenizer, int8_run=None, folds=())
             entry["int8"] = "not measured: the run's data folder is gone"
         else:
             entry["int8"] = compare_int8(folder, onnx_doc, encoder, held)
-            if len(members) > 1:
-                entry["int8"]["note"] = ("rows held out by one fold each; the other folds of the mean trained on "
-                                         "them, so the accuracy is optimistic")
     write_json(folder / "textclf_onnx.json", onnx_doc)
     return entry
 

@@ -30,7 +30,8 @@ class OnnxPredictor:
         self.pairs = bool(doc.get("text_pair_column"))
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.folds = doc.get("folds", 0) if doc["outputs"] == ["fold_probs"] else 0
+        self.outputs = list(doc["outputs"])  # the first is what predict reads
+        self.folds = doc.get("folds", 1)
 
     @classmethod
     def from_export(cls, folder, int8=False, batch_size=64, threads=None):
@@ -66,19 +67,21 @@ class OnnxPredictor:
         backend = (folder / "tokenizer.json").read_text(encoding="utf-8")
         return cls(session, doc, TextTokenizer.from_json(backend, doc["tokenization"]), batch_size)
 
-    def probs(self, input_ids, token_type_ids, lengths):
-        """Probabilities (rows, classes) in row order, or (folds, rows, classes) from a graph whose
-        output is each fold's ("fold_probs"); rows batched longest first."""
+    def probs(self, input_ids, token_type_ids, lengths, output=None):
+        """Probabilities (rows, classes) in row order, or (folds, rows, classes) from an output that
+        is each fold's ("fold_probs"); `output`: which of the graph's outputs (default: the first);
+        rows batched longest first."""
+        output = output or self.outputs[0]
         order = np.argsort(-lengths, kind="stable")
         shape = (len(lengths), len(self.label_names))
-        out = np.zeros((self.folds, *shape) if self.folds else shape, dtype=np.float32)
+        out = np.zeros((self.folds, *shape) if output.startswith("fold_") else shape, dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             width = int(lengths[rows].max())
             feeds = {"input_ids": input_ids[rows, :width].astype(np.int64),
                      "attention_mask": (np.arange(width)[None, :] < lengths[rows, None]).astype(np.int64),
                      "token_type_ids": token_type_ids[rows, :width].astype(np.int64)}
-            out[..., rows, :] = self.session.run(None, {name: feeds[name] for name in self.inputs})[0]
+            out[..., rows, :] = self.session.run([output], {name: feeds[name] for name in self.inputs})[0]
         return out
 
     def predict(self, texts, pairs=None):
