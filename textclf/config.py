@@ -142,7 +142,8 @@ class DataConfig:
     template: str | None = key(None, "the text made from several columns, e.g. 'title:{title}, abstract:{abstract}' "
                                "(replaces text_columns)", fixed=True)
     text_pair_column: str | None = key(None, "a second segment (token type 1) read with the text", fixed=True)
-    label_column: str | None = key("label", "the label column (regression: the target)", fixed=True)
+    label_column: str | None = key("label", "the label column (regression: the target)", fixed=True,
+                                   describes_file=True)
     label_columns: list[str] | None = key(None, "multi-label: one 0/1 column per class (regression: one column per "
                                           "target)", fixed=True)
     label_delimiter: str | None = key(None, "multi-label: a delimited list of labels in label_column", fixed=True)
@@ -463,7 +464,11 @@ class EvalConfig:
     embeddings: bool = key(False, "also write each row's pooled vector (the head's input), keyed by id")
     hidden_states: bool = key(False, "with embeddings: also the last hidden layer, (rows, max_len, hidden) with "
                               "lengths")
-    input: str | None = key(None, "a raw csv/tsv/jsonl file to classify")
+    input: str | None = key(None, "a raw csv/tsv/jsonl file to classify (and score, where it has the labels)")
+    read_labels: Literal["auto", "always", "never"] = key("auto", "eval.input's labels: auto scores the file where it "
+                                                          "has them, always refuses one without, never only predicts")
+    data: str = key("", "another processed data set (models_input_files/<name>, tokenized as the run's) to predict "
+                    "and score; evaluate.py data.name=<name> says the same")
 
     def check(self):
         need(self.splits and distinct(self.splits), "eval.splits", self.splits,
@@ -473,6 +478,8 @@ class EvalConfig:
         check_count(self.batch_size, "eval.batch_size")
         need(not self.hidden_states or self.embeddings, "eval.hidden_states", self.hidden_states,
              "comes with the embeddings: set eval.embeddings=true too")
+        if self.data:
+            check_name(self.data, "eval.data")
 
 
 @dataclass

@@ -37,7 +37,7 @@ from .errors import UserError
 from .fileio import (atomic_dir, atomic_write_text, made_by_textclf, remove_dead_temporaries, sha256_file, write_json,
                      write_marker)
 from .premodels import load_tokenizer, resolve_model_dir, vocab_hash
-from .rawdata import RawFile, RowReader, same_number_labels, scan_rows
+from .rawdata import RawFile, RowReader, label_array, same_number_labels, scan_rows
 from .tokenization import TextTokenizer
 
 
@@ -172,7 +172,7 @@ def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
             wide_types.write(block_types.tobytes())
             ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
             if labels is not None:
-                labels.write(_label_block([row[3] for row in batch], cfg, label_index, multi_label))
+                labels.write(label_array([row[3] for row in batch], cfg.task, label_index, multi_label))
             truncated += block_truncated
             start = stop
             progress.update(len(batch))
@@ -184,18 +184,6 @@ def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
         lengths = np.concatenate(lengths)
         np.save(folder / "window_doc.npy", np.concatenate(window_doc).astype(np.int32))
     return lengths, truncated
-
-
-def _label_block(rows, cfg, label_index, multi_label):
-    """A chunk's labels as labels.npy holds them: targets, 0/1 rows, or class numbers."""
-    if cfg.task == "regression":
-        return np.array(rows, dtype=np.float32)
-    if multi_label:
-        block = np.zeros((len(rows), len(label_index)), dtype=np.uint8)
-        for i, names in enumerate(rows):
-            block[i, [label_index[name] for name in names]] = 1
-        return block
-    return np.array([label_index[name] for name in rows], dtype=np.int64)
 
 
 def _narrow(folder, lengths, max_len, chunk_rows):

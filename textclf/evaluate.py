@@ -39,7 +39,7 @@ from .model import ModelSpec
 from .precision import resolve_shared
 from .predict import (Predictor, features_of, hidden_of, load_fold_models, predict_logits, predict_rows,
                       recover_best, run_folds)
-from .rawdata import RawFile, RowReader, scan_rows
+from .rawdata import RawFile, RowReader, label_array, scan_rows
 from .text_rules import check_texts
 from .tokenization import fold_texts, per_text
 
@@ -59,23 +59,36 @@ def find_run(config):
         raise UserError(f"no run '{name}' in {base}; train first or pass eval.run=checkpoints/<run>")
     finished = [p for p in runs if any(p.glob("fold*/done.json"))]
     if runs[-1] not in finished and finished:  # never fall back silently to an older run
-        raise UserError(f"the newest run {runs[-1]} has no finished fold; finish it with train.resume=auto, or "
-                        f"evaluate the older finished run with eval.run={finished[-1]}")
+        raise UserError(f"the newest run {runs[-1]} has no finished fold; finish it with python train.py "
+                        f"train.resume={runs[-1]}, or evaluate the older finished run with eval.run={finished[-1]}")
     return runs[-1]
 
 
 def check_arrays_fit(meta, spec, data_dir, run_dir):
-    """The arrays in data_dir must be tokenized and labelled as the run's models were trained."""
+    """The arrays in data_dir must be tokenized and labelled as the run's models were trained: the
+    vocabulary, the labels, max_len and truncation, sliding windows, the template, text pairs."""
     tokenization = spec.tokenization
+    remake = (f"process the file as the run's data was: python data_process.py --config {run_dir / 'config.yaml'} "
+              f"data.name=<new name> data.train_file=<file> data.valid_file=null data.test_file=null, then "
+              f"evaluate.py eval.run={run_dir} eval.data=<new name>; or score a raw file with eval.input=<file>")
     if meta["tokenizer"]["vocab_sha256"] != tokenization.vocab_sha256:
-        raise UserError(f"{data_dir} was tokenized with another vocabulary than the model in {run_dir}; "
-                        f"run data_process.py with model.name={spec.provenance.model_name}")
+        raise UserError(f"{data_dir} was tokenized with another vocabulary than the model in {run_dir}; {remake}")
     if meta["label_names"] != spec.labels.names:
         raise UserError(f"{data_dir} has labels {meta['label_names']} but {run_dir} was trained on "
-                        f"{spec.labels.names}; evaluate with the data the run was trained on")
-    if (meta["max_len"], meta["truncation"]) != (tokenization.max_len, tokenization.truncation):
-        raise UserError(f"{data_dir} uses max_len={meta['max_len']}, truncation={meta['truncation']} but {run_dir} "
-                        f"was trained with max_len={tokenization.max_len}, truncation={tokenization.truncation}")
+                        f"{spec.labels.names}; {remake}")
+    windows = meta.get("windows") or {}
+    made = {"max_len": meta["max_len"], "truncation": meta["truncation"],
+            "head_tokens": meta.get("head_tokens"), "window_stride": windows.get("stride", 0),
+            "max_windows": windows.get("max_windows", 0), "template": meta.get("template"),
+            "text pairs": bool(meta.get("text_pair_column"))}
+    trained = {"max_len": tokenization.max_len, "truncation": tokenization.truncation,
+               "head_tokens": tokenization.head_tokens if tokenization.truncation == "head_tail" else None,
+               "window_stride": tokenization.window_stride, "max_windows": tokenization.max_windows,
+               "template": tokenization.template, "text pairs": bool(tokenization.text_pair_column)}
+    differ = [f"{k} {made[k]!r} (the run: {trained[k]!r})" for k in trained if made[k] != trained[k]]
+    if differ:
+        raise UserError(f"{data_dir} was tokenized otherwise than the data {run_dir} trained on: "
+                        f"{'; '.join(differ[:3])}; {remake}")
 
 
 def write_metrics(folder, probs, labels, problem, label_names, split):
@@ -194,13 +207,18 @@ def run(config):
 
 
 def open_run(config, run_dir, main):
-    """The run's fold models (on the CPU) and what they are checked against: (Sources, models)."""
-    data_dir = Path(load_run_json(run_dir)["data_dir"])
+    """The run's fold models (on the CPU) and what they are checked against: (Sources, models). The
+    data is the run's own, or another processed data set (eval.data, or a data.name given on the
+    command line) tokenized as the run's was."""
+    trained_on = Path(load_run_json(run_dir)["data_dir"])
+    data_dir = other_data(config, trained_on) or trained_on
     meta = load_meta(data_dir)
     check_data_keys(config, meta, data_dir)
     models, spec, checkpoints = load_fold_models(run_dir, config.eval.folds, config.model.trust_remote_code)
     check_arrays_fit(meta, spec, data_dir, run_dir)
-    remade = sha256_file(data_dir / "meta.json") != spec.provenance.data_meta_sha256
+    if data_dir != trained_on and main:
+        print(f"evaluate: predicting {data_dir} with {run_dir} (trained on {trained_on.name})", flush=True)
+    remade = data_dir == trained_on and sha256_file(data_dir / "meta.json") != spec.provenance.data_meta_sha256
     if remade and main:  # same settings (checked above), other rows perhaps: say so, and record it
         print(f"evaluate: warning: {data_dir} was made again after this run trained (its meta.json differs); its "
               f"train/valid rows may not be the ones the run held out, so scores on them may be optimistic",
@@ -208,11 +226,28 @@ def open_run(config, run_dir, main):
     return Sources(run_dir, data_dir, meta, spec, checkpoints, remade), models
 
 
+def other_data(config, trained_on):
+    """The processed data set to predict instead of the run's own: eval.data, or data.name given on
+    the command line and naming another set (in data.output_dir); None for the run's own."""
+    name = config.eval.data or (config.data.name if "data.name" in config.explicit else "")
+    if not name or name == trained_on.name and not config.eval.data:
+        return None
+    folder = resolve_path(config.data.output_dir) / name
+    if folder.resolve() == trained_on.resolve():
+        return None
+    if not (folder / "meta.json").is_file():
+        raise UserError(f"{'eval.data' if config.eval.data else 'data.name'}={name}: no processed data set at {folder}; "
+                        f"make it with data_process.py (data.name={name}), or set data.output_dir to where it is")
+    return folder
+
+
 def write_predictions(config, sources, results, vectors, choice):
-    """model_predictions/<run>/ (a new version folder): each split's fold and mean probabilities keyed
-    by id, metrics where labelled, embeddings, the run's out-of-fold rows, the manifest."""
+    """model_predictions/<run>/ (a new version folder; <run>-<data> for another data set): each
+    split's fold and mean probabilities keyed by id, metrics where labelled, embeddings, the run's
+    out-of-fold rows, the manifest."""
     run_dir, data_dir, spec = sources.run_dir, sources.data_dir, sources.spec
-    out = next_version(resolve_path(config.eval.output_dir), run_dir.name)
+    own = Path(load_run_json(run_dir)["data_dir"]).resolve() == data_dir.resolve()
+    out = next_version(resolve_path(config.eval.output_dir), run_dir.name if own else f"{run_dir.name}-{data_dir.name}")
     manifest = dict(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         run=str(run_dir), label_names=spec.labels.names, problem_type=spec.labels.problem_type,
@@ -261,19 +296,22 @@ def write_split(folder, sources, split, fold_probs, vectors=None):
     return entry
 
 
-def read_texts(config, tokenization):
-    """(texts, ids, pairs) from eval.texts (taken verbatim) or eval.input (checked row by row as
-    data_process.py checks its files: columns, empty texts, duplicate ids, ...)."""
+def read_texts(config, spec):
+    """(texts, ids, pairs, labels) from eval.texts (taken verbatim; no labels) or eval.input (checked
+    row by row as data_process.py checks its files: columns, empty texts, duplicate ids, and where
+    the file has the run's label column (eval.read_labels), every label one of the run's)."""
+    tokenization, problem = spec.tokenization, spec.labels.problem
     if config.eval.texts is not None:
         texts = list(config.eval.texts)
         check_texts(texts, tokenization.text_pair_column, tokenization.template)
-        return texts, [str(i) for i in range(len(texts))], None
+        return texts, [str(i) for i in range(len(texts))], None, None
     data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
     raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
-    reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)  # predictions only: labels unread
+    reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)
     scan_rows(reader, data_cfg, "input", None)  # refuses what data_process.py would refuse
-    texts, ids, pairs = [], [], [] if reader.pair_idx is not None else None
+    reader = labelled_reader(raw, data_cfg, spec, config.eval.read_labels) or reader
+    texts, ids, labels, pairs = [], [], [], [] if reader.pair_idx is not None else None
     for row_number, (line, values) in enumerate(raw.rows()):
         text = reader.text(values, line)
         if not text:  # only with data.drop_empty=true
@@ -282,7 +320,37 @@ def read_texts(config, tokenization):
         ids.append(reader.row_id(values, row_number))
         if pairs is not None:
             pairs.append(reader.pair(values, line))
-    return texts, ids, pairs
+        if reader.labelled:
+            labels.append(reader.targets(values, line) if problem.regression else reader.labels(values, line))
+    if reader.labelled:
+        labels = label_array(labels, "regression" if problem.regression else "classification",
+                             {name: i for i, name in enumerate(spec.labels.names)}, problem.multi_label)
+    return texts, ids, pairs, labels if reader.labelled else None
+
+
+def labelled_reader(raw, data_cfg, spec, mode):
+    """A RowReader that reads eval.input's labels, where eval.read_labels asks for them and every
+    label is one of the run's (a blank column: unlabelled); else None. auto goes on unscored where
+    the labels cannot be read, and says why; always refuses."""
+    if mode == "never":
+        return None
+    problem = spec.labels.problem
+    try:
+        reader = RowReader(raw, data_cfg, need_labels=mode == "always", read_labels=True)
+        known = None if problem.regression or data_cfg.label_columns else set(spec.labels.names)
+        scan_rows(reader, data_cfg, "input", known)
+    except UserError as err:
+        if mode == "always":
+            raise
+        print(f"evaluate: {raw.path.name} is predicted, not scored: {err} (eval.read_labels=always refuses such a "
+              f"file)", flush=True)
+        return None
+    if not reader.labelled:
+        if mode == "always":
+            raise UserError(f"eval.input {raw.path} has no labels in its label column, and eval.read_labels=always; "
+                            f"fill them in, or use eval.read_labels=auto")
+        return None
+    return reader
 
 
 def predict_raw(config, run_dir):
@@ -294,7 +362,7 @@ def predict_raw(config, run_dir):
     folds = run_folds(run_dir, config.eval.folds)
     spec = ModelSpec.from_json(load_json(folds[0][1] / "head.json", "a textclf head.json", "retrain this fold"),
                                folds[0][1] / "head.json")
-    texts, ids, pairs = read_texts(config, spec.tokenization)
+    texts, ids, pairs, labels = read_texts(config, spec)
     predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
                                    precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code)
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
@@ -325,6 +393,11 @@ def predict_raw(config, run_dir):
         write_marker(tmp, "predictions")
         atomic_write_text(tmp / "predictions.csv", buf.getvalue())
         np.save(tmp / "probs.npy", out["probs"])
+        metrics = None
+        if labels is not None:  # a labelled eval.input: scored as a split is
+            np.save(tmp / "labels.npy", labels)
+            np.save(tmp / "ids.npy", np.asarray(ids))
+            metrics = write_metrics(tmp, out["probs"], labels, predictor.problem, names, "input")
         if config.eval.embeddings:
             vectors = predictor.embed(texts, pairs, hidden_states=config.eval.hidden_states)
             np.save(tmp / "ids.npy", np.asarray(ids))
@@ -333,6 +406,7 @@ def predict_raw(config, run_dir):
                     np.save(tmp / f"{name}.npy", vectors[name])
         write_json(tmp / "manifest.json", dict(run=str(run_dir), label_names=names, rows=len(texts),
                                                checkpoints=predictor.checkpoints, problem_type=predictor.problem_type,
-                                               precision=predictor.precision.record()))
+                                               precision=predictor.precision.record(), labelled=labels is not None,
+                                               metrics=metrics, input=config.eval.input))
     print(f"evaluate: wrote {target / 'predictions.csv'}", flush=True)
     return target

@@ -105,12 +105,12 @@ def run_folds(run_dir, folds="all"):
     finished = [f for f in wanted if (run_dir / f"fold{f}" / "done.json").is_file()
                 and (run_dir / f"fold{f}" / "best" / "head.json").is_file()]
     if not finished:
-        raise UserError(f"{run_dir} has no trained fold with a finished best/ checkpoint; run train.py first, or "
-                        f"finish it with train.resume=auto")
+        raise UserError(f"{run_dir} has no trained fold with a finished best/ checkpoint; finish it with python "
+                        f"train.py train.resume={run_dir}")
     if len(finished) < len(wanted):
         missing = ", ".join(str(f) for f in wanted if f not in finished)
-        raise UserError(f"{run_dir}: fold(s) {missing} are not finished; finish them with train.resume=auto "
-                        f"(train.run={run_dir.name}), or predict with the finished ones: eval.folds="
+        raise UserError(f"{run_dir}: fold(s) {missing} are not finished; finish them with python train.py "
+                        f"train.resume={run_dir}, or predict with the finished ones: eval.folds="
                         f"[{','.join(map(str, finished))}]")
     return [(f, run_dir / f"fold{f}" / "best") for f in finished]
 

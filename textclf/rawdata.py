@@ -405,8 +405,8 @@ def scan_rows(reader, cfg, split, known_labels):
     counts = Counter()
     id_len = 1
     hashes, pending = [], []
-    # a test file's label column may be a blank placeholder (every cell empty): then it is unlabelled
-    placeholder = split == "test" and reader.labelled
+    # a test (or eval.input) file's label column may be a blank placeholder (every cell empty): unlabelled
+    placeholder = split in ("test", "input") and reader.labelled
     blank_lines = []
     for row_number, (line, values) in enumerate(reader.raw.rows()):
         text = reader.text(values, line)
@@ -438,11 +438,7 @@ def scan_rows(reader, cfg, split, known_labels):
             labels = reader.labels(values, line)
             for name in labels if isinstance(labels, list) else [labels]:
                 if known_labels is not None and name not in known_labels:
-                    source = "data.labels" if cfg.labels else "the train file"
-                    raise UserError(
-                        f"{reader.where(line)}: label '{name}' never occurs in {source}; fix the label"
-                        + ("" if cfg.labels else " or list every label with data.labels=[...]")
-                    )
+                    raise UserError(unknown_label(reader, cfg, split, line, name, known_labels))
                 counts[name] += 1
         if reader.fold_idx is not None:
             given_folds.append(reader.fold(values, line))
@@ -450,8 +446,8 @@ def scan_rows(reader, cfg, split, known_labels):
             groups.append(stable_hash(reader.group(values, line)))
         rows += 1
     if blank_lines and (len(blank_lines) < rows or counts or low is not None):
-        raise UserError(f"{reader.where(blank_lines[0])}: the label is empty while other rows of the test file have "
-                        f"labels; give every test row its label, or leave the whole label column blank (unlabelled)")
+        raise UserError(f"{reader.where(blank_lines[0])}: the label is empty while other rows of the {split} file "
+                        f"have labels; give every row its label, or leave the whole label column blank (unlabelled)")
     if blank_lines:
         reader.labelled = False  # a blank placeholder column: the test rows are unlabelled
     if rows == 0:
@@ -461,6 +457,29 @@ def scan_rows(reader, cfg, split, known_labels):
     return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len, target_range=(low, high),
                 given_folds=np.asarray(given_folds, dtype=np.int16) if reader.fold_idx is not None else None,
                 groups=np.asarray(groups, dtype=np.int64) if reader.group_idx is not None else None)
+
+
+def unknown_label(reader, cfg, split, line, name, known):
+    """The refusal of a label that is not one of the labels it must be."""
+    if split == "input":  # evaluate.py eval.input: the run's labels
+        return (f"{reader.where(line)}: label '{name}' is not one of the run's labels ({', '.join(sorted(known)[:8])}); "
+                f"fix the label, or pass eval.read_labels=never to predict without scoring")
+    source = "data.labels" if cfg.labels else "the train file"
+    return (f"{reader.where(line)}: label '{name}' never occurs in {source}; fix the label"
+            + ("" if cfg.labels else " or list every label with data.labels=[...]"))
+
+
+def label_array(rows, task, label_index, multi_label):
+    """Rows' labels (from RowReader.labels / targets) as labels.npy holds them: float32 targets,
+    uint8 0/1 rows (multi-label), or int64 class numbers."""
+    if task == "regression":
+        return np.array(rows, dtype=np.float32)
+    if multi_label:
+        block = np.zeros((len(rows), len(label_index)), dtype=np.uint8)
+        for i, names in enumerate(rows):
+            block[i, [label_index[name] for name in names]] = 1
+        return block
+    return np.array([label_index[name] for name in rows], dtype=np.int64)
 
 
 def stable_hash(text):

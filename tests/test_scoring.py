@@ -1,0 +1,99 @@
+"""Scoring later labelled data with a trained run: a raw labelled file (eval.input) or another
+processed data set (eval.data, or data.name on the command line), checked against the run's
+tokenization and labels; every refusal names a command that works, and the tests follow it."""
+
+import csv
+import json
+import shlex
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+
+from conftest import run_stage, write
+from test_train import toy_rows
+
+LABELS = "neg pos".split()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, premodels):
+    tmp = tmp_path_factory.mktemp("scoring")
+    write(tmp / "train.csv", "id,text,label\n" + "".join(f"r{i},{t},{LABELS[l]}\n" for i, (t, l) in enumerate(toy_rows(48))))
+    later = toy_rows(20, seed=9)
+    write(tmp / "later.csv", "id,text,label\n" + "".join(f"l{i},{t},{LABELS[l]}\n" for i, (t, l) in enumerate(later)))
+    base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp / 'data'}", "data.id_column=id",
+            "data.max_len=24"]
+    assert run_stage("data_process", *base, "data.name=toy", f"data.train_file={tmp / 'train.csv'}").code == 0
+    result = run_stage("train", *base, "data.name=toy", f"train.output_dir={tmp / 'ck'}", "train.epochs=2",
+                       "train.batch_size=8", "train.lr=2e-3", "train.precision=no")
+    assert result.code == 0, result
+    return dict(tmp=tmp, base=base, run=tmp / "ck" / "toy", later=[LABELS[l] for _, l in later])
+
+
+def written(result):
+    return next(line.split("evaluate: wrote ")[1] for line in result.out.splitlines() if "evaluate: wrote" in line)
+
+
+def test_a_labelled_input_file_is_scored(stage, run, tmp_path):
+    result = stage("evaluate", *run["base"], f"eval.run={run['run']}", f"eval.input={run['tmp'] / 'later.csv'}",
+                   f"eval.output_dir={tmp_path}", "eval.precision=no")
+    assert result.code == 0, result
+    out = tmp_path / "toy-texts"
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labelled"] and [r["id"] for r in rows] == [f"l{i}" for i in range(20)]
+    got = accuracy_score(run["later"], [r["label"] for r in rows])
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == pytest.approx(got)
+    assert manifest["metrics"]["accuracy"] == pytest.approx(got) and (out / "report.txt").is_file()
+
+
+def test_labels_that_are_not_the_runs_are_predicted_unscored_or_refused_on_request(stage, run, tmp_path):
+    write(tmp_path / "junk.csv", "id,text,label\n1,good fun,maybe\n2,bad dull,neg\n")
+    result = stage("evaluate", *run["base"], f"eval.run={run['run']}", f"eval.input={tmp_path / 'junk.csv'}",
+                   f"eval.output_dir={tmp_path / 'a'}")
+    assert result.code == 0 and "not scored" in result.out and "'maybe'" in result.out, result
+    assert not json.loads((tmp_path / "a" / "toy-texts" / "manifest.json").read_text())["labelled"]
+    refused = stage("evaluate", *run["base"], f"eval.run={run['run']}", f"eval.input={tmp_path / 'junk.csv'}",
+                    f"eval.output_dir={tmp_path / 'b'}", "eval.read_labels=always")
+    assert refused.code == 2 and "line 2" in refused.err and "eval.read_labels=never" in refused.err
+    assert not (tmp_path / "b").exists()
+    # a file whose label column has another name: data.label_column describes the file
+    write(tmp_path / "renamed.csv", "id,text,target\n1,good fun,pos\n2,bad dull,neg\n")
+    result = stage("evaluate", *run["base"], f"eval.run={run['run']}", f"eval.input={tmp_path / 'renamed.csv'}",
+                   f"eval.output_dir={tmp_path / 'c'}", "data.label_column=target")
+    assert result.code == 0 and json.loads((tmp_path / "c" / "toy-texts" / "manifest.json").read_text())["labelled"]
+
+
+def test_another_processed_data_set_is_predicted_and_scored(stage, run, tmp_path):
+    assert stage("data_process", *run["base"], "data.name=later", f"data.train_file={run['tmp'] / 'later.csv'}",
+                 "data.valid_size=0.5").code == 0
+    for key in ("eval.data=later", "data.name=later"):  # both say: score that set
+        out = tmp_path / key.split(".")[0]
+        result = stage("evaluate", *run["base"], f"eval.run={run['run']}", key, f"eval.output_dir={out}",
+                       "eval.splits=[train]", "eval.precision=no")
+        assert result.code == 0, result
+        folder = out / "toy-later"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["data_dir"].endswith("later") and "accuracy" in manifest["splits"]["train"]["metrics"]
+        probs, labels = np.load(folder / "train" / "probs.npy"), np.load(folder / "train" / "labels.npy")
+        assert manifest["splits"]["train"]["metrics"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+
+
+def test_a_set_tokenized_otherwise_is_refused_with_a_command_that_works(stage, run, tmp_path):
+    assert stage("data_process", *run["base"], "data.name=wide", f"data.train_file={run['tmp'] / 'later.csv'}",
+                 "data.max_len=32").code == 0
+    base = [a for a in run["base"] if not a.startswith("data.max_len")]  # the arrays say it
+    result = stage("evaluate", *base, f"eval.run={run['run']}", "eval.data=wide", f"eval.output_dir={tmp_path}")
+    assert result.code == 2 and "max_len 32 (the run: 24)" in result.err and not tmp_path.joinpath("toy-wide").exists()
+    # follow the advice: process the file as the run's data was, then evaluate that set
+    advice = result.err.split("process the file as the run's data was: ")[1]
+    process = shlex.split(advice.split(", then ")[0].replace("<new name>", "again").replace("<file>",
+                                                                                            str(run["tmp"] / "later.csv")))
+    assert process[:2] == ["python", "data_process.py"]
+    made = stage("data_process", *process[2:], f"data.output_dir={run['tmp'] / 'data'}")
+    assert made.code == 0, made
+    evaluate = shlex.split(advice.split(", then ")[1].split(";")[0].replace("<new name>", "again"))
+    result = stage("evaluate", *evaluate[1:], f"data.output_dir={run['tmp'] / 'data'}", f"eval.output_dir={tmp_path}",
+                   "eval.splits=[valid]")
+    assert result.code == 0, result
