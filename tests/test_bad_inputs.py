@@ -207,8 +207,7 @@ def test_evaluate_a_checkpoint_from_another_label_set(stage, trained, premodels,
     info = json.loads((run / "run.json").read_text())
     info["data_dir"] = str(tmp_path / "data" / "other")
     (run / "run.json").write_text(json.dumps(info))
-    base = [a for a in trained["base"] if not a.startswith("data.name=")]  # data.name would pick the data to score
-    result = stage("evaluate", *base, f"eval.run={run}", f"eval.output_dir={tmp_path / 'mp'}")
+    result = stage("evaluate", *trained["base"], f"eval.run={run}", f"eval.output_dir={tmp_path / 'mp'}")
     expect_refusal(result, "has labels", "trained on")
 
 

@@ -68,7 +68,11 @@ def test_labels_that_are_not_the_runs_are_predicted_unscored_or_refused_on_reque
 def test_another_processed_data_set_is_predicted_and_scored(stage, run, tmp_path):
     assert stage("data_process", *run["base"], "data.name=later", f"data.train_file={run['tmp'] / 'later.csv'}",
                  "data.valid_size=0.5").code == 0
-    for key in ("eval.data=later", "data.name=later"):  # both say: score that set
+    # data.name on a shared command line is noted, not followed: eval.data names the set to score
+    noted = stage("evaluate", *run["base"], f"eval.run={run['run']}", "data.name=later",
+                  f"eval.output_dir={tmp_path / 'own'}", "eval.splits=[train]")
+    assert noted.code == 0 and "pass eval.data=later" in noted.out and (tmp_path / "own" / "toy").is_dir()
+    for key in ("eval.data=later",):
         out = tmp_path / key.split(".")[0]
         result = stage("evaluate", *run["base"], f"eval.run={run['run']}", key, f"eval.output_dir={out}",
                        "eval.splits=[train]", "eval.precision=no")

@@ -468,7 +468,7 @@ class EvalConfig:
     read_labels: Literal["auto", "always", "never"] = key("auto", "eval.input's labels: auto scores the file where it "
                                                           "has them, always refuses one without, never only predicts")
     data: str = key("", "another processed data set (models_input_files/<name>, tokenized as the run's) to predict "
-                    "and score; evaluate.py data.name=<name> says the same")
+                    "and score instead of the run's own")
 
     def check(self):
         need(self.splits and distinct(self.splits), "eval.splits", self.splits,

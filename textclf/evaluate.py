@@ -208,8 +208,7 @@ def run(config):
 
 def open_run(config, run_dir, main):
     """The run's fold models (on the CPU) and what they are checked against: (Sources, models). The
-    data is the run's own, or another processed data set (eval.data, or a data.name given on the
-    command line) tokenized as the run's was."""
+    data is the run's own, or another processed data set (eval.data) tokenized as the run's was."""
     trained_on = Path(load_run_json(run_dir)["data_dir"])
     data_dir = other_data(config, trained_on) or trained_on
     meta = load_meta(data_dir)
@@ -227,17 +226,20 @@ def open_run(config, run_dir, main):
 
 
 def other_data(config, trained_on):
-    """The processed data set to predict instead of the run's own: eval.data, or data.name given on
-    the command line and naming another set (in data.output_dir); None for the run's own."""
-    name = config.eval.data or (config.data.name if "data.name" in config.explicit else "")
-    if not name or name == trained_on.name and not config.eval.data:
+    """The processed data set to predict instead of the run's own (eval.data, in data.output_dir),
+    or None for the run's own. A data.name on the command line naming another set is said, not
+    followed: shared command lines carry data.name."""
+    if not config.eval.data:
+        if "data.name" in config.explicit and config.data.name != trained_on.name:
+            print(f"evaluate: note: the run trained on {trained_on.name}, and that is what is predicted; to predict "
+                  f"and score {config.data.name}, pass eval.data={config.data.name}", flush=True)
         return None
-    folder = resolve_path(config.data.output_dir) / name
+    folder = resolve_path(config.data.output_dir) / config.eval.data
     if folder.resolve() == trained_on.resolve():
         return None
     if not (folder / "meta.json").is_file():
-        raise UserError(f"{'eval.data' if config.eval.data else 'data.name'}={name}: no processed data set at {folder}; "
-                        f"make it with data_process.py (data.name={name}), or set data.output_dir to where it is")
+        raise UserError(f"eval.data={config.eval.data}: no processed data set at {folder}; make it with "
+                        f"data_process.py (data.name={config.eval.data}), or set data.output_dir to where it is")
     return folder
 
 
