@@ -140,7 +140,9 @@ class DataConfig:
                                   fixed=True)
     text_separator: str = key(" ", "what joins several text columns", fixed=True)
     template: str | None = key(None, "the text made from several columns, e.g. 'title:{title}, abstract:{abstract}' "
-                               "(replaces text_columns)", fixed=True)
+                               "(replaces text_columns); a too-long row is cut inside its fields", fixed=True)
+    template_truncate: str | None = key(None, "the template field a too-long row is cut in first; default: the "
+                                        "longest", fixed=True)
     text_pair_column: str | None = key(None, "a second segment (token type 1) read with the text", fixed=True)
     label_column: str | None = key("label", "the label column (regression: the target)", fixed=True,
                                    describes_file=True)
@@ -177,6 +179,14 @@ class DataConfig:
             fields = template_fields(self.template)  # refuses a template that names no plain column
             need(self.text_pair_column not in fields, "data.text_pair_column", self.text_pair_column,
                  "is a field of data.template; the second segment must be another column")
+            answers = [f for f in fields if f in [self.label_column, *(self.label_columns or [])]]
+            need(not answers, "data.template", self.template, f"fills in the label column '{(answers or [''])[0]}': the "
+                 f"model would read its answer; take that field out of the template")
+            need(self.template_truncate is None or self.template_truncate in fields, "data.template_truncate",
+                 self.template_truncate, f"is not a field of data.template ({', '.join(fields)})")
+        else:
+            need(self.template_truncate is None, "data.template_truncate", self.template_truncate,
+                 "names a field of data.template, and there is none: drop it")
         if self.delimiter is not None:
             try:
                 delimiter = unescape_delimiter(self.delimiter)

@@ -38,6 +38,7 @@ from .fileio import (atomic_dir, atomic_write_text, made_by_textclf, remove_dead
                      write_marker)
 from .premodels import load_tokenizer, resolve_model_dir, vocab_hash
 from .rawdata import RawFile, RowReader, label_array, same_number_labels, scan_rows
+from . import prompts
 from .tokenization import TextTokenizer
 
 
@@ -87,15 +88,17 @@ def _int_sorted(names):
 
 
 def _chunks(reader, cfg, size):
-    """Yield lists of (id, text, pair, labels) of at most `size` rows, empty texts dropped."""
+    """Yield lists of (id, text, pair, labels) of at most `size` rows, empty texts dropped. With a
+    template (and no sliding windows) the text is its fields, which a too-long row is cut inside."""
     batch = []
+    by_fields = reader.template_fields is not None and not cfg.window_stride and reader.pair_idx is None
     for row_number, (line, values) in enumerate(reader.raw.rows()):
         text = reader.text(values, line)
         if not text:
             continue  # only reachable with drop_empty (pass 1 refused them otherwise)
         batch.append((
             reader.row_id(values, row_number),
-            text,
+            reader.fields(values, line) if by_fields else text,
             reader.pair(values, line) if reader.pair_idx is not None else None,
             (reader.targets(values, line) if cfg.task == "regression" else reader.labels(values, line))
             if reader.labelled else None,
@@ -113,9 +116,10 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     Rows are first written at max_len width to scratch files; once the longest row is known
     they are copied, chunk by chunk, to arrays padded only to that width."""
     folder.mkdir()
-    lengths, truncated = _write_wide(folder, reader, cfg, scan, encoder, (label_index, multi_label), progress)
+    lengths, cut = _write_wide(folder, reader, cfg, scan, encoder, (label_index, multi_label), progress)
     n_texts, n = scan["rows"], len(lengths)  # token rows: windows when windowed
     width = _narrow(folder, lengths, encoder.max_len, cfg.chunk_rows)
+    cut_rows = cut[cut > 0]
     entry = dict(
         source_file=str(reader.raw.path),
         source_sha256=sha256_file(reader.raw.path),
@@ -124,9 +128,15 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         labelled=reader.labelled,
         padded_width=width,
         length_stats=dict(min=int(lengths.min()), mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
-                          p95=float(np.percentile(lengths, 95)), max=int(lengths.max()), truncated_rows=int(truncated)),
+                          p95=float(np.percentile(lengths, 95)), max=int(lengths.max()),
+                          truncated_rows=int(len(cut_rows)),
+                          cut_tokens=dict(mean=round(float(cut_rows.mean()), 1), max=int(cut_rows.max()))
+                          if len(cut_rows) else None,
+                          cut_inside_template_fields=bool(cfg.template) and not cfg.text_pair_column),
     )
-    if cfg.window_stride:  # truncated_rows counts the texts cut into several windows
+    if cfg.window_stride:  # nothing is truncated: long texts are read as several windows
+        entry["length_stats"]["texts_in_several_windows"] = int(np.count_nonzero(
+            np.bincount(np.load(folder / "window_doc.npy")) > 1))
         entry["windows"] = int(n)
         entry["windows_per_text"] = dict(mean=round(n / n_texts, 3), max=int(np.bincount(
             np.load(folder / "window_doc.npy")).max()))
@@ -140,7 +150,7 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
 def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
     """Pass 2, the first copy: every row's token ids and types at max_len width into scratch files,
     and ids, labels (and with sliding windows window_doc.npy) into their final arrays. Returns
-    (each token row's length, the texts truncated or cut into several windows)."""
+    (each token row's length, the tokens each text lost to max_len)."""
     label_index, multi_label = labels_as
     n = scan["rows"]
     windowed = cfg.window_stride > 0  # then the token arrays hold windows, ids and labels texts
@@ -153,7 +163,7 @@ def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
         shape = (n, len(label_index)) if multi_label or regression else (n,)
         labels = NpyWriter(folder / "labels.npy", np.float32 if regression else np.uint8 if multi_label else np.int64,
                            shape)
-    start = truncated = 0
+    start, cut = 0, np.zeros(n, dtype=np.int64)
     with open(folder / "wide_input_ids.bin", "wb") as wide_ids, open(folder / "wide_token_type_ids.bin", "wb") as \
             wide_types:
         for batch in _chunks(reader, cfg, cfg.chunk_rows):
@@ -161,19 +171,18 @@ def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
             texts = [row[1] for row in batch]
             pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
             if windowed:
-                block_ids, block_types, block_lengths, block_doc, block_truncated = encoder.sliding_windows(
+                block_ids, block_types, block_lengths, block_doc, _ = encoder.sliding_windows(
                     texts, cfg.window_stride, cfg.max_windows)
                 lengths.append(block_lengths)
                 window_doc.append(block_doc + start)
             else:
-                block_ids, block_types, block_lengths, block_truncated = encoder.encode(texts, pairs)
+                block_ids, block_types, block_lengths, cut[start:stop] = encoder.encode(texts, pairs)
                 lengths[start:stop] = block_lengths
             wide_ids.write(block_ids.tobytes())
             wide_types.write(block_types.tobytes())
             ids.write(np.array([row[0] for row in batch], dtype=f"<U{scan['id_len']}"))
             if labels is not None:
                 labels.write(label_array([row[3] for row in batch], cfg.task, label_index, multi_label))
-            truncated += block_truncated
             start = stop
             progress.update(len(batch))
     assert start == n, f"row count changed between passes in {reader.raw.path}"
@@ -183,7 +192,7 @@ def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
     if windowed:
         lengths = np.concatenate(lengths)
         np.save(folder / "window_doc.npy", np.concatenate(window_doc).astype(np.int32))
-    return lengths, truncated
+    return lengths, cut
 
 
 def _narrow(folder, lengths, max_len, chunk_rows):
@@ -377,6 +386,7 @@ def process(config):
         if cfg.window_stride else None,
         text_columns=list(reader_columns(readers["train"], cfg)),
         template=cfg.template,
+        template_truncate=cfg.template_truncate,
         text_pair_column=cfg.text_pair_column,
         problem_type="regression" if regression else "multi_label" if multi_label else "single_label",
         label_names=label_names,
@@ -402,9 +412,8 @@ def process(config):
     elapsed = time.time() - started
     for split, entry in meta["splits"].items():
         dropped = f", dropped {entry['dropped_empty']} empty" if entry["dropped_empty"] else ""
-        stats = entry["length_stats"]
         print(f"  {split}: {entry['rows']} rows{dropped}, width {entry['padded_width']}, "
-              f"mean length {stats['mean']}, truncated {stats['truncated_rows']}", flush=True)
+              f"mean length {entry['length_stats']['mean']}, {cut_text(entry['length_stats'])}", flush=True)
     what = f"{len(label_names)} numeric target(s)" if regression else f"{len(label_names)} labels"
     print(f"data_process: wrote {out} ({what}, {total} rows, {elapsed:.1f}s)", flush=True)
     return out
@@ -437,7 +446,12 @@ def open_tokenizer(config):
         raise UserError(f"data.max_len={cfg.max_len} is above the limit of model '{config.model.name}' ({limit}); "
                         f"set data.max_len={limit} or less")
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
-    encoder = TextTokenizer.from_hf(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens)
+    encoder = TextTokenizer.from_hf(tokenizer, cfg.max_len, cfg.truncation, cfg.head_tokens, template=cfg.template,
+                                    template_cut=cfg.template_truncate)
+    if cfg.template and prompts.fixed_tokens(encoder.backend, cfg.template) >= encoder.text_budget:
+        raise UserError(f"data.template's own text takes {prompts.fixed_tokens(encoder.backend, cfg.template)} tokens "
+                        f"and data.max_len={cfg.max_len} leaves {encoder.text_budget} for a row, no room for its "
+                        f"fields; raise data.max_len or shorten the template")
     if cfg.window_stride > encoder.text_budget:
         raise UserError(f"data.window_stride={cfg.window_stride} is more than a window's {encoder.text_budget} text "
                         f"tokens (data.max_len={cfg.max_len} less special tokens), so tokens between windows would be "
@@ -474,6 +488,17 @@ def scan_files(cfg, readers, multi_label):
         if split in readers:
             scans[split] = scan_rows(readers[split], cfg, split, set(label_names))
     return scans, label_names
+
+
+def cut_text(stats):
+    """What max_len did to a split's texts, as data_process prints it."""
+    if "texts_in_several_windows" in stats:
+        return f"{stats['texts_in_several_windows']} text(s) read as several windows (none truncated)"
+    if not stats["truncated_rows"]:
+        return "none truncated"
+    where = " inside the template's fields" if stats.get("cut_inside_template_fields") else ""
+    return (f"truncated {stats['truncated_rows']}{where} (by {stats['cut_tokens']['mean']:g} tokens on average, "
+            f"{stats['cut_tokens']['max']} at most)")
 
 
 def write_folds(tmp, cfg, scan):

@@ -369,6 +369,11 @@ def predict_raw(config, run_dir):
                                    precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code)
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
     out = predictor.predict(texts, pairs)
+    cut = out["cut_tokens"]
+    if (cut > 0).any():
+        where = "inside their template fields" if spec.tokenization.template and pairs is None else "to fit"
+        print(f"evaluate: {int((cut > 0).sum())} of {len(texts)} rows are longer than max_len="
+              f"{spec.tokenization.max_len}: cut {where}, by {int(cut.max())} tokens at most", flush=True)
     names = predictor.label_names
     regression = predictor.problem.regression
     buf = io.StringIO()

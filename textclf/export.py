@@ -424,7 +424,10 @@ def notes(spec):
     tokenization, out = spec.tokenization, []
     if tokenization.template:
         out.append(f"the run's texts are made by data.template {tokenization.template!r}; fill it before "
-                   f"calling a pipeline (OnnxPredictor and Predictor take rows as mappings of its columns)")
+                   f"calling a pipeline (OnnxPredictor and Predictor take rows as mappings of its columns). A "
+                   f"pipeline's tokenizer cuts a prompt over max_len={tokenization.max_len} tokens from its end, "
+                   f"the template's closing words first, where textclf cuts inside the fields: keep prompts within "
+                   f"max_len there, or use OnnxPredictor / Predictor")
     if tokenization.window_stride:
         out.append(f"the run reads texts as sliding windows (stride {tokenization.window_stride}, "
                    f"{tokenization.window_aggregate} of the windows' probabilities); a Hugging Face pipeline "

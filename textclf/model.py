@@ -266,6 +266,7 @@ class Tokenization:
     max_windows: int = 0
     window_aggregate: str = "mean"  # ... whose probabilities are aggregated per text
     template: str | None = None  # data.template: the text made from several columns
+    template_truncate: str | None = None  # the template field a too-long row is cut in first (None: the longest)
 
 
 def window_keys(windows):
@@ -304,7 +305,8 @@ class ModelSpec:
         return cls(head, Labels(list(meta["label_names"]), problem_type),
                    Tokenization(meta["max_len"], meta["truncation"], meta["head_tokens"], list(meta["text_columns"]),
                                 meta["text_pair_column"], meta["tokenizer"]["vocab_sha256"],
-                                **window_keys(meta.get("windows")), template=meta.get("template")),
+                                **window_keys(meta.get("windows")), template=meta.get("template"),
+                                template_truncate=meta.get("template_truncate")),
                    Provenance(meta["name"], meta_sha256, model_name, **base))
 
     def to_json(self):

@@ -90,9 +90,10 @@ class OnnxPredictor:
         texts, pairs = predict_inputs(texts, pairs, self.pairs)
         if not texts:
             return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
-        texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
-        ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)  # sliding windows, if the run used them
-        return self.problem.result(self.per_text(self.probs(ids, types, lengths), owner, len(texts)), self.label_names)
+        # data.template filled (a too-long row cut inside its fields), sliding windows: as data_process.py did
+        ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)
+        return {**self.problem.result(self.per_text(self.probs(ids, types, lengths), owner, len(texts)),
+                                      self.label_names), "cut_tokens": self.tokenizer.last_cut}
 
     def per_text(self, probs, owner, n_texts):
         """probs' rows -> one row per text: windows aggregated; a per-fold graph's (folds, rows, k)

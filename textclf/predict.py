@@ -197,8 +197,7 @@ class Predictor:
         if fold is not None and fold not in folds:
             raise UserError(f"fold {fold} is not among the loaded folds {folds}")
         model = self.models[folds.index(fold) if fold is not None else 0]
-        texts = self.tokenizer.texts(texts)
-        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)
+        ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)  # data.template filled, as data_process did
         if self.tokenizer.window_stride:
             if hidden_states:
                 raise UserError("hidden_states are one row of token states per text, and this model reads texts as "
@@ -228,11 +227,11 @@ class Predictor:
         texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
         if not texts:
             return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
-        texts = self.tokenizer.texts(texts)  # data.template applied, as data_process.py did
+        # data.template filled and a too-long row cut inside its fields, as data_process.py did
         ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)
         probs = fold_mean(self.fold_probs(ids, mask, types, lengths), owner, len(texts), self.tokenizer.aggregate,
                           self.problem)
-        return self.problem.result(probs, self.label_names)
+        return {**self.problem.result(probs, self.label_names), "cut_tokens": self.tokenizer.last_cut}
 
     def decide(self, probs, threshold=0.5):
         """Each row's answer from probabilities (threshold: the multi-label cut)."""

@@ -41,6 +41,16 @@ def unescape_delimiter(value):
     return value.encode().decode("unicode_escape") if "\\" in value else value
 
 
+def encodable(texts):
+    """Texts the tokenizer can take: a lone UTF-16 surrogate (a JSON '\\ud800' escape, say) cannot
+    be encoded as UTF-8, so it becomes U+FFFD, as a file read with errors="replace" would have it."""
+    return [t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _SURROGATE.search(t) else t
+            for t in texts]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 # ---------------------------------------------------------------------------- data.template
 
 
@@ -70,6 +80,11 @@ def template_fields(template):
 def fill_template(template, item, fields=None):
     """One model input from a data.template: `item` is a mapping of column -> value, or for a
     template of one field a plain text. Values are stripped; a missing column is refused."""
+    return template.format_map(template_values(template, item, fields)).strip()
+
+
+def template_values(template, item, fields=None):
+    """{field: its text} of a row for a data.template, checked and cleaned (see fill_template)."""
     fields = fields or template_fields(template)
     if isinstance(item, str):
         if len(fields) != 1:
@@ -83,8 +98,7 @@ def fill_template(template, item, fields=None):
     if missing:
         raise UserError(f"a row lacks '{missing[0]}', which the template {template!r} needs; give every row "
                         f"{', '.join(fields)}")
-    values = {f: cell_text(item[f]) for f in fields}
-    return template.format_map(values).strip()
+    return {f: cell_text(item[f]) for f in fields}
 
 
 def cell_text(value):

@@ -6,22 +6,12 @@ templates once (TextTokenizer.from_hf), which then travel as JSON (to_json / fro
 """
 
 import dataclasses
-import re
 
 import numpy as np
 
+from . import prompts
 from .errors import UserError
-from .text_rules import fill_template, template_fields
-
-
-def encodable(texts):
-    """Texts the tokenizer can take: a lone UTF-16 surrogate (a JSON '\\ud800' escape, say) cannot
-    be encoded as UTF-8, so it becomes U+FFFD, as a file read with errors="replace" would have it."""
-    return [t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _SURROGATE.search(t) else t
-            for t in texts]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from .text_rules import encodable, fill_template, template_fields, template_values
 
 
 def predict_inputs(texts, pairs, needs_pairs):
@@ -72,11 +62,13 @@ class TextTokenizer:
 
     Texts are tokenized without special tokens in one batched call; truncation and the
     special-token template (read off the tokenizer itself) are applied here, so `head`,
-    `tail` and `head_tail` behave the same for every model family.
+    `tail` and `head_tail` behave the same for every model family. With data.template, rows are
+    mappings of its fields, and a too-long row is cut inside its fields (prompts.py), never in
+    the template's own text.
     """
 
     def __init__(self, backend_json, specials, max_len, truncation="head", head_tokens=None, windows=None,
-                 template=None):
+                 template=None, template_cut=None):
         # The Rust tokenizer directly, on a private copy without the truncation or padding a
         # tokenizer.json may carry: the transformers wrapper costs as much again per row.
         from tokenizers import Tokenizer
@@ -97,9 +89,11 @@ class TextTokenizer:
         self.text_budget = budget  # text tokens in a row of a single text
         self.windows = windows or WindowRule()
         self.template = template  # data.template: rows (mappings of columns) become texts exactly as in data_process
+        self.template_cut = template_cut  # data.template_truncate: the field a too-long row is cut in first
         self.head_tokens = head_tokens if head_tokens is not None else budget // 4
         if truncation == "head_tail" and not 0 <= self.head_tokens <= budget:
             raise UserError(f"data.head_tokens={head_tokens} must be between 0 and {budget} (max_len minus special tokens)")
+        self.last_cut = np.zeros(0, dtype=np.int64)  # tokens each text of the last rows() call lost
 
     @property
     def window_stride(self):
@@ -112,32 +106,35 @@ class TextTokenizer:
         return self.windows.aggregate if self.windows.stride else None
 
     @classmethod
-    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None, windows=None, template=None):
+    def from_hf(cls, tokenizer, max_len, truncation="head", head_tokens=None, windows=None, template=None,
+                template_cut=None):
         """From a transformers fast tokenizer, reading its special-token templates off it."""
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         single, pair = cls._templates(tokenizer)
         return cls(tokenizer.backend_tokenizer.to_str(), SpecialTokens(pad_id, single, pair), max_len, truncation,
-                   head_tokens, windows, template)
+                   head_tokens, windows, template, template_cut)
 
     @classmethod
     def for_spec(cls, tokenizer, tokenization):
         """As a run's model.Tokenization says (max_len, truncation, windows, template)."""
         return cls.from_hf(tokenizer, tokenization.max_len, tokenization.truncation, tokenization.head_tokens,
                            WindowRule(tokenization.window_stride, tokenization.max_windows,
-                                      tokenization.window_aggregate), tokenization.template)
+                                      tokenization.window_aggregate), tokenization.template,
+                           tokenization.template_truncate)
 
     def to_json(self):
         """Everything but the vocabulary (tokenizer.json) that encoding needs, for from_json."""
         return {"max_len": self.max_len, "truncation": self.truncation, "head_tokens": self.head_tokens,
                 "pad_id": self.pad_id, "single": list(self.single), "pair": list(self.pair),
                 "window_stride": self.windows.stride, "max_windows": self.windows.max_windows,
-                "window_aggregate": self.windows.aggregate, "template": self.template}
+                "window_aggregate": self.windows.aggregate, "template": self.template,
+                "template_truncate": self.template_cut}
 
     @classmethod
     def from_json(cls, backend_json, doc):
         windows = WindowRule(doc.get("window_stride", 0), doc.get("max_windows", 0), doc.get("window_aggregate", "mean"))
         return cls(backend_json, SpecialTokens(doc["pad_id"], doc["single"], doc["pair"]), doc["max_len"],
-                   doc["truncation"], doc["head_tokens"], windows, doc.get("template"))
+                   doc["truncation"], doc["head_tokens"], windows, doc.get("template"), doc.get("template_truncate"))
 
     def texts(self, items):
         """Raw rows -> model input texts: with a template, each row (a mapping of its columns, or a
@@ -151,16 +148,25 @@ class TextTokenizer:
                                 f"no data.template): pass strings")
         return [t.strip() for t in items]
 
-    def rows(self, texts, pairs=None):
-        """Token rows for texts, as the training data was made: (input_ids, token_type_ids,
-        attention_mask, lengths, owner), owner[i] the text of row i (one row per text, or with
-        sliding windows several); per_text(values, owner, n, self.aggregate, problem) turns per-row
-        probabilities into one row per text."""
+    def fields(self, items):
+        """Template rows -> {field: its text}, checked and cleaned as fill_template reads them."""
+        fields = template_fields(self.template)
+        return [template_values(self.template, item, fields) for item in items]
+
+    def rows(self, items, pairs=None):
+        """Token rows for raw rows (texts; with a template, mappings of its columns), as the training
+        data was made: (input_ids, token_type_ids, attention_mask, lengths, owner), owner[i] the text
+        of row i (one row per text, or with sliding windows several); per_text(values, owner, n,
+        self.aggregate, problem) turns per-row probabilities into one row per text. `last_cut`
+        then holds the tokens each text lost to max_len."""
         if self.windows.stride:
-            ids, types, lengths, owner, _ = self.sliding_windows(texts, self.windows.stride, self.windows.max_windows)
+            ids, types, lengths, owner, _ = self.sliding_windows(self.texts(items), self.windows.stride,
+                                                                 self.windows.max_windows)
+            self.last_cut = np.zeros(len(items), dtype=np.int64)  # windows cover the whole text
         else:
-            ids, types, lengths, _ = self.encode(texts, pairs)
-            owner = np.arange(len(texts), dtype=np.int32)
+            rows = self.fields(items) if self.template and pairs is None else self.texts(items)
+            ids, types, lengths, self.last_cut = self.encode(rows, pairs)
+            owner = np.arange(len(items), dtype=np.int32)
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.uint8)
         return ids, types, mask, lengths, owner
 
@@ -227,7 +233,15 @@ class TextTokenizer:
         return input_ids, np.zeros_like(input_ids, dtype=np.uint8), lengths, np.asarray(doc, dtype=np.int32), several
 
     def encode(self, texts, pairs=None):
-        """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, n_truncated)."""
+        """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, tokens each
+        row lost to max_len). `texts` are strings, or with a template mappings of its fields, which a
+        too-long row is cut inside (prompts.py)."""
+        pre, post = self.single
+        if self.template and pairs is None and texts and isinstance(texts[0], dict):
+            budget = self.max_len - len(pre) - len(post)
+            cut = prompts.Cut(self.truncation, self.head_tokens, self.template_cut)
+            first, lost = prompts.fit_rows(self.backend, self.template, texts, budget, cut)
+            return self._rows(first, pre, post) + (lost,)
         first = [e.ids for e in self.backend.encode_batch(encodable(texts), add_special_tokens=False)]
         second = None
         if pairs is not None:
@@ -236,35 +250,40 @@ class TextTokenizer:
         input_ids = np.full((n, self.max_len), self.pad_id, dtype=np.int32)
         token_types = np.zeros((n, self.max_len), dtype=np.uint8)
         lengths = np.zeros(n, dtype=np.int32)
-        truncated = 0
+        lost = np.zeros(n, dtype=np.int64)
         if second is None:
-            pre, post = self.single
             budget = self.max_len - len(pre) - len(post)
-            for row, ids in enumerate(first):
-                truncated += len(ids) > budget
-                seq = pre + self._cut(ids, budget) + post
-                input_ids[row, :len(seq)] = seq
-                lengths[row] = len(seq)
-        else:
-            pre, mid, post, type_b = self.pair
-            budget = self.max_len - len(pre) - len(mid) - len(post)
-            for row, (ids_a, ids_b) in enumerate(zip(first, second)):
-                la, lb = len(ids_a), len(ids_b)
-                if la + lb > budget:  # longest first: trim the longer segment, then both evenly
-                    truncated += 1
-                    short = min(la, lb)
-                    if short * 2 <= budget:
-                        keep_a, keep_b = (la, budget - la) if la == short else (budget - lb, lb)
-                    else:
-                        keep_a = keep_b = budget // 2
-                        keep_a += budget - keep_a - keep_b
-                    ids_a, ids_b = self._cut(ids_a, keep_a), self._cut(ids_b, keep_b)
-                seq_a = pre + ids_a + mid
-                seq = seq_a + ids_b + post
-                input_ids[row, :len(seq)] = seq
-                token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
-                lengths[row] = len(seq)
-        return input_ids, token_types, lengths, truncated
+            lost[:] = [max(len(ids) - budget, 0) for ids in first]
+            return self._rows([self._cut(ids, budget) for ids in first], pre, post) + (lost,)
+        pre, mid, post, type_b = self.pair
+        budget = self.max_len - len(pre) - len(mid) - len(post)
+        for row, (ids_a, ids_b) in enumerate(zip(first, second)):
+            la, lb = len(ids_a), len(ids_b)
+            if la + lb > budget:  # longest first: trim the longer segment, then both evenly
+                lost[row] = la + lb - budget
+                short = min(la, lb)
+                if short * 2 <= budget:
+                    keep_a, keep_b = (la, budget - la) if la == short else (budget - lb, lb)
+                else:
+                    keep_a = keep_b = budget // 2
+                    keep_a += budget - keep_a - keep_b
+                ids_a, ids_b = self._cut(ids_a, keep_a), self._cut(ids_b, keep_b)
+            seq_a = pre + ids_a + mid
+            seq = seq_a + ids_b + post
+            input_ids[row, :len(seq)] = seq
+            token_types[row, len(seq_a):len(seq)] = type_b  # second segment and its closing token
+            lengths[row] = len(seq)
+        return input_ids, token_types, lengths, lost
+
+    def _rows(self, pieces, pre, post):
+        """Single-segment token id lists -> (input_ids, token_type_ids, lengths) with the special tokens."""
+        input_ids = np.full((len(pieces), self.max_len), self.pad_id, dtype=np.int32)
+        lengths = np.zeros(len(pieces), dtype=np.int32)
+        for row, ids in enumerate(pieces):
+            seq = pre + ids + post
+            input_ids[row, :len(seq)] = seq
+            lengths[row] = len(seq)
+        return input_ids, np.zeros_like(input_ids, dtype=np.uint8), lengths
 
 
 def window_starts(n_tokens, budget, stride, max_windows=0):
