@@ -391,7 +391,7 @@ def test_the_banner_says_how_many_lr_groups(stage, premodels, tmp_path):
     result = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "train.layer_lr_decay=0.8",
                    "train.head_lr=1e-3")
     # 2 layers + embeddings + head: 4 LRs, each with and without weight decay
-    assert "8 parameter groups, 4 LR(s)" in result.out
+    assert "8 parameter groups, 4 peak LR(s)" in result.out
     assert "precision fp32 (requested: train.precision=no)" in result.out
 
 

@@ -31,7 +31,7 @@ from . import averaging, lora
 from .config import resolve_path
 from .errors import UserError
 from .fileio import atomic_dir, atomic_write_text, folder_bytes, load_json, next_version, versions, write_json
-from .metrics import compute
+from .metrics import write_metrics
 from .model import load_into, save_classifier
 
 
@@ -338,8 +338,9 @@ def write_fold_oof(fold_dir, probs, ids, rows, labels):
         np.save(tmp / "labels.npy", labels)
 
 
-def merge_oof(run_dir, folds, eval_split, problem):
-    """Every fold's held-out probabilities in one place (oof/), in row order, and the CV score."""
+def merge_oof(run_dir, folds, eval_split, problem, label_names):
+    """Every fold's held-out probabilities in one place (oof/), in row order, the CV score, and the
+    per-class report and confusion figures of the out-of-fold rows."""
     parts = {name: [] for name in ("probs", "ids", "rows", "labels")}
     fold_of = []
     for fold in folds:
@@ -353,8 +354,8 @@ def merge_oof(run_dir, folds, eval_split, problem):
         np.save(tmp / "ids.npy", ids[order])
         np.save(tmp / "labels.npy", labels[order])
         np.save(tmp / "folds.npy", np.concatenate(fold_of)[order])
-        score = compute(probs, labels, problem)
-        write_json(tmp / "metrics.json", {"split": eval_split, "folds": list(folds), **score})
+        score = write_metrics(tmp, probs[order], labels[order], problem, label_names, "out-of-fold", quiet=True,
+                              extra={"split": eval_split, "folds": list(folds)})
     return score
 
 

@@ -1,5 +1,6 @@
 """User-facing errors: one line, exit code 2, no traceback."""
 
+import os
 import sys
 
 
@@ -14,10 +15,17 @@ def run_cli(main, argv=None):
     """Run `main(argv)`; turn a UserError into one line on stderr and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        main(argv)
+        try:
+            main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that left early (| head) shows here, not as a traceback at exit
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader of our output went away (`--help | head`): nothing more to say, and nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -34,7 +34,7 @@ from .errors import UserError
 from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, next_version, number_text,
                      remove_dead_temporaries, sha256_file, versions, write_json, write_marker)
 from .loader import SortedBatches, SplitArrays, Windows, make_loader
-from .metrics import compute, confusion, report
+from .metrics import write_metrics
 from .model import ModelSpec
 from .precision import resolve_shared
 from .predict import (Predictor, features_of, hidden_of, load_fold_models, predict_logits, predict_rows,
@@ -89,35 +89,6 @@ def check_arrays_fit(meta, spec, data_dir, run_dir):
     if differ:
         raise UserError(f"{data_dir} was tokenized otherwise than the data {run_dir} trained on: "
                         f"{'; '.join(differ[:3])}; {remake}")
-
-
-def write_metrics(folder, probs, labels, problem, label_names, split):
-    """metrics.json, report.txt and (one class per row) the confusion matrix and curves of a split."""
-    results = compute(probs, labels, problem)
-    text = report(probs, labels, problem, label_names)
-    write_json(folder / "metrics.json", results)
-    atomic_write_text(folder / "report.txt", text + "\n")
-    print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
-    print(text, flush=True)
-    if problem.one_class:
-        matrix_text, _ = confusion(probs, labels, label_names)
-        atomic_write_text(folder / "confusion.txt", matrix_text + "\n")
-        print(matrix_text, flush=True)
-        draw(folder, probs, labels, label_names, split)
-    return results
-
-
-def draw(folder, probs, labels, label_names, split):
-    """confusion.png, and roc_pr.png for a binary problem (where both classes occur)."""
-    try:
-        from .figures import confusion_matrix, roc_pr_curves
-
-        confusion_matrix(labels, probs.argmax(axis=1), label_names, folder / "confusion.png", split)
-        if len(label_names) == 2 and roc_pr_curves(labels, probs[:, 1], label_names[1], folder / "roc_pr.png",
-                                                   split) is None:
-            print(f"  (roc_pr.png skipped: the {split} labels hold one class only)", flush=True)
-    except ImportError:
-        print("  (confusion.png skipped: install matplotlib to draw it)", flush=True)
 
 
 def text_owner(data_dir, split, aggregate="mean"):

@@ -127,11 +127,11 @@ def fit(job, fold, state):
         last = state.step >= fold.total_steps
         state.seconds = earlier_seconds + time.time() - session_start
         profiler = profiler and profiler.after_step(last)
-        # log
-        if state.step % train_cfg.log_every_steps == 0 or last:
-            log_progress(job, fold, state, meter, grad_norm, bar)
         # evaluate: every eval_every_steps (else at each epoch's end), and the final weights
         scheduled = state.step % train_cfg.eval_every_steps == 0 if train_cfg.eval_every_steps else end_of_epoch
+        # log: every log_every_steps, and at every evaluation, so the curves have a point at each one
+        if state.step % train_cfg.log_every_steps == 0 or last or scheduled:
+            log_progress(job, fold, state, meter, grad_norm, bar)
         if scheduled or last:
             evaluate_and_keep_best(job, fold, state)
         # save: after an evaluation, at each epoch's end, every save_every_steps, and at the end

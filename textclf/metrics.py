@@ -118,3 +118,39 @@ def metric_mode(metric, mode):
     if mode != "auto":
         return mode
     return "max" if HIGHER_IS_BETTER[metric] else "min"
+
+
+# ---------------------------------------------------------------------------- written reports
+
+
+def write_metrics(folder, probs, labels, problem, label_names, split, quiet=False, extra=None):
+    """metrics.json (with `extra` keys first), report.txt and (one class per row) the confusion
+    matrix as text and figures of a split, into `folder`; printed unless quiet. Returns the metrics."""
+    from .fileio import atomic_write_text, write_json
+
+    results = compute(probs, labels, problem)
+    text = report(probs, labels, problem, label_names)
+    write_json(folder / "metrics.json", {**(extra or {}), **results})
+    atomic_write_text(folder / "report.txt", text + "\n")
+    say = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
+    say(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    say(text)
+    if problem.one_class:
+        matrix_text, _ = confusion(probs, labels, label_names)
+        atomic_write_text(folder / "confusion.txt", matrix_text + "\n")
+        say(matrix_text)
+        draw(folder, probs, labels, label_names, split, say)
+    return results
+
+
+def draw(folder, probs, labels, label_names, split, say=print):
+    """confusion.png, and roc_pr.png for a binary problem (where both classes occur)."""
+    try:
+        from .figures import confusion_matrix, roc_pr_curves
+
+        confusion_matrix(labels, probs.argmax(axis=1), label_names, folder / "confusion.png", split)
+        if len(label_names) == 2 and roc_pr_curves(labels, probs[:, 1], label_names[1], folder / "roc_pr.png",
+                                                   split) is None:
+            say(f"  (roc_pr.png skipped: the {split} labels hold one class only)")
+    except ImportError:
+        say("  (confusion.png skipped: install matplotlib to draw it)")

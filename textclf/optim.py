@@ -44,10 +44,11 @@ def make_optimizer(model, train_cfg):
 
 
 def describe(optimizer):
-    """For the run banner: how many LR groups, and the LRs they span."""
-    lrs = sorted({group["lr"] for group in optimizer.param_groups})
+    """For the run banner: how many LR groups, and the peak LRs they span (a scheduler with warmup
+    has already set the current LR to its start, 0)."""
+    lrs = sorted({group.get("initial_lr", group["lr"]) for group in optimizer.param_groups})
     span = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
-    return f"{len(optimizer.param_groups)} parameter groups, {len(lrs)} LR(s) {span}"
+    return f"{len(optimizer.param_groups)} parameter groups, {len(lrs)} peak LR(s) {span}"
 
 
 def make_scheduler(optimizer, train_cfg, total_steps):

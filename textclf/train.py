@@ -102,7 +102,8 @@ def run(config):
                 raise SystemExit(128 + int(job.stop.signal or signal.SIGTERM))  # a process the signal missed
             return run_dir
     if accelerator.is_main_process:
-        score_oof = merge_oof(run_dir, plan.fold_numbers, plan.folds[0].eval_split, plan.spec.labels.problem)
+        score_oof = merge_oof(run_dir, plan.fold_numbers, plan.folds[0].eval_split, plan.spec.labels.problem,
+                              plan.spec.labels.names)
         say(accelerator, "train: out-of-fold " + " ".join(f"{k} {v:.4f}" for k, v in score_oof.items())
             + f" -> {run_dir / 'oof'}")
         finish_run(job, plan.fold_numbers, score_oof, plan.meta)
