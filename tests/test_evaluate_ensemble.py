@@ -183,16 +183,16 @@ def test_submission_layouts_follow_the_sample():
 
 def _ncbi(tmp):
     rows = toy_rows(30, classes=3)
-    write(tmp / "train.tsv", "".join(f"{t}\t{l}\n" for t, l in rows))
-    write(tmp / "dev.tsv", "".join(f"{t}\t{l}\n" for t, l in rows[:9]))
+    write(tmp / "train.tsv", "".join(f"{t}\t{l}\n" for t, l in rows[9:]))
+    write(tmp / "dev.tsv", "".join(f"{t}\t{l}\n" for t, l in rows[:9]))  # other rows: a valid file of train rows is refused
     write(tmp / "test.tsv", "".join(f"{t}\n" for t, _ in rows[:6]))
     return ["data.train_file={t}/train.tsv", "data.valid_file={t}/dev.tsv", "data.test_file={t}/test.tsv",
             'eval.texts=["the tumor cells grew", "a nerve disorder"]']
 
 
 def _sst2(tmp):
-    rows = toy_rows(30)
-    write(tmp / "train.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    rows = toy_rows(38)
+    write(tmp / "train.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows[8:]))
     write(tmp / "dev.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows[:8]))
     write(tmp / "test.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows[8:14]))
     return ["data.train_file={t}/train.tsv", "data.valid_file={t}/dev.tsv", "data.test_file={t}/test.tsv"]

@@ -111,7 +111,7 @@ def test_bad_given_folds_are_refused_before_writing(stage, premodels, tmp_path, 
 
 @pytest.mark.parametrize("body, extra, expected", [
     ("id,text,label,author\n1,a b,x,g1\n2,c d,y,g1\n3,e f,x,g2\n", ["data.n_folds=3"],
-     "has 2 group(s), fewer than the 3 folds"),
+     "has 2 group(s), fewer than data.n_folds=3; groups are never split, so use data.n_folds=2 or fewer"),
     ("id,text,label,author\n1,a b,x,g1\n2,c d,y,\n3,e f,x,g2\n", [], "line 3 of"),
     ("id,text,label\n1,a b,x\n2,c d,y\n", [], "has no column 'author' (data.group_column)"),
 ])

@@ -74,6 +74,9 @@ def snapshot(*roots):
             out[dirpath] = "dir"
             for name in filenames:
                 path = os.path.join(dirpath, name)
+                if os.path.islink(path):
+                    out[path] = "link to " + os.readlink(path)
+                    continue
                 with open(path, "rb") as fh:
                     out[path] = hashlib.sha256(fh.read()).hexdigest()
     return out
@@ -145,6 +148,48 @@ def other_data(world, tmp):
     result = run_stage("data_process", *world.base, "data.name=ds", f"data.output_dir={tmp / 'data'}",
                        f"data.train_file={tmp / 'other.csv'}", "data.id_column=id", "data.overwrite=true")
     assert result.code == 0, result
+
+
+def broken_model(change):
+    """A set-up: a copy of the world's model in {t}/pm/m, changed by `change(folder)`."""
+    def setup(world, tmp):
+        shutil.copytree(world.model, tmp / "pm" / "m")
+        change(tmp / "pm" / "m")
+    return setup
+
+
+def edit_config(**values):
+    return lambda folder: edit_json(folder / "config.json", lambda d: {**d, **values})
+
+
+def edit_weights(change):
+    """Rewrite model.safetensors with `change(tensors)` applied."""
+    def apply(folder):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+        change(tensors)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return apply
+
+
+def first_matching(tensors, part):
+    return next(k for k in tensors if part in k)
+
+
+def broken_data(change):
+    """A set-up: a copy of data set ds in {t}/data/ds, changed by `change(folder)`."""
+    def setup(world, tmp):
+        shutil.copytree(world.root / "data" / "ds", tmp / "data" / "ds")
+        change(tmp / "data" / "ds")
+    return setup
+
+
+def symlinked_run(world, tmp):
+    """{t}/ck/ds is a symbolic link to a run that lives elsewhere."""
+    copy_run(world, tmp)
+    os.rename(tmp / "ck" / "ds", tmp / "elsewhere")
+    os.symlink(tmp / "elsewhere", tmp / "ck" / "ds")
 
 
 @dataclass
@@ -272,7 +317,7 @@ CASES = [
          ["not punycode", "data.encoding"], {"t.csv": "text,label\n\u00e9t\u00e9 a,a\nb c,b\n" * 3}),
     Case("targets that differ only below float32", "data_process", [*DATA, "data.task=regression",
                                                                       "data.label_column=score"],
-         ["target 'score' is 1 on every row"],
+         ["target 'score' varies only from 1 to 1.000000001", "float32"],
          {"t.csv": "text,score\n" + "".join(f"t {i},{['1.0', '1.000000001'][i % 2]}\n" for i in range(12))}),
     Case("a target written with an underscore", "data_process", [*DATA, "data.task=regression",
                                                                    "data.label_column=score"],
@@ -383,6 +428,92 @@ CASES = [
          ["newest run", "no finished fold", "eval.run="], setup=lambda w, t: (
              copy_run(w, t), shutil.copytree(t / "ck" / "ds", t / "ck" / "ds-v2"),
              [shutil.rmtree(p) for p in (t / "ck" / "ds-v2").glob("fold*")])),
+
+    # 8. hostile round two: model folders refused up front, whatever is wrong in them
+    *[Case(f"model folder {name}", stage, [*extra, "model.name={t}/pm/m"], phrases, {"t.csv": GOOD_CSV},
+           broken_model(change))
+      for name, change, phrases in [
+          ("without config.json", lambda f: (f / "config.json").unlink(), ["has no config.json"]),
+          ("with config.json not JSON", lambda f: (f / "config.json").write_text("{ torn"), ["config.json"]),
+          ("with config.json a list", lambda f: (f / "config.json").write_text("[1]"), ["config.json"]),
+          ("of an unknown model_type", edit_config(model_type="no-such-model"), ["no-such-model"]),
+          ("without tokenizer files", lambda f: [(f / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
+           ["no tokenizer files"]),
+          ("with a torn tokenizer.json", lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "mod'),
+           ["tokenizer"]),
+          ("without weights", lambda f: (f / "model.safetensors").unlink(), ["has no weights"]),
+          ("with weights cut short", lambda f: os.truncate(f / "model.safetensors", 4000),
+           ["not a readable safetensors file", "cut short"]),
+          ("whose config is wider than its weights", edit_config(hidden_size=64, intermediate_size=128),
+           ["do not fit its config.json"]),
+          ("whose config names another vocabulary", edit_config(vocab_size=50), ["do not fit its config.json"]),
+          ("whose tokenizer outgrows its embeddings", lambda f: (edit_config(vocab_size=50)(f), edit_weights(
+              lambda w: w.update({k: w[k][:50] for k in w if "word_embeddings" in k}))(f)), ["vocab"]),
+          ("with an index naming a missing shard", lambda f: (
+              os.rename(f / "model.safetensors", f / "model-00001-of-00002.safetensors"),
+              (f / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+                  "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))),
+           ["lacks", "model-00002-of-00002.safetensors"]),
+      ] for stage, extra in (("data_process", DATA),)],
+    Case("model weights holding NaN", "train", [*TRAIN, "model.name={t}/pm/m", "train.output_dir={t}/ck"],
+         ["hold NaN or inf", "query"], setup=broken_model(edit_weights(
+             lambda w: w[first_matching(w, "attention.self.query.weight")].__setitem__((0, 0), float("nan"))))),
+    Case("an adapter rank beyond the model's width", "train", [*TRAIN, "model.lora={{r: 64}}"],
+         ["model.lora.r", "width", "model.lora.r=8"]),
+    Case("class weights that overflow the loss", "train", [*TRAIN, "train.class_weights=[3e38,3e38]"],
+         ["train.class_weights", "1e9"]),
+
+    # 9. validation and test files that are the training rows; folds that follow the label
+    Case("a valid file of the training rows", "data_process", [*DATA, "data.valid_file={t}/v.csv"],
+         ["every row of the valid file", "drop data.valid_file"],
+         {"t.csv": GOOD_CSV, "v.csv": "text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in (3, 1, 4))}),
+    Case("a test file that is the train file", "data_process", [*DATA, "data.test_file={t}/t.csv"],
+         ["every row of the test file", "eval.splits=[train]"], {"t.csv": GOOD_CSV}),
+    Case("a fold column that is the label", "data_process", [*DATA, "data.fold_column=label"],
+         ["data.fold_column", "is a label column"], {"t.csv": GOOD_CSV}),
+    Case("a group column that is the label", "data_process", [*DATA, "data.group_column=label"],
+         ["data.group_column", "is a label column"], {"t.csv": GOOD_CSV}),
+    Case("a fold column that follows the label", "data_process", [*DATA, "data.fold_column=f"],
+         ["'f' follows the label"],
+         {"t.csv": "text,label,f\n" + "".join(f"text {i},{'ab'[i % 2]},{i % 2}\n" for i in range(12))}),
+    Case("a group column that follows the label", "data_process", [*DATA, "data.group_column=g"],
+         ["'g' follows the label"],
+         {"t.csv": "text,label,g\n" + "".join(f"text {i},{'ab'[i % 2]},{'xy'[i % 2]}\n" for i in range(12))}),
+    Case("fewer groups than folds", "data_process", [*DATA, "data.group_column=g", "data.n_folds=4"],
+         ["3 group(s)", "data.n_folds=3 or fewer"],
+         {"t.csv": "text,label,g\n" + "".join(f"text {i},{'ab'[i % 2]},g{i % 3}\n" for i in range(12))}),
+
+    # 10. processed data folders missing or cutting an array
+    *[Case(f"data folder {name} ({stage})", stage, [*extra, "data.output_dir={t}/data"], phrases,
+           setup=broken_data(change))
+      for name, change, phrases in [
+          ("without labels.npy", lambda f: (f / "train" / "labels.npy").unlink(),
+           ["labels.npy is missing", "data.overwrite=true"]),
+          ("without test ids", lambda f: (f / "test" / "ids.npy").unlink(), ["ids.npy is missing"]),
+          ("with input_ids cut short", lambda f: os.truncate(f / "train" / "input_ids.npy", 500),
+           ["input_ids.npy cannot be read"]),
+          ("with folds of other rows", lambda f: np.save(f / "train" / "folds.npy", np.zeros(5, np.int16)),
+           ["folds.npy holds (5,)", "(24,)"]),
+          ("with labels beyond its classes", lambda f: np.save(f / "train" / "labels.npy", np.full(24, 7)),
+           ["holds label 7", "2 classes"]),
+      ] for stage, extra in (("train", [*TRAIN, "train.output_dir={t}/ck"]),
+                             ("evaluate", ["eval.data=ds", "eval.run={w}/ck/ds", "eval.output_dir={t}/mp"]))],
+
+    # 11. labels and targets
+    Case("multi-label declared with one label column", "data_process", [*DATA, "data.label_columns=[label]"],
+         ["names one column", "data.label_column=label"], {"t.csv": GOOD_CSV}),
+    Case("a label delimiter that splits nothing into one class", "data_process",
+         [*DATA, "data.label_delimiter=;"], ["only one label", "data.label_delimiter=';' splits none"],
+         {"t.csv": "text,label\n" + "".join(f"text {i},x\n" for i in range(6))}),
+    Case("targets beyond what float32 holds with room", "data_process",
+         [*DATA, "data.task=regression", "data.label_column=score"], ["line 3", "within +-1e30"],
+         {"t.csv": "text,score\na b,1\nc d,3e35\ne f,2\n"}),
+
+    # 12. two writers of one run
+    Case("a dangling link where the run would go", "train",
+         [*TRAIN, "train.run=gone", "train.output_dir={t}/ck", "train.overwrite=true"],
+         ["symbolic link to a missing folder"], setup=lambda w, t: (
+             (t / "ck").mkdir(), os.symlink(t / "nowhere", t / "ck" / "gone"))),
 ]
 
 
@@ -400,7 +531,7 @@ def test_refused_with_one_line_and_nothing_changed(world, stage, tmp_path, case)
 
 
 def test_the_table_covers_every_class_with_enough_cases():
-    assert len(CASES) >= 100
+    assert len(CASES) >= 150
 
 
 # ---------------------------------------------------------------------------- what must work
@@ -626,3 +757,98 @@ def test_evaluate_says_when_the_data_was_made_again_after_training(stage, world,
     result = stage("evaluate", *common)
     assert result.code == 0 and "was made again after this run trained" in result.err, result
     assert json.loads((tmp_path / "mp" / "ds" / "manifest.json").read_text())["data_changed_since_training"] is True
+
+
+# ---------------------------------------------------------------------------- hostile round two, beyond the table
+
+
+def test_a_fold_whose_every_step_was_skipped_fails_instead_of_keeping_an_untrained_model(stage, world, tmp_path):
+    """An adversarial step so large that every loss is non-finite: the fold must not end as trained."""
+    result = stage("train", *world.base, *TRAIN, f"train.output_dir={tmp_path / 'ck'}", "train.adversarial=fgm",
+                   "train.adv_eps=1e38")
+    line = expect_refusal(result, "every one of its", "never trained", "train.adv_eps")
+    assert "3 optimizer step(s)" in line
+    assert not (tmp_path / "ck" / "ds" / "fold0" / "done.json").exists()
+    result = stage("evaluate", *world.base, "data.name=ds", f"eval.run={tmp_path / 'ck' / 'ds'}",
+                   f"eval.output_dir={tmp_path / 'mp'}")
+    expect_refusal(result, "no trained fold")
+
+
+def test_targets_that_partly_collapse_in_float32_and_labels_that_read_as_lists_are_warned_about(stage, world, tmp_path):
+    write(tmp_path / "t.csv", "text,score\n" + "".join(f"t {i},{100000000 + i}\n" for i in range(12)))
+    result = stage("data_process", *world.base, "data.name=new", f"data.output_dir={tmp_path / 'data'}",
+                   f"data.train_file={tmp_path / 't.csv'}", "data.task=regression", "data.label_column=score")
+    assert result.code == 0, result
+    assert "target 'score' has 12 distinct values but float32 (labels.npy) holds" in result.out, result.out
+    write(tmp_path / "m.csv", "text,tags\n" + "".join(f"t {i},{['x;y', 'x', 'y', 'y;z', 'z'][i % 5]}\n"
+                                                       for i in range(15)))
+    result = stage("data_process", *world.base, "data.name=m", f"data.output_dir={tmp_path / 'data'}",
+                   f"data.train_file={tmp_path / 'm.csv'}", "data.label_column=tags")
+    assert result.code == 0, result
+    assert "read as lists of other labels" in result.out and "data.label_delimiter=';'" in result.out, result.out
+
+
+def test_test_rows_repeating_training_texts_are_counted_and_a_group_holdout_off_its_size_is_warned_about(
+        stage, world, tmp_path):
+    write(tmp_path / "t.csv", "text,label,g\n" + "".join(f"text {i},{'ab'[i % 2]},g{i % 3}\n" for i in range(24)))
+    write(tmp_path / "test.csv", "text\ntext 1\ntext 2\nnew text\n")
+    meta = data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}",
+                           f"data.test_file={tmp_path / 'test.csv'}")
+    assert meta["splits"]["test"]["texts_in_train"] == 2 and meta["splits"]["test"]["rows"] == 3
+    result = stage("data_process", *world.base, "data.name=g", f"data.output_dir={tmp_path / 'data'}",
+                   f"data.train_file={tmp_path / 't.csv'}", "data.group_column=g", "data.valid_size=0.1")
+    assert result.code == 0, result
+    assert "valid_size=0.1 asks for 10% of the rows; whole groups of 'g' hold out 8 of 24" in result.out, result.out
+
+
+HOLD = """
+import sys
+from textclf.fileio import OutputLock
+lock = OutputLock()
+lock.take(sys.argv[1], "run", "resume it")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_run_another_process_is_writing_is_neither_overwritten_nor_resumed(stage, world, tmp_path):
+    """Two writers of one run name never mix: while another process holds the run, overwrite,
+    resume and a new run that picked the same name are refused and nothing changes."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = copy_run(world, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(tmp_path)
+        for extra in (["train.overwrite=true"], ["train.resume=auto"], [f"train.resume={run}"]):
+            result = stage("train", *world.base, *TRAIN, f"train.output_dir={tmp_path / 'ck'}", *extra)
+            expect_refusal(result, f"{run} is being written by process {holder.pid}", "two writers")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    result = stage("train", *world.base, *TRAIN, f"train.output_dir={tmp_path / 'ck'}", "train.overwrite=true")
+    assert result.code == 0, result  # the other writer has ended: the run is textclf's to replace
+
+
+def test_overwrite_replaces_a_symbolic_link_never_what_it_points_at(stage, world, tmp_path):
+    symlinked_run(world, tmp_path)
+    kept = snapshot(tmp_path / "elsewhere")
+    result = stage("train", *world.base, *TRAIN, f"train.output_dir={tmp_path / 'ck'}", "train.overwrite=true")
+    assert result.code == 0, result
+    run = tmp_path / "ck" / "ds"
+    assert run.is_dir() and not run.is_symlink() and (run / "fold0" / "done.json").is_file()
+    assert snapshot(tmp_path / "elsewhere") == kept
+    shutil.copytree(world.root / "data" / "ds", tmp_path / "data-elsewhere")
+    (tmp_path / "data").mkdir()
+    os.symlink(tmp_path / "data-elsewhere", tmp_path / "data" / "new")
+    kept = snapshot(tmp_path / "data-elsewhere")
+    write(tmp_path / "t.csv", GOOD_CSV)
+    data_process_ok(stage, world, tmp_path, f"data.train_file={tmp_path / 't.csv'}", "data.overwrite=true")
+    assert not (tmp_path / "data" / "new").is_symlink() and snapshot(tmp_path / "data-elsewhere") == kept
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["new"]  # no link or old folder left behind

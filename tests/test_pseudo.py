@@ -157,14 +157,38 @@ def test_refusals_write_nothing(sets, args, expected):
     assert sorted(p.name for p in (tmp / "data").iterdir()) == before
 
 
+@pytest.mark.parametrize("change, expected", [
+    (dict(weights=[0, 0]), "must be numbers of 0 or more, not all 0"),
+    (dict(weights=[float("nan"), 1]), "must be numbers of 0 or more"),
+    (dict(weights=[-1, 2]), "must be numbers of 0 or more"),
+    (dict(weights=["a", 1]), "must be numbers of 0 or more"),
+    (dict(weights=[1]), "weights [1] for 2 prediction sets"),
+    (dict(method="median"), "blend method 'median' is not one of"),
+    (dict(thresholds=2.0), "must be numbers from 0 to 1"),
+    (dict(thresholds=[0.5, 0.5, 0.2]), "3 threshold(s) for a single_label blend, which takes 1"),
+])
+def test_an_edited_blend_summary_is_refused(sets, tmp_path, change, expected):
+    """Blend weights of 0, NaN or below 0, unknown methods and thresholds that are not
+    probabilities would pseudo-label from nonsense: one line, nothing written."""
+    tmp = sets["tmp"]
+    summary = json.loads((tmp / "subs" / "blend.json").read_text())
+    write(tmp_path / "edited.json", json.dumps({**summary, **change}))
+    before = sorted(p.name for p in (tmp / "data").iterdir())
+    result = _pseudo(sets, "pseudo.name=x", f"pseudo.predictions=[{tmp_path / 'edited.json'}]", "pseudo.threshold=0.5")
+    assert result.code == 2 and expected in result.err, result
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert sorted(p.name for p in (tmp / "data").iterdir()) == before
+
+
 def test_predictions_of_other_rows_are_refused(sets, tmp_path, premodels):
     """A prediction set made on another test file (other rows) cannot label this folder's test rows."""
     tmp = sets["tmp"]
     rows = toy_rows(20, seed=9)
     write(tmp_path / "train.csv", "id,text,label\n" + "".join(f"q{i},{t},{y}\n" for i, (t, y) in enumerate(rows)))
     base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}", "data.name=other"]
+    write(tmp_path / "test.csv", "id,text\n" + "".join(f"q{i},{t} too\n" for i, (t, _) in enumerate(rows)))
     assert run_stage("data_process", *base, f"data.train_file={tmp_path / 'train.csv'}", "data.id_column=id",
-                     f"data.test_file={tmp_path / 'train.csv'}", "data.max_len=32").code == 0
+                     f"data.test_file={tmp_path / 'test.csv'}", "data.max_len=32").code == 0
     result = _pseudo(dict(sets, common=base), "pseudo.name=x", f"pseudo.predictions=[{tmp / 'mp' / 'a'}]",
                      "pseudo.threshold=0.5")
     assert result.code == 2 and "predicted other test rows" in result.err, result

@@ -115,7 +115,7 @@ def test_several_targets_from_label_columns(stage, premodels, tmp_path):
     ("abc", "target 'score' is 'abc', not a number"),
     ("nan", "target 'score' is 'nan'; targets must be finite"),
     ("-inf", "target 'score' is '-inf'; targets must be finite"),
-    ("1e39", "target 'score' is '1e39'; targets must be finite numbers within float32 range"),
+    ("1e39", "target 'score' is '1e39'; targets must be finite numbers within +-1e30"),
     ("", "target 'score' is empty"),
 ])
 def test_bad_targets_are_refused_with_one_line_and_nothing_written(stage, premodels, tmp_path, cell, expected):

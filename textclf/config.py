@@ -111,6 +111,7 @@ WINDOW_AGGREGATES = ("mean", "max", "first_last")
 HEADS = ("cls", "mean", "pooler", "fusion", "last")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 SUBMISSION_OUTPUTS = ("auto", "labels", "probability", "class_probabilities")
+BLEND_METHODS = ("mean", "weighted", "geometric", "rank")
 
 
 @dataclass
@@ -211,6 +212,10 @@ class DataConfig:
              "must be at least one character")
         need(not (self.label_columns and self.label_delimiter), "data.label_delimiter", self.label_delimiter,
              "and data.label_columns are both set; a multi-label file uses one of them")
+        need(self.task == "regression" or not self.label_columns or len(self.label_columns) >= 2,
+             "data.label_columns", self.label_columns, "names one column, but multi-label data has one 0/1 column per "
+             "class (two or more); one label column is single-label: use data.label_column="
+             f"{(self.label_columns or [''])[0]} instead")
         self.check_tokens()
         self.check_folds()
         need(self.chunk_rows >= 1, "data.chunk_rows", self.chunk_rows, "must be at least 1")
@@ -252,6 +257,11 @@ class DataConfig:
         for key_name in ("fold_column", "group_column"):
             need(not (getattr(self, key_name) and self.valid_file), f"data.{key_name}", getattr(self, key_name),
                  "and data.valid_file are both set; folds over train or a valid file, not both")
+        label_columns = set(self.label_columns) if self.label_columns else {self.label_column}
+        for key_name in ("fold_column", "group_column"):
+            need(getattr(self, key_name) not in label_columns, f"data.{key_name}", getattr(self, key_name),
+                 "is a label column; folds taken from the label hold out whole classes, never seen in training: name "
+                 "another column, or drop it for folds stratified by label")
         need(finite(self.valid_size) and 0 < self.valid_size < 1, "data.valid_size", self.valid_size,
              "must be between 0 and 1")
         check_seed(self.seed, "data.seed")
@@ -424,9 +434,9 @@ class TrainConfig:
         need(finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "train.label_smoothing",
              self.label_smoothing, "must be at least 0 and below 1")
         if isinstance(self.class_weights, list):
-            need(self.class_weights and all(finite(w) and w >= 0 for w in self.class_weights)
+            need(self.class_weights and all(finite(w) and 0 <= w <= 1e9 for w in self.class_weights)
                  and sum(self.class_weights) > 0, "train.class_weights", self.class_weights,
-                 "must be non-negative numbers, one per label, not all 0")
+                 "must be numbers from 0 to 1e9 (ratios between classes), one per label, not all 0")
         need(finite(self.huber_delta) and self.huber_delta > 0, "train.huber_delta", self.huber_delta,
              "must be a positive number (in target standard deviations)")
         metrics = ("auto",) + TRAIN_METRICS
@@ -498,9 +508,8 @@ class EnsembleConfig:
 
     name: str = key("submission", "the submission's name: submissions/<name>.csv (and <name>.json)")
     predictions: list[str] = key([], "model_predictions/<run> folders to blend")
-    method: Literal["mean", "weighted", "geometric", "rank"] = key("weighted", "how the sets are blended; weighted: "
-                                                                   "weights searched on the out-of-fold rows; rank: "
-                                                                   "for roc_auc only")
+    method: Literal[BLEND_METHODS] = key("weighted", "how the sets are blended; weighted: weights searched on the "
+                                         "out-of-fold rows; rank: for roc_auc only")
     metric: Literal[("auto",) + BLEND_METRICS] = key("auto", "the competition's metric, which the blend is tuned and "
                                                      "scored by; auto: roc_auc / log_loss for probabilities, else "
                                                      "accuracy (rmse for regression)")

@@ -125,6 +125,7 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
         source_sha256=sha256_file(reader.raw.path),
         rows=n_texts,
         dropped_empty=scan["dropped"],
+        **({"texts_in_train": scan["texts_in_train"]} if "texts_in_train" in scan else {}),
         labelled=reader.labelled,
         padded_width=width,
         length_stats=dict(min=int(lengths.min()), mean=round(float(lengths.mean()), 2), median=float(np.median(lengths)),
@@ -302,21 +303,28 @@ def group_folds(labels, groups, n_folds, valid_size, seed):
 
             parts = list(GroupKFold(n_splits=splits, shuffle=True, random_state=seed)
                          .split(np.zeros(len(keys)), keys, group_index))
-    for k, (_, held) in enumerate(parts):
-        if n_folds >= 2:
+    if n_folds >= 2:
+        for k, (_, held) in enumerate(parts):
             folds[held] = k
-        elif k == 0:
-            folds[held] = 0
+    else:  # the group fold whose size is nearest valid_size (groups are whole, so sizes vary)
+        held = min((held for _, held in parts), key=lambda h: abs(len(h) - valid_size * len(keys)))
+        folds[held] = 0
     return folds, n_groups
 
 
 def group_splits(n_groups, n_folds, valid_size):
-    splits = n_folds if n_folds >= 2 else max(2, int(round(1 / valid_size)))
-    if n_groups < splits:
-        want = f"data.n_folds={n_folds}" if n_folds >= 2 else f"data.valid_size={valid_size} ({splits} group folds)"
-        raise UserError(f"data.group_column: the train file has {n_groups} group(s), fewer than the {splits} folds of "
-                        f"{want}; groups are never split, so use fewer folds (or a larger valid_size)")
-    return splits
+    """How many group folds to draw: K, or for a holdout about 1 / valid_size (as many as there are
+    groups when fewer; the held-out fold is then larger than asked, and data_process says so)."""
+    if n_folds >= 2 and n_groups < n_folds:
+        raise UserError(f"data.group_column: the train file has {n_groups} group(s), fewer than data.n_folds="
+                        f"{n_folds}; groups are never split, so use data.n_folds={n_groups} or fewer"
+                        + (" (at least 2)" if n_groups >= 2 else "") if n_groups >= 2 else
+                        f"data.group_column: the train file has {n_groups} group, and groups are never split, so no "
+                        f"fold can be held out; use a column with several groups, or drop data.group_column")
+    if n_folds < 2 and n_groups < 2:
+        raise UserError(f"data.group_column: the train file has {n_groups} group, and groups are never split, so no "
+                        f"rows can be held out; use a column with several groups, or drop data.group_column")
+    return n_folds if n_folds >= 2 else min(n_groups, max(2, int(round(1 / valid_size))))
 
 
 def check_group_count(groups, cfg):
@@ -440,7 +448,7 @@ def open_tokenizer(config):
     cfg = config.data
     # The tokenizer's own threads do most of the work here (tests and forked workers turn them off).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir)
+    model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir, config.model.trust_remote_code)
     limit = model_max_positions(model_dir)
     if limit and cfg.max_len > limit:
         raise UserError(f"data.max_len={cfg.max_len} is above the limit of model '{config.model.name}' ({limit}); "
@@ -467,10 +475,14 @@ def scan_files(cfg, readers, multi_label):
     scans["train"] = scan_rows(readers["train"], cfg, "train", known)
     label_names = _decide_labels(cfg, scans["train"]["counts"], multi_label)
     if cfg.task == "regression":
-        check_targets_vary(readers["train"], label_names, scans["train"]["target_range"])
-    elif not multi_label and len(label_names) < 2:
-        raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}); "
+        check_targets_vary(readers["train"], label_names, scans["train"]["targets"])
+    elif len(label_names) < 2:
+        how = (f" (data.label_delimiter={cfg.label_delimiter!r} splits none of its label cells: is that the "
+               f"delimiter they use?)" if cfg.label_delimiter else "")
+        raise UserError(f"train file {readers['train'].raw.path} has only one label ({', '.join(label_names)}){how}; "
                         f"a classifier needs at least two")
+    elif not multi_label:
+        warn_label_lists(label_names, readers["train"].raw.path)
     clashes = [] if cfg.task == "regression" else same_number_labels(label_names)
     if clashes:
         a, b = clashes[0]
@@ -487,7 +499,45 @@ def scan_files(cfg, readers, multi_label):
     for split in ("valid", "test"):
         if split in readers:
             scans[split] = scan_rows(readers[split], cfg, split, set(label_names))
+            check_not_train_rows(scans, split, readers)
     return scans, label_names
+
+
+def warn_label_lists(label_names, path):
+    """Single-label names that read as lists of other labels ('a;b' beside 'a' and 'b') are likely
+    multi-label data read without data.label_delimiter: each list would be a class of its own."""
+    for delimiter in (";", "|", ",", "/"):
+        parts = [[p.strip() for p in name.split(delimiter)] for name in label_names if delimiter in name]
+        singles = set(label_names) | {p for ps in parts for p in ps if sum(p in qs for qs in parts) > 1}
+        lists = [name for name, ps in zip([n for n in label_names if delimiter in n], parts)
+                 if all(p in singles for p in ps)]
+        if lists:
+            print(f"data_process: warning: {len(lists)} label(s) of {path.name} read as lists of other labels (e.g. "
+                  f"{lists[0]!r}), each now a class of its own; for multi-label data set "
+                  f"data.label_delimiter={delimiter!r}", flush=True)
+            return
+
+
+def check_not_train_rows(scans, split, readers):
+    """A valid or test file that is the train file (or a copy) would score memorised rows: refused.
+    Some repeated texts are counted, warned about and kept in meta.json (texts_in_train)."""
+    scan = scans[split]
+    repeated = int(np.isin(scan["texts"], scans["train"]["texts"]).sum())
+    scan["texts_in_train"] = repeated
+    path = readers[split].raw.path
+    # a valid file of training rows scores memorised rows; a test file is refused only when it is the train
+    # file (or a copy of it): a few training texts predicted on purpose are a warning
+    copy = split == "valid" or bool(np.isin(scans["train"]["texts"], scan["texts"]).all())
+    if repeated == scan["rows"] and copy:
+        use = ("drop data.valid_file to hold out part of train" if split == "valid" else
+               "predict the training rows with evaluate.py eval.splits=[train] instead")
+        raise UserError(f"every row of the {split} file {path} is also a row of the train file (the same text), so its "
+                        f"scores would be those of rows the model trained on; give a {split} file of other rows, or "
+                        f"{use}")
+    if repeated:
+        print(f"data_process: warning: {repeated} of {scan['rows']} rows of the {split} file {path.name} repeat a text "
+              f"of the train file; their scores flatter the model (meta.json splits.{split}.texts_in_train)",
+              flush=True)
 
 
 def cut_text(stats):
@@ -518,7 +568,14 @@ def write_folds(tmp, cfg, scan):
         folds = assign_folds(labels, cfg.n_folds, cfg.valid_size, cfg.seed)
         n_folds = max(cfg.n_folds, 1)
         extra = dict(source="drawn")
+    check_folds_not_label(folds, labels, cfg, n_folds, extra["source"])
     held_out = int((folds == 0).sum())
+    if extra["source"] == "group_column" and n_folds == 1 and abs(held_out / len(folds) - cfg.valid_size) > \
+            cfg.valid_size / 2:
+        print(f"data_process: warning: data.valid_size={cfg.valid_size:g} asks for {cfg.valid_size:.0%} of the rows; "
+              f"whole groups of '{cfg.group_column}' hold out {held_out} of {len(folds)} "
+              f"({held_out / len(folds):.0%}): "
+              f"the groups are few or uneven (use data.n_folds for K group folds)", flush=True)
     if held_out == 0 or (n_folds == 1 and held_out == len(folds)):
         raise UserError(f"data.valid_size={cfg.valid_size} holds out {held_out} of {len(folds)} train rows; a "
                         f"validation split needs rows on both sides: add rows, change data.valid_size, or "
@@ -530,15 +587,40 @@ def write_folds(tmp, cfg, scan):
                 sizes=[int((folds == k).sum()) for k in range(n_folds)], **extra)
 
 
+def check_folds_not_label(folds, labels, cfg, n_folds, source):
+    """Folds that follow the label (a fold or group column that is the label by another name) hold
+    out whole classes: each validation fold scores a class its training rows never show."""
+    if source == "drawn" or cfg.task == "regression" or labels.ndim != 1:
+        return
+    classes = [np.unique(labels[folds == k]) for k in range(n_folds)]
+    if len(np.unique(labels[folds >= -1])) > 1 and all(len(c) == 1 for c in classes):
+        column = cfg.fold_column or cfg.group_column
+        key_name = "data.fold_column" if cfg.fold_column else "data.group_column"
+        what = "every fold holds" if n_folds >= 2 else "the held-out rows hold"
+        raise UserError(f"{key_name} '{column}' follows the label: {what} one class only, so validation scores a "
+                        f"class training never sees; name another column, or drop {key_name} for folds stratified "
+                        f"by label")
+
+
 def reader_columns(reader, cfg):
     """The columns the text comes from: data.template's fields, or data.text_columns."""
     return reader.template_fields if reader.template_fields is not None else cfg.text_columns
 
 
-def check_targets_vary(reader, names, target_range):
-    """A regression target with one value on every train row cannot be learned (nor standardised)."""
-    low, high = target_range
-    for name, a, b in zip(names, low, high):
-        if np.float32(a) == np.float32(b):  # labels.npy holds float32: 1.0 and 1.000000001 are one value there
-            raise UserError(f"train file {reader.raw.path}: target '{name}' is {a:g} on every row; a regression "
-                            f"target must vary: check data.label_column / data.label_columns")
+def check_targets_vary(reader, names, targets):
+    """A regression target with one value on every train row cannot be learned (nor standardised);
+    labels.npy holds float32, so values that differ only below float32's precision are one value
+    there (all of them: refused; some: a warning)."""
+    for name, column in zip(names, targets.T):
+        exact, stored = np.unique(column), np.unique(column.astype(np.float32))
+        low, high = column.min(), column.max()
+        shift = f"subtract an offset (e.g. {low:.10g}) or rescale the column, and predict that"
+        if len(stored) == 1:
+            if len(exact) == 1:
+                raise UserError(f"train file {reader.raw.path}: target '{name}' is {low:g} on every row; a regression "
+                                f"target must vary: check data.label_column / data.label_columns")
+            raise UserError(f"train file {reader.raw.path}: target '{name}' varies only from {low:.10g} to "
+                            f"{high:.10g}, which float32 (labels.npy) holds as one value; {shift}")
+        if len(stored) < len(exact):
+            print(f"data_process: warning: target '{name}' has {len(exact)} distinct values but float32 (labels.npy) "
+                  f"holds {len(stored)}: differences below float32's precision are lost; {shift}", flush=True)

@@ -25,7 +25,52 @@ def load_meta(data_dir):
     meta = load_json(path, "a data_process meta.json", fix, {"format_version": int})
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"{path} was written by another version of textclf; {fix}")
-    return load_json(path, "a data_process meta.json", fix, META_KEYS)
+    meta = load_json(path, "a data_process meta.json", fix, META_KEYS)
+    check_arrays(Path(data_dir), meta)
+    return meta
+
+
+def check_arrays(data_dir, meta):
+    """Every array meta.json promises is there, readable and of the rows and width it records
+    (a folder copied in part, or a file cut short, is refused here, not as a crash mid-run)."""
+    fix = (f"run data_process.py again (data.name={meta['name']} data.overwrite=true), or copy the whole "
+           f"folder {data_dir}")
+    n_classes = len(meta["label_names"])
+    for split, entry in meta["splits"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("rows"), int):
+            raise UserError(f"{data_dir / 'meta.json'} has no row count for split {split!r}; {fix}")
+        texts, windows = entry["rows"], entry.get("windows", entry["rows"])
+        width = entry.get("padded_width")
+        expect = {name: (windows, width) for name in ("input_ids", "attention_mask", "token_type_ids")}
+        expect.update(lengths=(windows,), ids=(texts,))
+        if "windows" in entry:
+            expect["window_doc"] = (windows,)
+        if entry.get("labelled"):
+            expect["labels"] = (texts,) if meta["problem_type"] == "single_label" else (texts, n_classes)
+        if split == "train" and meta["folds"].get("mode") != "valid_file":
+            expect["folds"] = (texts,)
+        for name, shape in expect.items():
+            array = _open_array(data_dir / split / f"{name}.npy", fix)
+            if len(array.shape) != len(shape) or any(s is not None and s != n for s, n in zip(shape, array.shape)):
+                raise UserError(f"{data_dir / split / f'{name}.npy'} holds {array.shape} but meta.json records "
+                                f"{shape} for the {split} split (a file replaced or cut short); {fix}")
+        if "labels" in expect and meta["problem_type"] == "single_label":
+            labels = np.load(data_dir / split / "labels.npy")
+            if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+                raise UserError(f"{data_dir / split / 'labels.npy'} holds label {int(labels.max())} but meta.json "
+                                f"names {n_classes} classes; {fix}")
+    only = data_dir / "train" / "only_fold.npy"
+    if only.exists() and _open_array(only, fix).shape != (meta["splits"]["train"]["rows"],):
+        raise UserError(f"{only} does not hold one entry per train row; {fix}")
+
+
+def _open_array(path, fix):
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {fix}")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); {fix}") from None
 
 
 def check_data_keys(config, meta, data_dir, may_differ=()):

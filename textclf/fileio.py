@@ -61,11 +61,23 @@ def replace_own_output(path, kind, key):
     """Remove `path` for `overwrite=true`, only if textclf made it as a `kind`; else refuse."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link to a missing folder; remove the link, or choose another name")
         return
     if not path.is_dir() or not made_by_textclf(path, kind):
         raise UserError(f"{path} exists and was not made by textclf as a {kind} folder, so {key}=true will not "
                         f"replace it; choose another name, or move it away yourself")
-    shutil.rmtree(path)
+    remove_path(path)
+
+
+def remove_path(path):
+    """Remove a file or folder; a symbolic link is removed itself, never what it points at (which
+    may lie outside the output folder)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
 
 
 def _alive(pid):
@@ -125,7 +137,8 @@ def atomic_dir(final_path, replace=False):
             old = final_path.parent / f".{final_path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(final_path, old)
             os.rename(tmp, final_path)
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_path(old)
         else:
             os.rename(tmp, final_path)
         (final_path / _OWNER).unlink(missing_ok=True)  # in place: no longer anyone's work in progress
@@ -246,3 +259,59 @@ def folder_bytes(path):
     if path.is_symlink() or path.is_file():
         return path.lstat().st_size
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+class OutputLock:
+    """One writer per output folder: an exclusive lock (flock) held while a process writes it, so
+    that a second writer of the same folder (an overwrite, a resume, a new run that picked the same
+    name) is refused instead of mixing its files in. The lock file lives in this user's temporary
+    folder, keyed by the output's path, so that nothing is written beside the outputs; the
+    operating system drops the lock when its process ends, however it ends. Without fcntl
+    (Windows) there is no lock."""
+
+    def __init__(self):
+        self._handle = None
+
+    def take(self, output, what, then):
+        """Lock `output` (a folder path) for this process; refuse if another process holds it (`then`:
+        what to do once it has ended)."""
+        try:
+            import fcntl
+        except ImportError:
+            return
+        import tempfile
+
+        output = Path(output).absolute()
+        where = str(output.parent.resolve() / output.name)
+        folder = Path(tempfile.gettempdir()) / f"textclf-locks-{os.getuid()}"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            name = f"{hashlib.sha256(where.encode()).hexdigest()[:20]}.lock"
+            handle = open(folder / name, "a+", encoding="utf-8")
+        except OSError as err:
+            raise UserError(_explain_os_error(err, folder)) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{output} is being written by {holder}; two writers of one {what} would mix their "
+                            f"files: wait until it ends (or stop it), then {then}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self.release()
+        self._handle = handle
+
+    def release(self):
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the lock
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

@@ -34,7 +34,16 @@ def check(model_cfg, encoder_config):
 
     with torch.device("meta"):
         backbone = AutoModel.from_config(encoder_config, trust_remote_code=model_cfg.trust_remote_code)
-        add(backbone, dict(model_cfg.lora, quantize=None))
+        adapted = add(backbone, dict(model_cfg.lora, quantize=None))
+    r = model_cfg.lora["r"]
+    widths = {name: min(m.in_features, m.out_features) for name, m in adapted.named_modules()
+              if hasattr(m, "lora_A") and isinstance(getattr(m, "in_features", None), int)}
+    if widths and r > min(widths.values()):
+        name = min(widths, key=widths.get)
+        raise UserError(f"config key model.lora.r: {r} is more than the width of {name.split('.')[-1]} "
+                        f"({widths[name]}), which an adapter's rank cannot exceed (a rank that high is no longer "
+                        f"low-rank); use model.lora.r={min(widths[name], 8)} or another value of at most "
+                        f"{widths[name]}")
 
 
 def add(backbone, lora):

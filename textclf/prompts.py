@@ -63,7 +63,10 @@ def fit_row(backend, template, fields, values, ids, budget, cut):
         field = field_to_cut(backend, values, cut.field)
         if field is None:  # every field is empty: the template alone is too long
             break
-        values[field] = cut_text(backend, values[field], excess, cut)
+        text, more = values[field], excess
+        while values[field] == text and text:  # a character of several tokens (byte-level BPE) goes whole
+            text, more = cut_text(backend, values[field], more, cut), more + 1
+        values[field] = text
         ids = backend.encode(fill_template(template, values, fields), add_special_tokens=False).ids
     return ids[:budget]
 

@@ -36,12 +36,13 @@ are transductive (the test texts were trained on, with predicted labels).
 import dataclasses
 import datetime
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .config import parse_args, resolve_path
+from .config import BLEND_METHODS, parse_args, resolve_path
 from .datadir import load_meta
 from .errors import UserError, run_cli
 from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, made_by_textclf, remove_dead_temporaries,
@@ -65,11 +66,23 @@ def read_predictions(paths):
         summary = load_json(path, "an ensemble summary", fix, {"predictions": list, "method": str})
         sets = [load_set(p) for p in summary["predictions"]]
         weights = summary.get("weights") or [1.0] * len(sets)
-        if len(weights) != len(sets):
-            raise UserError(f"{path} has {len(weights)} weights for {len(sets)} prediction sets; {fix}")
+        if not isinstance(weights, list) or len(weights) != len(sets):
+            raise UserError(f"{path} has weights {str(weights)[:60]} for {len(sets)} prediction sets; {fix}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                   for w in weights) or sum(weights) <= 0:
+            raise UserError(f"{path}: the blend weights {str(weights)[:60]} must be numbers of 0 or more, not all 0; "
+                            f"{fix}")
+        if summary["method"] not in BLEND_METHODS:
+            raise UserError(f"{path}: blend method {summary['method']!r} is not one of {', '.join(BLEND_METHODS)}; "
+                            f"{fix}")
         method, source = summary["method"], dict(summary=str(path), summary_sha256=sha256_file(path))
-        if summary.get("thresholds") is not None:  # the submission's tuned decision thresholds decide the labels too
-            source["thresholds"] = summary["thresholds"]
+        thresholds = summary.get("thresholds")
+        if thresholds is not None:  # the submission's tuned decision thresholds decide the labels too
+            flat = thresholds if isinstance(thresholds, list) else [thresholds]
+            if not flat or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
+                                   for t in flat):
+                raise UserError(f"{path}: thresholds {str(thresholds)[:60]} must be numbers from 0 to 1; {fix}")
+            source["thresholds"] = thresholds
     else:
         for p in paths:
             if str(p).endswith(".json"):
@@ -167,6 +180,14 @@ def run(config):
     check_sets(sets, "test")
     test_ids = check_inputs(cfg, meta, source_dir, sets)
     problem = problem_type(sets[0][1]["problem_type"])
+    thresholds = source.get("thresholds")
+    want = len(sets[0][1]["label_names"]) if problem.multi_label else 1
+    if thresholds is not None and len(np.atleast_1d(thresholds)) != want:
+        raise UserError(f"{source['summary']}: {len(np.atleast_1d(thresholds))} threshold(s) for a "
+                        f"{problem.name} blend, which takes {want}; pass the .json that ensemble_and_submit.py wrote "
+                        f"beside its submission")
+    if thresholds is not None and not problem.multi_label:
+        source["thresholds"] = float(np.atleast_1d(thresholds)[0])
 
     train = source_dir / "train"
     original = np.arange(meta["splits"]["train"]["rows"])

@@ -383,14 +383,16 @@ class RowReader:
                 raise UserError(f"{self.where(line)}: target '{name}' is {text[:40]!r}, not a number; data.task="
                                 f"regression needs numbers (fix the cell, or use data.task=classification for "
                                 f"class labels)")
-            if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+            if not math.isfinite(number) or abs(number) > TARGET_MAX:
                 raise UserError(f"{self.where(line)}: target '{name}' is {text[:40]!r}; targets must be finite numbers "
-                                f"within float32 range (+-3.4e38): fix the cell or remove the row")
+                                f"within +-1e30 (labels.npy holds float32, whose range of +-3.4e38 must also hold "
+                                f"predictions and errors around them): fix the cell, or rescale the column (a log, a "
+                                f"unit) and predict that")
             out.append(number)
         return out
 
 
-_FLOAT32_MAX = 3.4028234663852886e38
+TARGET_MAX = 1e30  # |target| at most: float32 (+-3.4e38) must hold predictions and errors too
 
 
 # ---------------------------------------------------------------------------- every row checked (data_process's first pass)
@@ -400,18 +402,18 @@ def scan_rows(reader, cfg, split, known_labels):
     """Validate every row; return counts, label frequencies (regression: each target's lowest and
     highest value) and the longest id."""
     rows = dropped = 0
-    low = high = None
+    targets = []  # regression: each row's targets, float64 as read (checked against float32 in data.py)
     given_folds, groups = [], []  # train with data.fold_column / data.group_column
     counts = Counter()
     id_len = 1
     hashes, pending = [], []
+    texts, pending_texts = [], []  # a hash of each row's text, to find rows that repeat the train file's
     # a test (or eval.input) file's label column may be a blank placeholder (every cell empty): unlabelled
     placeholder = split in ("test", "input") and reader.labelled
     blank_lines = []
     for row_number, (line, values) in enumerate(reader.raw.rows()):
         text = reader.text(values, line)
-        if reader.pair_idx is not None:
-            reader.pair(values, line)  # a pair that is not text is refused here, in pass 1
+        pair = reader.pair(values, line) if reader.pair_idx is not None else None  # refused here when not text
         if not text:
             if cfg.drop_empty:
                 dropped += 1
@@ -425,15 +427,15 @@ def scan_rows(reader, cfg, split, known_labels):
             raise UserError(f"{reader.where(line)}: the id ('{cfg.id_column}') is empty; every row needs an id")
         id_len = max(id_len, len(row_id))
         pending.append(hash(row_id))
+        pending_texts.append(hash((text, pair)))
         if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
             hashes.append(np.asarray(pending, dtype=np.int64))
-            pending = []
+            texts.append(np.asarray(pending_texts, dtype=np.int64))
+            pending, pending_texts = [], []
         if placeholder and reader.label_cells_blank(values):
             blank_lines.append(line)
         elif reader.labelled and cfg.task == "regression":
-            numbers = reader.targets(values, line)  # refused here, in pass 1, when not a finite number
-            low = numbers if low is None else [min(a, b) for a, b in zip(low, numbers)]
-            high = numbers if high is None else [max(a, b) for a, b in zip(high, numbers)]
+            targets.append(reader.targets(values, line))  # refused here, in pass 1, when not a finite number
         elif reader.labelled:
             labels = reader.labels(values, line)
             for name in labels if isinstance(labels, list) else [labels]:
@@ -445,7 +447,7 @@ def scan_rows(reader, cfg, split, known_labels):
         if reader.group_idx is not None:
             groups.append(stable_hash(reader.group(values, line)))
         rows += 1
-    if blank_lines and (len(blank_lines) < rows or counts or low is not None):
+    if blank_lines and (len(blank_lines) < rows or counts or targets):
         raise UserError(f"{reader.where(blank_lines[0])}: the label is empty while other rows of the {split} file "
                         f"have labels; give every row its label, or leave the whole label column blank (unlabelled)")
     if blank_lines:
@@ -454,7 +456,9 @@ def scan_rows(reader, cfg, split, known_labels):
         raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
     hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
     _check_duplicate_ids(reader, cfg, hashes)
-    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len, target_range=(low, high),
+    return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len,
+                targets=np.asarray(targets, dtype=np.float64) if targets else None,  # (rows, targets) as read
+                texts=np.concatenate(texts + [np.asarray(pending_texts, dtype=np.int64)]),
                 given_folds=np.asarray(given_folds, dtype=np.int16) if reader.fold_idx is not None else None,
                 groups=np.asarray(groups, dtype=np.int64) if reader.group_idx is not None else None)
 

@@ -111,8 +111,14 @@ def plan(sample, label_names, problem, metric="auto", output="auto", label_forma
                       [label_names.index(c) for c in columns], clip=clip), metric
     fmt = label_format if not sample else sample_label_format(sample.examples(), label_names, label_format)
     fmt = "name" if fmt == "auto" else fmt
+    delimiter = delimiter or " "
+    joined = [n for n in label_names if delimiter in n] if problem.multi_label and fmt == "name" else []
+    if joined:  # "a b" joined with " " would read back as two labels
+        raise UserError(f"label {joined[0]!r} holds {delimiter!r}, which joins a row's labels in one column, so the "
+                        f"submission could not be read back; write one 0/1 column per class (a sample submission "
+                        f"with a column per class), or class numbers (ensemble.label_format=index)")
     return Layout("labels", sample.header if sample else ["id", "label"], label_format=fmt,
-                  delimiter=delimiter or " "), metric
+                  delimiter=delimiter), metric
 
 
 def auto_kind(sample, label_names, problem, metric):

@@ -15,6 +15,7 @@ it resumes, is in checkpoint.py.
 
 import datetime
 import math
+import os
 import random
 import shutil
 import signal
@@ -28,8 +29,8 @@ from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, dro
                          load_weights, merge_oof, named_state, read_log, resume_state_dir, sharding, write_fold_oof)
 from .console import say, shown
 from .errors import UserError
-from .fileio import (atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output, write_json,
-                     write_marker)
+from .fileio import (OutputLock, atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output,
+                     write_json, write_marker)
 from .loader import LengthGroupedBatches, SortedBatches, SplitArrays, Windows, make_loader
 from .loop import Fold, Job, StopRequest, fit, score
 from .metrics import compute, report
@@ -47,7 +48,13 @@ from .trackers import accelerator_kwargs as tracker_kwargs, flat as flat_config
 
 def run(config):
     """Train every requested fold; return the run folder. Everything that can be checked is
-    checked before the run folder is made."""
+    checked before the run folder is made, and the run is locked (fileio.OutputLock) for as long
+    as this process trains it."""
+    with OutputLock() as lock:
+        return _run(config, lock)
+
+
+def _run(config, lock):
     started = time.time()
     train_cfg = config.train
     replaced = []  # keys a resumed run takes from its config.yaml, not from the config file
@@ -57,6 +64,8 @@ def run(config):
     plan = preflight.check(config)
     # Every process picks the same folder before the main process creates it.
     run_dir, resuming = choose_run_dir(train_cfg, config.data.name, train_cfg.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # the process that writes the run's files (before the Accelerator)
+        lock.take(run_dir, "run", "resume it" if resuming else "run again, or choose another train.run now")
     recorded = None  # the precision a resumed run trains in
     if resuming:
         check_resume_path(train_cfg.resume, run_dir, plan.fold_numbers)
@@ -316,6 +325,12 @@ def finish_fold(job, fold, state):
     from safetensors.torch import load_file
 
     accelerator = job.accelerator
+    if state.step and state.nonfinite_total >= state.step:  # best/ would be the untrained model
+        raise UserError(f"fold {fold.index}: every one of its {state.step} optimizer step(s) was skipped for a "
+                        f"non-finite loss or gradient, so its weights never trained; lower train.lr"
+                        + (", lower train.adv_eps (or train.adversarial=none)"
+                           if job.config.train.adversarial != "none" else "")
+                        + ", use train.precision=no, or check the data and the model's weights")
     accelerator.wait_for_everyone()
     load_weights(accelerator, fold.model, load_file(str(fold.dir / "best" / "model.safetensors")))
     results, probs = score(job, fold)
