@@ -179,7 +179,7 @@ def test_resume_from_truncated_weights(stage, trained, tmp_path):
 
 def test_evaluate_a_missing_run(stage, trained, tmp_path):
     result = stage("evaluate", *trained["base"], f"eval.run={tmp_path / 'nope'}", f"eval.output_dir={tmp_path / 'mp'}")
-    expect_refusal(result, "no such folder", "eval.run=checkpoints/<run>")
+    expect_refusal(result, "no such folder", "pass the run's folder, e.g. eval.run=")
     assert not (tmp_path / "mp").exists()
 
 

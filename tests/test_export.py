@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT, run_stage, write
 from test_train import toy_rows
@@ -212,3 +213,29 @@ def test_int8_check_of_a_fold_mean_scores_each_row_out_of_fold(toy_run, tmp_path
     mean = predictor(toy_run / "ck" / "two").predict([t for t, _ in toy_rows(48)])["probs"]
     labels = np.load(toy_run / "ck" / "two" / "oof" / "labels.npy")
     assert abs(float((mean.argmax(1) == labels).mean()) - oof) > 1 / 48
+
+
+@pytest.fixture(scope="module")
+def onnx_export(toy_run):
+    out = toy_run / "onnx-any-text"
+    export.export(toy_run / "ck" / "two", "onnx", out)
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=200), min_size=1, max_size=6))
+def test_any_texts_get_the_same_answer_from_the_onnx_export_and_the_predictor(toy_run, onnx_export, texts):
+    """Export: whatever the texts (empty, invisible, long enough to be cut, any script), the
+    torch-free ONNX predictor gives the Predictor's probabilities, or both refuse them alike."""
+    from textclf.onnx_predict import OnnxPredictor
+
+    outcomes = []
+    for make in (lambda: predictor(toy_run / "ck" / "two"), lambda: OnnxPredictor.from_export(onnx_export)):
+        try:
+            outcomes.append(make().predict(texts)["probs"])
+        except UserError as err:
+            outcomes.append(str(err).split(":")[0])
+    if isinstance(outcomes[0], str) or isinstance(outcomes[1], str):
+        assert isinstance(outcomes[0], str) and isinstance(outcomes[1], str), outcomes
+    else:
+        np.testing.assert_allclose(outcomes[1], outcomes[0], atol=1e-4)

@@ -509,7 +509,35 @@ CASES = [
          [*DATA, "data.task=regression", "data.label_column=score"], ["line 3", "within +-1e30"],
          {"t.csv": "text,score\na b,1\nc d,3e35\ne f,2\n"}),
 
-    # 12. two writers of one run
+    # 12. refusals that name the right cause and advise a value that works
+    Case("a template read through sliding windows", "data_process",
+         [*DATA, "data.template=t: {{text}} answer:", "data.window_stride=4", "data.max_len=16"],
+         ["data.window_stride", "data.template's own words"], {"t.csv": GOOD_CSV}),
+    Case("a split the data does not have, asked for by name", "evaluate",
+         ["data.name=ds2", "eval.run={w}/ck/ds2", "eval.splits=[test]", "eval.output_dir={t}/mp"],
+         ["ds2 has no test split (its splits: train)", "eval.splits=[train]"]),
+    Case("a semicolon delimiter on a comma file", "data_process", [*DATA, "data.delimiter=;"],
+         ["comma-separated", "set data.delimiter=','"], {"t.csv": GOOD_CSV}),
+    Case("eval.run as a bare run name", "evaluate", ["data.name=ds", "eval.run=ds"],
+         ["no such folder", "world0/ck/ds"]),
+    Case("eval.input that does not exist", "evaluate", ["data.name=ds", "eval.run={w}/ck/ds", "eval.input={t}/no.csv"],
+         ["not found; check eval.input"]),
+    Case("a model path that does not exist", "data_process", [*DATA, "model.name={t}/nowhere"],
+         ["does not exist; check model.name"], {"t.csv": GOOD_CSV}),
+    Case("more folds than rows and groups", "data_process", [*DATA, "data.group_column=g", "data.n_folds=20"],
+         ["3 group(s)", "data.n_folds=3 or fewer"],
+         {"t.csv": "text,label,g\n" + "".join(f"text {i},{'ab'[i % 2]},g{i % 3}\n" for i in range(12))}),
+    Case("a sample whose id column is not first", "ensemble_and_submit",
+         ["ensemble.predictions=[{w}/mp/ds]", "ensemble.sample_submission={t}/s.csv"], ["id column 'id'", "front"],
+         {"s.csv": "label,id\n" + "".join(f"a,t{i}\n" for i in range(6))}),
+    Case("a one-column-per-label sample for labels of one class per row", "ensemble_and_submit",
+         ["ensemble.predictions=[{w}/mp/ds]", "ensemble.sample_submission={t}/s.csv", "ensemble.output=labels"],
+         ["ensemble.output=class_probabilities"], {"s.csv": "id,a,b\n" + "".join(f"t{i},0,1\n" for i in range(6))}),
+    Case("roc_auc for four classes", "ensemble_and_submit",
+         ["ensemble.predictions=[{w}/mp/ag]", "ensemble.metric=roc_auc", "ensemble.method=rank"],
+         ["scores two classes", "log_loss", "ensemble.method=weighted"]),
+
+    # 13. two writers of one run
     Case("a dangling link where the run would go", "train",
          [*TRAIN, "train.run=gone", "train.output_dir={t}/ck", "train.overwrite=true"],
          ["symbolic link to a missing folder"], setup=lambda w, t: (

@@ -89,6 +89,20 @@ def test_texts_read_as_windows_are_not_called_truncated(stage, premodels, tmp_pa
     stats = json.loads((tmp_path / "data" / "w" / "meta.json").read_text())["splits"]["train"]["length_stats"]
     assert stats["truncated_rows"] == 0 and stats["texts_in_several_windows"] == 5
     assert "5 text(s) read as several windows (none truncated)" in result.out and "truncated 5" not in result.out
+    # data.max_windows keeps the first and last windows: what lies between them is lost, and said so
+    result = stage("data_process", f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}",
+                   "data.name=w2", f"data.train_file={tmp_path / 'w.csv'}", "data.max_len=16", "data.window_stride=8",
+                   "data.max_windows=2")
+    assert result.code == 0, result
+    stats = json.loads((tmp_path / "data" / "w2" / "meta.json").read_text())["splits"]["train"]["length_stats"]
+    budget = 16 - 2  # [CLS] and [SEP]
+    from textclf.premodels import load_tokenizer
+
+    tokenizer = load_tokenizer(premodels("bert"))
+    sizes = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t, _ in rows]
+    want = [max(n - 2 * budget, 0) for n in sizes]  # the first and the last window keep 2 budgets of tokens
+    assert stats["truncated_rows"] == sum(w > 0 for w in want) and stats["cut_tokens"]["max"] == max(want)
+    assert "lost tokens between the windows data.max_windows keeps" in result.out
 
 
 def test_the_readmes_wheel_builds_work_offline():

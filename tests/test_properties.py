@@ -356,7 +356,7 @@ def test_ema_follows_every_step_that_moved_the_weights(steps, decay):
             want = decay * want + (1 - decay) * value if moved else value
             moved = True
         after_step(average, state)
-    assert float(average.model.module.weight) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert float(average.model.module.weight.detach()) == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 LORA_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 70), st.floats(allow_nan=True), TEXT,
@@ -401,3 +401,36 @@ def test_two_writers_of_one_run_never_both_hold_it(first, second):
         with OutputLock() as again:  # released: the next writer takes it
             again.take(a, "run", "resume it")
         assert list(Path(tmp).iterdir()) == []
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["fgm", "awp"]), eps=st.floats(1e-4, 10), adv_lr=st.floats(0.01, 2),
+       seed=st.integers(0, 2 ** 16), weight=st.sampled_from([1.0, 0.5]))
+def test_an_adversarial_pass_restores_every_weight_exactly(premodels, kind, eps, adv_lr, seed, weight):
+    """Adversarial training: after the clean and the perturbed pass every weight is bit-for-bit
+    what it was, and the gradient is the clean one plus a finite adversarial one."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from textclf.adversarial import backward, make_adversary
+    from textclf.model import HeadConfig, build_classifier
+
+    torch.manual_seed(seed)
+    model = build_classifier(premodels("bert"), HeadConfig(n_outputs=2))
+    model.eval()  # no dropout: the clean pass can be replayed
+    batch = {"input_ids": torch.randint(5, 200, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long),
+             "token_type_ids": torch.zeros(3, 7, dtype=torch.long), "labels": torch.tensor([0, 1, 1])}
+    loss_fn = torch.nn.functional.cross_entropy
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    accelerator = SimpleNamespace(no_sync=lambda m: contextlib.nullcontext(), backward=lambda loss: loss.backward())
+    adversary = make_adversary(model, SimpleNamespace(adversarial=kind, adv_eps=eps, adv_lr=adv_lr))
+    backward(adversary, accelerator, model, loss_fn, batch, weight)
+    total = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model.zero_grad()
+    (loss_fn(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"])
+     * weight).backward()
+    clean = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert set(total) == set(clean) and all(torch.isfinite(total[k] - clean[k]).all() for k in total)

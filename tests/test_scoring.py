@@ -48,6 +48,35 @@ def test_a_labelled_input_file_is_scored(stage, run, tmp_path):
     assert manifest["metrics"]["accuracy"] == pytest.approx(got) and (out / "report.txt").is_file()
 
 
+def test_a_later_file_is_read_with_the_runs_columns(stage, premodels, tmp_path):
+    """A run made with data.id_column / data.label_column / data.text_columns of its own reads a
+    later file of the same layout by them, without repeating them on evaluate's command line; a
+    file whose text column is named otherwise is refused with advice that works."""
+    rows = toy_rows(24)
+    write(tmp_path / "train.csv", "rid,body,y\n" + "".join(f"r{i},{t},{LABELS[l]}\n" for i, (t, l) in enumerate(rows)))
+    write(tmp_path / "later.csv", "rid,body,y\n" + "".join(f"x{i},{t} too,{LABELS[l]}\n"
+                                                         for i, (t, l) in enumerate(rows[:6])))
+    base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'data'}", "data.name=own",
+            f"train.output_dir={tmp_path / 'ck'}", "train.precision=no", "eval.precision=no"]
+    assert stage("data_process", *base, f"data.train_file={tmp_path / 'train.csv'}", "data.id_column=rid",
+                 "data.label_column=y", "data.text_columns=[body]").code == 0
+    assert stage("train", *base, "train.epochs=1", "train.batch_size=8").code == 0
+    result = stage("evaluate", *base, f"eval.run={tmp_path / 'ck' / 'own'}", f"eval.input={tmp_path / 'later.csv'}",
+                   f"eval.output_dir={tmp_path / 'mp'}")
+    assert result.code == 0, result
+    out = tmp_path / "mp" / "own-texts"
+    assert [r["id"] for r in csv.DictReader((out / "predictions.csv").open())] == [f"x{i}" for i in range(6)]
+    assert json.loads((out / "manifest.json").read_text())["labelled"]
+    write(tmp_path / "renamed.csv", "rid,text,y\nq1,some words,pos\n")
+    result = stage("evaluate", *base, f"eval.run={tmp_path / 'ck' / 'own'}", f"eval.input={tmp_path / 'renamed.csv'}",
+                   f"eval.output_dir={tmp_path / 'mp'}")
+    assert result.code == 2 and "name the file's column 'body'" in result.err, result
+    write(tmp_path / "renamed.csv", "rid,body,y\nq1,some words,pos\n")  # following the advice
+    result = stage("evaluate", *base, f"eval.run={tmp_path / 'ck' / 'own'}", f"eval.input={tmp_path / 'renamed.csv'}",
+                   f"eval.output_dir={tmp_path / 'mp'}")
+    assert result.code == 0, result
+
+
 def test_labels_that_are_not_the_runs_are_predicted_unscored_or_refused_on_request(stage, run, tmp_path):
     write(tmp_path / "junk.csv", "id,text,label\n1,good fun,maybe\n2,bad dull,neg\n")
     result = stage("evaluate", *run["base"], f"eval.run={run['run']}", f"eval.input={tmp_path / 'junk.csv'}",
@@ -90,14 +119,19 @@ def test_a_set_tokenized_otherwise_is_refused_with_a_command_that_works(stage, r
     base = [a for a in run["base"] if not a.startswith("data.max_len")]  # the arrays say it
     result = stage("evaluate", *base, f"eval.run={run['run']}", "eval.data=wide", f"eval.output_dir={tmp_path}")
     assert result.code == 2 and "max_len 32 (the run: 24)" in result.err and not tmp_path.joinpath("toy-wide").exists()
-    # follow the advice: process the file as the run's data was, then evaluate that set
-    advice = result.err.split("process the file as the run's data was: ")[1]
-    process = shlex.split(advice.split(", then ")[0].replace("<new name>", "again").replace("<file>",
-                                                                                            str(run["tmp"] / "later.csv")))
-    assert process[:2] == ["python", "data_process.py"]
-    made = stage("data_process", *process[2:], f"data.output_dir={run['tmp'] / 'data'}")
-    assert made.code == 0, made
-    evaluate = shlex.split(advice.split(", then ")[1].split(";")[0].replace("<new name>", "again"))
-    result = stage("evaluate", *evaluate[1:], f"data.output_dir={run['tmp'] / 'data'}", f"eval.output_dir={tmp_path}",
-                   "eval.splits=[valid]")
-    assert result.code == 0, result
+    # follow the advice literally: the file becomes the test split of the run's own data, then evaluate that set
+    advice = result.err.split("process the file as the test split of the run's own data: ")[1]
+    for name, later in (("again", run["tmp"] / "later.csv"), ("one-class", tmp_path / "one.csv"),
+                        ("unlabelled", tmp_path / "bare.csv")):
+        write(tmp_path / "one.csv", "id,text,label\nz1,good great film,pos\nz2,a fine plot,pos\n")
+        write(tmp_path / "bare.csv", "id,text\nz1,good great film\nz2,a fine plot\n")
+        process = shlex.split(advice.split(", then ")[0].replace("<new name>", name).replace("<file>", str(later)))
+        assert process[:2] == ["python", "data_process.py"]
+        made = stage("data_process", *process[2:], f"data.output_dir={run['tmp'] / 'data'}")
+        assert made.code == 0, made
+        evaluate = shlex.split(advice.split(", then ")[1].split(";")[0].replace("<new name>", name))
+        result = stage("evaluate", *evaluate[1:], f"data.output_dir={run['tmp'] / 'data'}",
+                       f"eval.output_dir={tmp_path}")
+        assert result.code == 0, result
+        manifest = json.loads((tmp_path / f"toy-{name}" / "manifest.json").read_text())
+        assert ("metrics" in manifest["splits"]["test"]) == (name != "unlabelled"), manifest["splits"]

@@ -470,3 +470,8 @@ def test_a_finished_k_fold_run_keeps_its_best_weights_not_its_states(stage, prem
     assert kept.code == 0 and len(list((tmp_path / "kept" / "toy").glob("fold*/last-*"))) == 3
     kept_disk = json.loads((tmp_path / "kept" / "toy" / "summary.json").read_text())["disk"]
     assert kept_disk["state_bytes"] > 2 * best  # each state holds the weights and the optimizer's two moments
+    # the printed resume command (no overrides) keeps what the run keeps on disk: its states stay
+    states = sorted(p.name for p in (tmp_path / "kept" / "toy").glob("fold*/last-*"))
+    again = stage("train", f"train.resume={tmp_path / 'kept' / 'toy'}")
+    assert again.code == 0, again
+    assert sorted(p.name for p in (tmp_path / "kept" / "toy").glob("fold*/last-*")) == states

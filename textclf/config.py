@@ -56,7 +56,8 @@ def resolve_path(path):
 # ---------------------------------------------------------------------------- the schema
 
 
-def key(default, help, *, fixed=False, free_on_resume=False, describes_file=False, locates_input=False):
+def key(default, help, *, fixed=False, free_on_resume=False, describes_file=False, locates_input=False,
+        sticky=False):
     """A config key: its default, a one-line description, and what other stages need to know of it:
 
     fixed           (data.*) fixed when data_process.py writes the arrays: meta.json records it, and
@@ -67,9 +68,11 @@ def key(default, help, *, fixed=False, free_on_resume=False, describes_file=Fals
                     reads a new file (eval.input) with its own value
     locates_input   says where a run's inputs are (the data, the models): a resumed run takes it from
                     its record unless the command line gives it (preflight.resume_settings)
+    sticky          free on resume, but a resumed run keeps its recorded value unless the command line
+                    gives another (what the run keeps on disk: train.keep_state, its saving cadence)
     """
     metadata = {"help": help, "fixed": fixed, "free_on_resume": free_on_resume, "describes_file": describes_file,
-                "locates_input": locates_input}
+                "locates_input": locates_input, "sticky": sticky}
     if isinstance(default, (list, dict)):  # a fresh copy for every config
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -238,6 +241,10 @@ class DataConfig:
         need(self.max_windows == 0 or self.window_stride > 0, "data.max_windows", self.max_windows,
              "limits sliding windows; set data.window_stride too (or drop data.max_windows)")
         if self.window_stride:
+            need(not self.template, "data.window_stride", self.window_stride,
+                 "cuts a text into windows, which would cut data.template's own words (its question, the "
+                 "'answer:' a verbalizer reads) out of all but one: drop one of them (a long templated row is cut "
+                 "inside its fields instead)")
             need(self.text_pair_column is None, "data.window_stride", self.window_stride,
                  "cuts single texts into windows; text pairs (data.text_pair_column) are truncated instead: drop one")
             need(self.truncation == "head", "data.truncation", self.truncation,
@@ -390,11 +397,13 @@ class TrainConfig:
     patience: int = key(0, "evaluations without improvement before the fold stops; 0: never")
     min_delta: float = key(0.0, "the least change that counts as an improvement")
     max_nonfinite: int = key(20, "non-finite losses in a row before the run stops")
-    save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold while it trains", free_on_resume=True)
+    save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold while it trains", free_on_resume=True,
+                                sticky=True)
     keep_state: bool = key(False, "keep a finished fold's resumable states (weights, optimizer: ~3x the model); "
-                           "false: best/, oof/ and the logs are all a finished fold keeps", free_on_resume=True)
+                           "false: best/, oof/ and the logs are all a finished fold keeps", free_on_resume=True,
+                           sticky=True)
     save_every_steps: int = key(0, "also save a resumable state every this many optimizer steps",
-                                free_on_resume=True)
+                                free_on_resume=True, sticky=True)
     resume: str | None = key(None, "auto (the newest version of the run), checkpoints/<run>, or "
                              ".../fold<k>/last-<step>", free_on_resume=True)
     max_time: float = key(0.0, "seconds; stop gracefully (state saved) before this wall-clock budget",
@@ -526,7 +535,8 @@ class EnsembleConfig:
         need(distinct(self.predictions), "ensemble.predictions", self.predictions, "lists a prediction set twice")
         need(self.method != "rank" or self.metric == "roc_auc", "ensemble.method", self.method,
              "ranks each class column across rows, which changes argmax and threshold decisions; it suits "
-             "ensemble.metric=roc_auc only: use weighted or mean, or set ensemble.metric=roc_auc")
+             "ensemble.metric=roc_auc only (two classes or multi-label): use weighted or mean, or set "
+             "ensemble.metric=roc_auc")
 
 
 @dataclass
@@ -628,7 +638,7 @@ def take_recorded(cfg, recorded):
         values = recorded.get(section) if isinstance(recorded, dict) else None
         for f in fields_of(section) if isinstance(values, dict) else ():
             name = f"{section}.{f.name}"
-            kept = not free_on_resume(section, f.name) or f.metadata["locates_input"]
+            kept = not free_on_resume(section, f.name) or f.metadata["locates_input"] or f.metadata["sticky"]
             if not kept or name in cfg.explicit or f.name not in values:
                 continue
             value = coerce(values[f.name], f.type, name)

@@ -135,7 +135,7 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
                           if len(cut_rows) else None,
                           cut_inside_template_fields=bool(cfg.template) and not cfg.text_pair_column),
     )
-    if cfg.window_stride:  # nothing is truncated: long texts are read as several windows
+    if cfg.window_stride:  # long texts are read as several windows; only max_windows leaves tokens out
         entry["length_stats"]["texts_in_several_windows"] = int(np.count_nonzero(
             np.bincount(np.load(folder / "window_doc.npy")) > 1))
         entry["windows"] = int(n)
@@ -172,7 +172,7 @@ def _write_wide(folder, reader, cfg, scan, encoder, labels_as, progress):
             texts = [row[1] for row in batch]
             pairs = [row[2] for row in batch] if reader.pair_idx is not None else None
             if windowed:
-                block_ids, block_types, block_lengths, block_doc, _ = encoder.sliding_windows(
+                block_ids, block_types, block_lengths, block_doc, cut[start:stop] = encoder.sliding_windows(
                     texts, cfg.window_stride, cfg.max_windows)
                 lengths.append(block_lengths)
                 window_doc.append(block_doc + start)
@@ -488,14 +488,14 @@ def scan_files(cfg, readers, multi_label):
         a, b = clashes[0]
         raise UserError(f"labels '{a}' and '{b}' in {readers['train'].raw.path} are the same number written two ways; "
                         f"write each label one way (textclf keeps label names as written)")
+    if scans["train"]["groups"] is not None:  # first: the group count bounds the folds more tightly than the rows
+        check_group_count(scans["train"]["groups"], cfg)
     train_rows = scans["train"]["rows"]
     if cfg.n_folds > train_rows:
         raise UserError(f"data.n_folds={cfg.n_folds} but the train file has {train_rows} rows; every fold needs rows: "
                         f"use at most {train_rows} folds")
     if scans["train"]["given_folds"] is not None:  # checked now, before anything is written
         given_folds(scans["train"]["given_folds"], cfg, readers["train"].raw.path)
-    if scans["train"]["groups"] is not None:
-        check_group_count(scans["train"]["groups"], cfg)
     for split in ("valid", "test"):
         if split in readers:
             scans[split] = scan_rows(readers[split], cfg, split, set(label_names))
@@ -543,7 +543,11 @@ def check_not_train_rows(scans, split, readers):
 def cut_text(stats):
     """What max_len did to a split's texts, as data_process prints it."""
     if "texts_in_several_windows" in stats:
-        return f"{stats['texts_in_several_windows']} text(s) read as several windows (none truncated)"
+        read = f"{stats['texts_in_several_windows']} text(s) read as several windows"
+        if not stats["truncated_rows"]:
+            return read + " (none truncated)"
+        return (read + f"; {stats['truncated_rows']} lost tokens between the windows data.max_windows keeps (by "
+                f"{stats['cut_tokens']['mean']:g} on average, {stats['cut_tokens']['max']} at most)")
     if not stats["truncated_rows"]:
         return "none truncated"
     where = " inside the template's fields" if stats.get("cut_inside_template_fields") else ""

@@ -77,15 +77,19 @@ def check_data_keys(config, meta, data_dir, may_differ=()):
     """Refuse data.* keys given on this stage's command line that differ from the values the arrays
     in `data_dir` were made with; take every other data.* key (from the config file, which several
     stages share, or the defaults) from meta.json, so the config saved with a run says what its data
-    really is. Only keys the schema marks fixed (config.key(..., fixed=True)) are compared."""
+    really is. Only keys the schema marks fixed (config.key(..., fixed=True)) are compared. Keys in
+    `may_differ` (how evaluate reads a new file: its columns, delimiter, ...) may be given otherwise;
+    not given, they too are the run's (the file paths aside), so a later file of the same layout is
+    read as the run's files were."""
     made_with = meta.get("config", {}).get("data", {})
     for key in fixed_data_keys():
-        if key in may_differ or key not in made_with:
+        if key not in made_with:
             continue
         value, recorded = getattr(config.data, key), made_with[key]
         if f"data.{key}" not in config.explicit:
-            setattr(config.data, key, recorded)
-        elif not _same_value(key, value, recorded):
+            if not (key in may_differ and key.endswith("_file")):  # a new file is read as the run's were
+                setattr(config.data, key, recorded)
+        elif key not in may_differ and not _same_value(key, value, recorded):
             raise UserError(f"data.{key}={value!r} differs from {data_dir / 'meta.json'}, made with {recorded!r}: "
                             f"data.* keys are fixed when data_process.py writes the arrays; drop data.{key} here, "
                             f"or run data_process.py with it (and another data.name)")

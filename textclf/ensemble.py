@@ -31,8 +31,13 @@ from .predsets import blend, check_sets, load_array, load_set, normalise
 from .problem import BLEND_METRICS, HIGHER_IS_BETTER, PROBLEMS, REGRESSION, problem_type
 
 
-def check_method(method, metric, problem):
+def check_method(method, metric, problem, n_labels):
     """ensemble.method and ensemble.metric (auto resolved) against the sets' problem type."""
+    if not problem.regression and not problem.multi_label and metric == "roc_auc" and n_labels > 2:
+        raise UserError(f"ensemble.metric=roc_auc scores two classes (or multi-label), and these sets have {n_labels} "
+                        f"classes, one per row; choose from accuracy, f1_macro, f1_micro, log_loss"
+                        + (", with ensemble.method=weighted or mean (rank suits roc_auc only)" if method == "rank"
+                           else ""))
     if problem.regression:
         if method not in ("mean", "weighted"):
             raise UserError(f"ensemble.method={method} blends probabilities; regression predictions blend with "
@@ -57,7 +62,8 @@ def score(probs, labels, problem, metric):
         return float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=list(range(probs.shape[1]))))
     results = compute(probs, labels, problem)
     if metric not in results:
-        raise UserError(f"ensemble.metric={metric} is not available here; choose one of {', '.join(sorted(results))}")
+        raise UserError(f"ensemble.metric={metric} is not available here; choose one of "
+                        f"{', '.join(sorted({*results, 'log_loss'} - {'loss'}))}")
     return results[metric]
 
 
@@ -145,7 +151,7 @@ def run(config):
     delimiter = (manifest.get("config") or {}).get("data", {}).get("label_delimiter")
     layout, metric = submission.plan(sample, label_names, problem, ecfg.metric, ecfg.output, ecfg.label_format,
                                      delimiter)
-    check_method(ecfg.method, metric, problem)
+    check_method(ecfg.method, metric, problem, len(label_names))
     if not all(split in m["splits"] for _, m in sets):
         raise UserError(f"not every prediction set has a '{split}' split; run evaluate.py with eval.splits=[test]")
     summary, weights, thresholds = fit_blend(ecfg, sets, problem, metric, layout)

@@ -50,13 +50,17 @@ def find_run(config):
     if config.eval.run:
         run = resolve_path(config.eval.run)
         if not run.is_dir():
-            raise UserError(f"eval.run={config.eval.run}: no such folder; pass eval.run=checkpoints/<run>")
+            base = resolve_path(config.train.output_dir)
+            inside = base / config.eval.run
+            hint = (f"eval.run={inside}" if not Path(config.eval.run).is_absolute() and (inside / "run.json").is_file()
+                    else f"eval.run={base}/<run>")
+            raise UserError(f"eval.run={config.eval.run}: no such folder; pass the run's folder, e.g. {hint}")
         return run.resolve()  # its real name names the predictions (run/fold0/.. is run)
     base = resolve_path(config.train.output_dir)
     name = config.train.run or config.data.name
     runs = [p for _, p in versions(base, name) if (p / "run.json").is_file()]
     if not runs:
-        raise UserError(f"no run '{name}' in {base}; train first or pass eval.run=checkpoints/<run>")
+        raise UserError(f"no run '{name}' in {base}; train first or pass eval.run={base}/<run>")
     finished = [p for p in runs if any(p.glob("fold*/done.json"))]
     if runs[-1] not in finished and finished:  # never fall back silently to an older run
         raise UserError(f"the newest run {runs[-1]} has no finished fold; finish it with python train.py "
@@ -68,9 +72,9 @@ def check_arrays_fit(meta, spec, data_dir, run_dir):
     """The arrays in data_dir must be tokenized and labelled as the run's models were trained: the
     vocabulary, the labels, max_len and truncation, sliding windows, the template, text pairs."""
     tokenization = spec.tokenization
-    remake = (f"process the file as the run's data was: python data_process.py --config {run_dir / 'config.yaml'} "
-              f"data.name=<new name> data.train_file=<file> data.valid_file=null data.test_file=null, then "
-              f"evaluate.py eval.run={run_dir} eval.data=<new name>; or score a raw file with eval.input=<file>")
+    remake = (f"process the file as the test split of the run's own data: python data_process.py --config "
+              f"{run_dir / 'config.yaml'} data.name=<new name> data.test_file=<file>, then evaluate.py "
+              f"eval.run={run_dir} eval.data=<new name> eval.splits=[test]; or score a raw file with eval.input=<file>")
     if meta["tokenizer"]["vocab_sha256"] != tokenization.vocab_sha256:
         raise UserError(f"{data_dir} was tokenized with another vocabulary than the model in {run_dir}; {remake}")
     if meta["label_names"] != spec.labels.names:
@@ -156,6 +160,11 @@ def run(config):
     meta, spec = sources.meta, sources.spec
     splits = [s for s in config.eval.splits if s in meta["splits"]]
     missing = [s for s in config.eval.splits if s not in meta["splits"]]
+    if missing and not splits and "eval.splits" in config.explicit:  # nothing asked for is there: say so, write nothing
+        first = next(iter(meta["splits"]))
+        raise UserError(f"{sources.data_dir.name} has no {', '.join(missing)} split (its splits: "
+                        f"{', '.join(meta['splits'])}); predict one of those (eval.splits=[{first}]), or a file "
+                        f"with eval.input=<file>")
     if missing:
         say(accelerator, f"evaluate: {sources.data_dir.name} has no {', '.join(missing)} split; skipped")
     if config.eval.hidden_states and meta.get("windows"):

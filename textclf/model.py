@@ -372,7 +372,10 @@ def verbalizer_ids(words, tokenizer, label_names, problem, config, head):
                         f"not a causal language model; drop model.verbalizer (the usual head trains instead)")
     if problem.outputs(len(label_names)) != len(label_names) or problem.regression:
         raise UserError(f"model.verbalizer gives one score per label word, and model.problem_type={problem.name} "
-                        f"needs {'numbers' if problem.regression else 'one output'}; use single_label")
+                        f"needs {'numbers' if problem.regression else 'one output'}; "
+                        + ("a verbalizer picks among class labels, not numbers: drop model.verbalizer (a regression "
+                           "head predicts the targets)" if problem.regression else
+                           "use model.problem_type=single_label"))
     if head.head != "last" or head.mlp_hidden:
         raise UserError("model.verbalizer reads the LM head at the last token: use model.head=last (or auto) and no "
                         "model.mlp_hidden")

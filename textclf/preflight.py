@@ -73,7 +73,8 @@ def check(config):
     check_finite_weights(model_dir, config.model.name)
     if vocab_hash(tokenizer) != meta["tokenizer"]["vocab_sha256"]:
         raise UserError(f"{data_dir} was tokenized for '{meta['model_name']}', whose vocabulary differs from "
-                        f"model '{config.model.name}'; run data_process.py with model.name={config.model.name}")
+                        f"model '{config.model.name}'; run data_process.py with model.name={config.model.name} "
+                        f"and another data.name, and train on that")
     spec = model_spec(config, meta, data_dir, model_dir, tokenizer)
     check_freeze(model_dir, config.model.freeze_embeddings, config.model.freeze_layers, config.model.trust_remote_code)
     if train_cfg.gradient_checkpointing:

@@ -91,6 +91,12 @@ def plain_name(name, what="--name"):
     return name
 
 
+def is_path(name):
+    """model.name written as a path (/abs, ./rel, ~/x, a\\b), not a hub name (org/model) or a plain name."""
+    name = str(name)
+    return Path(name).expanduser().is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve_model_dir(name, premodels_dir="premodels", trust_remote_code=False):
     """The local folder for `name`: a path to a model folder, or premodels/<name>, checked whole
     (check_folder) before any stage reads it. Never downloads."""
@@ -100,6 +106,9 @@ def resolve_model_dir(name, premodels_dir="premodels", trust_remote_code=False):
         found = as_path.resolve()
     else:
         found = next((c for c in (root / name, root / folder_name(name), as_path) if c.is_dir()), None)
+    if found is None and is_path(name):
+        raise UserError(f"model folder {as_path} does not exist; check model.name (a path to a Hugging Face model "
+                        f"folder, or the name of one in {root})")
     if found is None:
         raise UserError(
             f"model '{name}' not found in {root}; run `python -m textclf.premodels fetch {name}` when online, "
@@ -120,8 +129,8 @@ def check_folder(folder, name, trust_remote_code=False):
     """Refuse a model folder that would load half or crash later: config.json readable and of a
     model type transformers knows, tokenizer files present, weights present, readable and of the
     sizes the config makes (their headers only; the weights are read when a model is built)."""
-    refetch = (f"copy the complete Hugging Face folder there again, or `python -m textclf.premodels fetch {name}` "
-               f"after removing it")
+    refetch = ("copy the complete Hugging Face folder there again" + (
+        "" if is_path(name) else f", or `python -m textclf.premodels fetch {name}` after removing it"))
     if not (folder / "config.json").is_file():
         raise UserError(f"model folder {folder} has no config.json; {refetch}")
     config = _folder_config(folder, trust_remote_code, refetch)
@@ -205,8 +214,9 @@ def check_finite_weights(folder, name):
                 tensor = handle.get_tensor(key)
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     raise UserError(f"the weights in {path} hold NaN or inf ({key}); the model cannot train from them: "
-                                    f"copy the complete Hugging Face folder there again, or `python -m "
-                                    f"textclf.premodels fetch {name}` after removing it")
+                                    f"copy the complete Hugging Face folder there again" + (
+                                        "" if is_path(name) else
+                                        f", or `python -m textclf.premodels fetch {name}` after removing it"))
 
 
 def _check_shapes(folder, config, shapes, trust_remote_code, refetch):

@@ -125,8 +125,10 @@ def check_inputs(cfg, meta, source_dir, sets):
     manifest = sets[0][1]
     problem = manifest["problem_type"]
     if problem_type(problem).regression or problem_type(meta["problem_type"]).regression:
-        raise UserError("pseudo-labelling keeps confident class predictions; regression predictions have no "
-                        "confidence to threshold")
+        which = (f"{sets[0][0]} holds regression predictions" if problem_type(problem).regression else
+                 f"data.name={meta['name']} is regression data")
+        raise UserError(f"pseudo-labelling keeps confident class predictions, and {which}: numbers have no "
+                        f"confidence to threshold; pseudo-label class data with its own predictions")
     if "test" not in meta["splits"]:
         raise UserError(f"{source_dir} has no test split: run data_process.py with data.test_file=<the unlabelled "
                         f"rows> (and another data.name), predict it with evaluate.py, then pseudo-label")
@@ -141,7 +143,9 @@ def check_inputs(cfg, meta, source_dir, sets):
     for folder, m in sets:
         entry = m["splits"].get("test")
         if entry is None:
-            raise UserError(f"{folder} has no test predictions; run evaluate.py with eval.splits=[test]")
+            raise UserError(f"{folder} has no test predictions; predict "
+                            f"data.name={meta['name']}'s test split with evaluate.py eval.run=<run> "
+                            f"eval.data={meta['name']} eval.splits=[test], and pseudo-label with that set")
         if entry["ids_sha256"] != want or entry.get("source_sha256") != meta["splits"]["test"]["source_sha256"]:
             raise UserError(f"{folder} predicted other test rows than {source_dir}'s (ids, order or file differ); "
                             f"pseudo-label with predictions of data.name={meta['name']}'s test split")

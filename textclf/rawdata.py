@@ -53,7 +53,8 @@ class RawFile:
         self.cfg = cfg
         self.role = role  # train | valid | test | input
         if not self.path.is_file():
-            raise UserError(f"{role} file {self.path} not found; check data.{role}_file")
+            key = "eval.input" if role == "input" else f"data.{role}_file"
+            raise UserError(f"{role} file {self.path} not found; check {key}")
         if self.path.stat().st_size == 0:
             raise UserError(f"{role} file {self.path} is empty; point data.{role}_file at a file with rows")
         self.format = detect_format(self.path, cfg.format)
@@ -115,8 +116,10 @@ class RawFile:
             found = header[0]
             for name, sep in (("tab", "\t"), ("comma", ","), ("semicolon", ";"), ("pipe", "|")):
                 if sep in found:
-                    hint = "data.format=tsv" if sep == "\t" else (
-                        "data.format=csv" if sep == "," else f"data.delimiter='{sep}'")
+                    given = self.cfg.delimiter is not None  # data.delimiter wins over data.format: the advice says so
+                    hint = ("data.format=tsv" if sep == "\t" else "data.format=csv" if sep == "," else
+                            f"data.delimiter='{sep}'") if not given else (
+                        f"data.delimiter='{sep}'" if sep != "\t" else "data.delimiter='\\t'")
                     raise UserError(
                         f"{self.role} file {self.path} has one column '{found[:60]}' with this delimiter; "
                         f"it looks {name}-separated: set {hint}"
@@ -225,10 +228,13 @@ class RowReader:
 
         def index(name, key):
             if name not in cols:
-                raise UserError(
-                    f"{raw.role} file {raw.path} has no column '{name}' ({key}); columns found: "
-                    f"{', '.join(raw.columns)}; set {key} to one of them"
-                )
+                # eval.input is read as the run's model reads text: its text columns are the run's
+                fix = (f"name the file's column '{name}', as the run's data had it" if raw.role == "input" and key in (
+                    "data.template", "data.text_columns", "data.text_pair_column") else
+                       "the template names columns: rename them, or the file's" if key == "data.template" else
+                       f"set {key} to one of them")
+                raise UserError(f"{raw.role} file {raw.path} has no column '{name}' ({key}); columns found: "
+                                f"{', '.join(raw.columns)}; {fix}")
             return cols[name]
 
         self.template_fields = None

@@ -76,6 +76,10 @@ def read_sample(path):
     if len(rows) < 2 or len(rows[0]) < 2:
         raise UserError(f"sample submission {path} needs a header with an id column and a label column, and rows")
     header, body = rows[0], [r for r in rows[1:] if r]
+    ids = [i for i, name in enumerate(header) if name.strip().lower() == "id"]
+    if ids and ids[0] != 0:  # the id column goes first, as the submission writes it
+        raise UserError(f"sample submission {path} has its id column '{header[ids[0]]}' at position {ids[0] + 1}; "
+                        f"a submission writes the id first: move that column to the front of the sample")
     if any(len(r) != len(header) for r in body):
         raise UserError(f"sample submission {path} has rows with another number of fields than its header")
     return Sample(path, header, body)
@@ -167,6 +171,10 @@ def check_kind(kind, sample, label_names, problem):
         raise UserError(f"ensemble.output=class_probabilities writes one column per label ({', '.join(label_names)})"
                         f"{where}; give a sample with those columns")
     if kind == "labels" and sample and len(sample.columns) > 1 and not (problem.multi_label and per_class):
+        if per_class:  # one column per class, and one class per row: the sample asks for probabilities
+            raise UserError(f"ensemble.output=labels writes one label per row, and the sample has one column per "
+                            f"label{where}, which one-class-per-row data fills with probabilities: use "
+                            f"ensemble.output=class_probabilities (or auto)")
         raise UserError(f"the sample submission's columns {sample.columns} are neither one label column nor one "
                         f"column per label ({', '.join(label_names)}); fix ensemble.sample_submission")
 

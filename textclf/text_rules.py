@@ -36,9 +36,18 @@ def plain_number(text):
     return float(text) if _NUMBER.fullmatch(text) else None
 
 
+_ESCAPES = {"\\t": "\t", "\\n": "\n", "\\r": "\r", "\\\\": "\\", "\\0": "\0"}
+
+
 def unescape_delimiter(value):
-    """A delimiter as written in a config ('\\t' for a tab) -> the character itself."""
-    return value.encode().decode("unicode_escape") if "\\" in value else value
+    """A delimiter as written in a config ('\\t' for a tab, '\\x1f', '\\u00a7') -> the character
+    itself; anything else stays as written (and the one-character rule then judges it)."""
+    if "\\" not in value or value == "\\":
+        return value
+    if value in _ESCAPES:
+        return _ESCAPES[value]
+    code = re.fullmatch(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4}))", value)
+    return chr(int(code.group(1) or code.group(2), 16)) if code else value
 
 
 def encodable(texts):

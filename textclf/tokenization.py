@@ -160,9 +160,8 @@ class TextTokenizer:
         self.aggregate, problem) turns per-row probabilities into one row per text. `last_cut`
         then holds the tokens each text lost to max_len."""
         if self.windows.stride:
-            ids, types, lengths, owner, _ = self.sliding_windows(self.texts(items), self.windows.stride,
-                                                                 self.windows.max_windows)
-            self.last_cut = np.zeros(len(items), dtype=np.int64)  # windows cover the whole text
+            ids, types, lengths, owner, self.last_cut = self.sliding_windows(  # what max_windows leaves out
+                self.texts(items), self.windows.stride, self.windows.max_windows)
         else:
             rows = self.fields(items) if self.template and pairs is None else self.texts(items)
             ids, types, lengths, self.last_cut = self.encode(rows, pairs)
@@ -213,15 +212,19 @@ class TextTokenizer:
         tokens, the last one ending at the text's end; with max_windows > 0 the first
         max_windows - 1 and the last are kept. Returns (input_ids[w, max_len] int32,
         token_type_ids[w, max_len] uint8, lengths[w], doc[w] int32: the text each window comes
-        from, in text order, n_texts_with_several_windows)."""
+        from, in text order, dropped[n_texts]: the tokens of each text in no window, which
+        max_windows leaves out between the windows it keeps)."""
         pre, post = self.single
         budget = self.max_len - len(pre) - len(post)
         pieces, doc = [], []
-        several = 0
+        dropped = np.zeros(len(texts), dtype=np.int64)
         for row, encoding in enumerate(self.backend.encode_batch(encodable(texts), add_special_tokens=False)):
             ids = encoding.ids
             starts = window_starts(len(ids), budget, stride, max_windows)
-            several += len(starts) > 1
+            covered = np.zeros(len(ids), dtype=bool)
+            for start in starts:
+                covered[start:start + budget] = True
+            dropped[row] = len(ids) - int(covered.sum())
             for start in starts:
                 pieces.append(pre + ids[start:start + budget] + post)
                 doc.append(row)
@@ -230,7 +233,7 @@ class TextTokenizer:
         for row, seq in enumerate(pieces):
             input_ids[row, :len(seq)] = seq
             lengths[row] = len(seq)
-        return input_ids, np.zeros_like(input_ids, dtype=np.uint8), lengths, np.asarray(doc, dtype=np.int32), several
+        return input_ids, np.zeros_like(input_ids, dtype=np.uint8), lengths, np.asarray(doc, dtype=np.int32), dropped
 
     def encode(self, texts, pairs=None):
         """Return (input_ids[n, max_len] int32, token_type_ids[n, max_len] uint8, lengths, tokens each
