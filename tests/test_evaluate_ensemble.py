@@ -272,4 +272,8 @@ def test_embeddings_from_evaluate_and_predictor(toy_run, stage):
     many = Predictor.from_run(tmp / "ck" / "b", device="cpu", batch_size=64, precision="no").embed(texts)
     assert one["embeddings"].shape == (21, 32) and one["fold"] == 0
     np.testing.assert_allclose(one["embeddings"], many["embeddings"], atol=1e-5)  # batching does not change them
-    assert stage("evaluate", *common, f"eval.run={tmp / 'ck' / 'a'}", "eval.hidden_states=true").code == 2
+    # hidden states come with the embeddings: asking for them alone writes both
+    result = stage("evaluate", *common, f"eval.run={tmp / 'ck' / 'a'}", "eval.hidden_states=true",
+                   f"eval.output_dir={tmp / 'hidden-only'}")
+    assert result.code == 0, result
+    assert {"embeddings.npy", "hidden_states.npy"} <= {p.name for p in (tmp / "hidden-only").rglob("*.npy")}

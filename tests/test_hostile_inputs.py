@@ -537,6 +537,13 @@ CASES = [
          ["ensemble.predictions=[{w}/mp/ag]", "ensemble.metric=roc_auc", "ensemble.method=rank"],
          ["scores two classes", "log_loss", "ensemble.method=weighted"]),
 
+    Case("an adversarial pass that would start after training ends", "train",
+         [*TRAIN, "train.adversarial=fgm", "train.adv_start_epoch=5"],
+         ["train.adv_start_epoch", "would never run", "train.adv_start_epoch=0.5"]),
+    Case("resume from a state folder that does not exist", "train",
+         [*TRAIN, "train.epochs=2", "train.output_dir={t}/ck", "train.resume={t}/ck/ds/fold0/last-2"],
+         ["no such folder", "fold0 has last-"], setup=stopped_run),
+
     # 13. two writers of one run
     Case("a dangling link where the run would go", "train",
          [*TRAIN, "train.run=gone", "train.output_dir={t}/ck", "train.overwrite=true"],

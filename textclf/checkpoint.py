@@ -130,8 +130,11 @@ def named_state(fold_dir, resume):
     if named.parent != fold_dir.resolve() or not named.name.startswith("last-"):
         return None
     if not (named / "state.json").is_file():
-        raise UserError(f"train.resume={resume}: no resumable state there (state.json missing); name a "
-                        f"last-<step> folder that has one, or use train.resume=auto")
+        states = sorted(p.name for p in fold_dir.glob("last-*") if (p / "state.json").is_file())
+        what = "no such folder" if not named.exists() else "no resumable state there (state.json missing)"
+        have = f"{fold_dir.name} has {', '.join(states)}" if states else f"{fold_dir.name} has no saved state"
+        raise UserError(f"train.resume={resume}: {what}; {have}: name one of those, or use train.resume="
+                        f"{fold_dir.parent}")
     return named
 
 

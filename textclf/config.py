@@ -440,6 +440,10 @@ class TrainConfig:
         need(finite(self.adv_lr) and self.adv_lr > 0, "train.adv_lr", self.adv_lr, "must be a positive number")
         need(finite(self.adv_start_epoch) and self.adv_start_epoch >= 0, "train.adv_start_epoch",
              self.adv_start_epoch, "must be 0 or more")
+        need(self.adversarial == "none" or self.max_steps or not finite(self.epochs)
+             or self.adv_start_epoch < self.epochs, "train.adv_start_epoch", self.adv_start_epoch,
+             f"is not before the end of training (train.epochs={self.epochs:g}), so the adversarial pass would never "
+             f"run; start it earlier (e.g. train.adv_start_epoch={self.epochs / 2:g}), or set train.adversarial=none")
         need(finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "train.label_smoothing",
              self.label_smoothing, "must be at least 0 and below 1")
         if isinstance(self.class_weights, list):
@@ -491,8 +495,8 @@ class EvalConfig:
     precision: Literal[PRECISIONS] = key("auto", "as train.precision, for prediction")
     texts: list[str] | None = key(None, "raw texts to classify (train.py also predicts them at its end)")
     embeddings: bool = key(False, "also write each row's pooled vector (the head's input), keyed by id")
-    hidden_states: bool = key(False, "with embeddings: also the last hidden layer, (rows, max_len, hidden) with "
-                              "lengths")
+    hidden_states: bool = key(False, "also the last hidden layer, (rows, max_len, hidden) with lengths (and the "
+                              "embeddings)")
     input: str | None = key(None, "a raw csv/tsv/jsonl file to classify (and score, where it has the labels)")
     read_labels: Literal["auto", "always", "never"] = key("auto", "eval.input's labels: auto scores the file where it "
                                                           "has them, always refuses one without, never only predicts")
@@ -505,8 +509,8 @@ class EvalConfig:
         need(self.folds == "all" or (self.folds and distinct(self.folds) and min(self.folds) >= 0), "eval.folds",
              self.folds, "must be all or a list of distinct fold numbers")
         check_count(self.batch_size, "eval.batch_size")
-        need(not self.hidden_states or self.embeddings, "eval.hidden_states", self.hidden_states,
-             "comes with the embeddings: set eval.embeddings=true too")
+        if self.hidden_states:  # written with the embeddings, which it comes with
+            self.embeddings = True
         if self.data:
             check_name(self.data, "eval.data")
 

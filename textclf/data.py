@@ -307,7 +307,7 @@ def group_folds(labels, groups, n_folds, valid_size, seed):
         for k, (_, held) in enumerate(parts):
             folds[held] = k
     else:  # the group fold whose size is nearest valid_size (groups are whole, so sizes vary)
-        held = min((held for _, held in parts), key=lambda h: abs(len(h) - valid_size * len(keys)))
+        held = min((held for _, held in parts if len(held)), key=lambda h: abs(len(h) - valid_size * len(keys)))
         folds[held] = 0
     return folds, n_groups
 

@@ -64,7 +64,7 @@ def fit_row(backend, template, fields, values, ids, budget, cut):
         if field is None:  # every field is empty: the template alone is too long
             break
         text, more = values[field], excess
-        while values[field] == text and text:  # a character of several tokens (byte-level BPE) goes whole
+        while len(text) >= len(values[field]) and text:  # a character of several tokens (byte-level BPE) goes whole
             text, more = cut_text(backend, values[field], more, cut), more + 1
         values[field] = text
         ids = backend.encode(fill_template(template, values, fields), add_special_tokens=False).ids
@@ -93,7 +93,8 @@ def cut_text(backend, text, excess, cut):
         return text[offsets[n - keep][0]:].strip()
     head = min(cut.head_tokens, keep)
     tail = keep - head
-    kept = [text[:offsets[head - 1][1]].strip()] if head else []
-    if tail:
-        kept.append(text[offsets[n - tail][0]:].strip())
-    return " ".join(kept)
+    head_end = offsets[head - 1][1] if head else 0
+    kept = [text[:head_end].strip()] if head else []
+    if tail:  # never again the characters the head kept (a character of several tokens spans both)
+        kept.append(text[max(offsets[n - tail][0], head_end):].strip())
+    return " ".join(k for k in kept if k)
