@@ -5,6 +5,7 @@ writer come back as written; a name a user gives never resolves outside its outp
 import csv
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,11 @@ from textclf.errors import UserError
 from textclf.rawdata import RawFile, RowReader
 from textclf.text_rules import clean_text
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The same examples on every run, so that CI judges the code and not the draw; TEXTCLF_EXPLORE=1 draws
+# new ones (how the bugs these tests found were found).
+EXPLORE = os.environ.get("TEXTCLF_EXPLORE") == "1"
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                    derandomize=not EXPLORE)
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 LABELS = st.sampled_from(["a", "b", "pos", "neg", "1", "2", "x y"])
 
@@ -377,7 +382,7 @@ def test_any_lora_settings_are_settings_or_one_user_error(raw):
     assert isinstance(out["r"], int) and out["r"] >= 1 and out["alpha"] > 0 and 0 <= out["dropout"] < 1
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=not EXPLORE)
 @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1, max_size=30),
        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1, max_size=30))
 def test_two_writers_of_one_run_never_both_hold_it(first, second):
@@ -403,7 +408,7 @@ def test_two_writers_of_one_run_never_both_hold_it(first, second):
         assert list(Path(tmp).iterdir()) == []
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=not EXPLORE)
 @given(kind=st.sampled_from(["fgm", "awp"]), eps=st.floats(1e-4, 10), adv_lr=st.floats(0.01, 2),
        seed=st.integers(0, 2 ** 16), weight=st.sampled_from([1.0, 0.5]))
 def test_an_adversarial_pass_restores_every_weight_exactly(premodels, kind, eps, adv_lr, seed, weight):

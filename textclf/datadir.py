@@ -16,8 +16,9 @@ META_KEYS = {"format_version": int, "name": str, "model_name": str, "tokenizer":
              "folds": dict, "config": dict}
 
 
-def load_meta(data_dir):
-    """meta.json of a data_process output, checked to be one this version reads."""
+def load_meta(data_dir, arrays=True):
+    """meta.json of a data_process output, checked to be one this version reads, and (arrays=True:
+    a stage that reads them) every array it promises there and whole (check_arrays)."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise UserError(f"{data_dir} has no meta.json; run data_process.py first (or check data.name)")
@@ -26,7 +27,8 @@ def load_meta(data_dir):
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"{path} was written by another version of textclf; {fix}")
     meta = load_json(path, "a data_process meta.json", fix, META_KEYS)
-    check_arrays(Path(data_dir), meta)
+    if arrays:
+        check_arrays(Path(data_dir), meta)
     return meta
 
 

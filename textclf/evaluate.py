@@ -339,7 +339,7 @@ def predict_raw(config, run_dir):
     """eval.texts or eval.input: classify raw texts, print them, and write a CSV of probabilities."""
     data_dir = Path(load_run_json(run_dir)["data_dir"])
     if (data_dir / "meta.json").is_file():  # the keys that describe the new input file may differ
-        check_data_keys(config, load_meta(data_dir), data_dir, may_differ=file_reading_keys())
+        check_data_keys(config, load_meta(data_dir, arrays=False), data_dir, may_differ=file_reading_keys())
     recover_best(run_dir)
     folds = run_folds(run_dir, config.eval.folds)
     spec = ModelSpec.from_json(load_json(folds[0][1] / "head.json", "a textclf head.json", "retrain this fold"),
