@@ -173,6 +173,19 @@ def edit_weights(change):
     return apply
 
 
+def pickled_weights(change):
+    """model.safetensors rewritten as pytorch_model.bin (the older format) with `change(tensors)`."""
+    def apply(folder):
+        import torch
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+        change(tensors)
+        torch.save(tensors, folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return apply
+
+
 def first_matching(tensors, part):
     return next(k for k in tensors if part in k)
 
@@ -458,10 +471,35 @@ CASES = [
     Case("model weights holding NaN", "train", [*TRAIN, "model.name={t}/pm/m", "train.output_dir={t}/ck"],
          ["hold NaN or inf", "query"], setup=broken_model(edit_weights(
              lambda w: w[first_matching(w, "attention.self.query.weight")].__setitem__((0, 0), float("nan"))))),
+    Case("model weights with a tensor renamed beside one spare", "train",
+         [*TRAIN, "model.name={t}/pm/m", "train.output_dir={t}/ck"], ["lack 1 tensor(s)", "would start random"],
+         setup=broken_model(edit_weights(lambda w: w.update(
+             {"zzz.not.a.weight": w.pop(first_matching(w, "layer.1.attention.self.query.weight"))})))),
+    Case("pickled model weights holding NaN in a bias", "train",
+         [*TRAIN, "model.name={t}/pm/m", "train.output_dir={t}/ck"], ["hold NaN or inf", "bias"],
+         setup=broken_model(pickled_weights(lambda w: w[first_matching(w, "output.dense.bias")].fill_(float("nan"))))),
+    Case("pickled model weights of another shape", "train",
+         [*TRAIN, "model.name={t}/pm/m", "train.output_dir={t}/ck"], ["do not fit its config.json"],
+         setup=broken_model(pickled_weights(lambda w: w.update(
+             {k: w[k][:, :16] for k in [first_matching(w, "attention.self.query.weight")]})))),
     Case("an adapter rank beyond the model's width", "train", [*TRAIN, "model.lora={{r: 64}}"],
          ["model.lora.r", "width", "model.lora.r=8"]),
     Case("class weights that overflow the loss", "train", [*TRAIN, "train.class_weights=[3e38,3e38]"],
          ["train.class_weights", "1e9"]),
+    Case("class weights that vanish in float32", "train", [*TRAIN, "train.class_weights=[1e-46,1e-46]"],
+         ["train.class_weights", "1e-9"]),
+    Case("a valid file of the training rows spaced and cased otherwise", "data_process",
+         [*DATA, "data.valid_file={t}/v.csv"], ["every row of the valid file", "spacing and case aside"],
+         {"t.csv": GOOD_CSV, "v.csv": "text,label\n" + "".join(f"TEXT  {i},{'ab'[i % 2]}\n" for i in (3, 1, 4))}),
+    Case("a test file that is the train file less a row", "data_process", [*DATA, "data.test_file={t}/test.csv"],
+         ["every row of the test file"],
+         {"t.csv": GOOD_CSV, "test.csv": "text\n" + "".join(f"text {i}\n" for i in range(11))}),
+    Case("a group column that is the label renamed, three classes", "data_process",
+         [*DATA, "data.group_column=g", "data.n_folds=2"], ["'g' follows the label"],
+         {"t.csv": "text,label,g\n" + "".join(f"text {i},{'abc'[i % 3]},{'xyz'[i % 3]}\n" for i in range(12))}),
+    Case("a dangling link where the data set would go", "data_process", [*DATA, "data.output_dir={t}/data"],
+         ["symbolic link to a missing folder"], {"t.csv": GOOD_CSV},
+         setup=lambda w, t: ((t / "data").mkdir(), os.symlink(t / "nowhere", t / "data" / "new"))),
 
     # 9. validation and test files that are the training rows; folds that follow the label
     Case("a valid file of the training rows", "data_process", [*DATA, "data.valid_file={t}/v.csv"],
@@ -495,7 +533,12 @@ CASES = [
           ("with folds of other rows", lambda f: np.save(f / "train" / "folds.npy", np.zeros(5, np.int16)),
            ["folds.npy holds (5,)", "(24,)"]),
           ("with labels beyond its classes", lambda f: np.save(f / "train" / "labels.npy", np.full(24, 7)),
-           ["holds label 7", "2 classes"]),
+           ["not what data_process writes for single_label data with 2 label(s)", "values [7]"]),
+          ("with labels of floats and a NaN",
+           lambda f: np.save(f / "train" / "labels.npy", np.r_[np.nan, np.zeros(23)]),
+           ["not what data_process writes", "float64"]),
+          ("with folds beyond its fold count", lambda f: np.save(f / "train" / "folds.npy", np.full(24, 7, np.int16)),
+           ["holds folds [7]", "1 fold(s)"]),
       ] for stage, extra in (("train", [*TRAIN, "train.output_dir={t}/ck"]),
                              ("evaluate", ["eval.data=ds", "eval.run={w}/ck/ds", "eval.output_dir={t}/mp"]))],
 

@@ -439,3 +439,18 @@ def test_an_adversarial_pass_restores_every_weight_exactly(premodels, kind, eps,
      * weight).backward()
     clean = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
     assert set(total) == set(clean) and all(torch.isfinite(total[k] - clean[k]).all() for k in total)
+
+
+def test_a_run_named_another_way_meets_the_same_lock(tmp_path, monkeypatch):
+    """a/../b, a symbolic link to the run, or another TMPDIR: the same folder, the same lock."""
+    from textclf.fileio import OutputLock
+
+    run = tmp_path / "ck" / "run"
+    (run / "fold0").mkdir(parents=True)
+    os.symlink(run, tmp_path / "ck" / "alias")
+    with OutputLock() as held:
+        held.take(run, "run", "resume it")
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        for other in (run / "fold0" / "..", tmp_path / "ck" / "alias", tmp_path / "ck" / ".." / "ck" / "run"):
+            with pytest.raises(UserError, match="two writers of one run"):
+                OutputLock().take(other, "run", "resume it")

@@ -447,9 +447,9 @@ class TrainConfig:
         need(finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "train.label_smoothing",
              self.label_smoothing, "must be at least 0 and below 1")
         if isinstance(self.class_weights, list):
-            need(self.class_weights and all(finite(w) and 0 <= w <= 1e9 for w in self.class_weights)
+            need(self.class_weights and all(finite(w) and (w == 0 or 1e-9 <= w <= 1e9) for w in self.class_weights)
                  and sum(self.class_weights) > 0, "train.class_weights", self.class_weights,
-                 "must be numbers from 0 to 1e9 (ratios between classes), one per label, not all 0")
+                 "must be 0 or numbers from 1e-9 to 1e9 (ratios between classes), one per label, not all 0")
         need(finite(self.huber_delta) and self.huber_delta > 0, "train.huber_delta", self.huber_delta,
              "must be a positive number (in target standard deviations)")
         metrics = ("auto",) + TRAIN_METRICS

@@ -434,6 +434,8 @@ def output_folder(cfg):
     if not cfg.train_file:
         raise UserError("data.train_file is not set; pass data.train_file=path/to/train.csv")
     out = resolve_path(cfg.output_dir) / cfg.name
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"{out} is a symbolic link to a missing folder; remove the link, or choose another data.name")
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} already exists; choose another data.name or set data.overwrite=true to replace it")
     if out.exists() and not made_by_textclf(out, "data"):
@@ -526,14 +528,15 @@ def check_not_train_rows(scans, split, readers):
     scan["texts_in_train"] = repeated
     path = readers[split].raw.path
     # a valid file of training rows scores memorised rows; a test file is refused only when it is the train
-    # file (or a copy of it): a few training texts predicted on purpose are a warning
-    copy = split == "valid" or bool(np.isin(scans["train"]["texts"], scan["texts"]).all())
+    # file (or most of it): a few training texts predicted on purpose are a warning. Texts are compared
+    # with spacing and case aside (rawdata.scan_rows).
+    copy = split == "valid" or float(np.isin(scans["train"]["texts"], scan["texts"]).mean()) >= 0.5
     if repeated == scan["rows"] and copy:
         use = ("drop data.valid_file to hold out part of train" if split == "valid" else
                "predict the training rows with evaluate.py eval.splits=[train] instead")
-        raise UserError(f"every row of the {split} file {path} is also a row of the train file (the same text), so its "
-                        f"scores would be those of rows the model trained on; give a {split} file of other rows, or "
-                        f"{use}")
+        raise UserError(f"every row of the {split} file {path} is also a row of the train file (the same text, "
+                        f"spacing and case aside), so its scores would be those of rows the model trained on; give a "
+                        f"{split} file of other rows, or {use}")
     if repeated:
         print(f"data_process: warning: {repeated} of {scan['rows']} rows of the {split} file {path.name} repeat a text "
               f"of the train file; their scores flatter the model (meta.json splits.{split}.texts_in_train)",
@@ -593,17 +596,27 @@ def write_folds(tmp, cfg, scan):
 
 def check_folds_not_label(folds, labels, cfg, n_folds, source):
     """Folds that follow the label (a fold or group column that is the label by another name) hold
-    out whole classes: each validation fold scores a class its training rows never show."""
+    out whole classes: a validation fold scores classes its training rows never show. Refused when
+    every fold scores only such classes; a warning when some fold holds a class out whole."""
     if source == "drawn" or cfg.task == "regression" or labels.ndim != 1:
         return
-    classes = [np.unique(labels[folds == k]) for k in range(n_folds)]
-    if len(np.unique(labels[folds >= -1])) > 1 and all(len(c) == 1 for c in classes):
-        column = cfg.fold_column or cfg.group_column
-        key_name = "data.fold_column" if cfg.fold_column else "data.group_column"
-        what = "every fold holds" if n_folds >= 2 else "the held-out rows hold"
-        raise UserError(f"{key_name} '{column}' follows the label: {what} one class only, so validation scores a "
-                        f"class training never sees; name another column, or drop {key_name} for folds stratified "
-                        f"by label")
+    unseen = []  # per fold: (held-out classes, those its training rows lack)
+    for k in range(n_folds):
+        held = set(np.unique(labels[folds == k]).tolist())
+        unseen.append((held, held - set(np.unique(labels[folds != k]).tolist())))
+    column = cfg.fold_column or cfg.group_column
+    key_name = "data.fold_column" if cfg.fold_column else "data.group_column"
+    if all(held and held == lacks for held, lacks in unseen):
+        what = "every fold holds out" if n_folds >= 2 else "the held-out rows hold"
+        raise UserError(f"{key_name} '{column}' follows the label: {what} only classes its training rows never "
+                        f"show, so validation scores classes training never sees; name another column, or drop "
+                        f"{key_name} for folds stratified by label")
+    whole = [(k, sorted(lacks)) for k, (held, lacks) in enumerate(unseen)
+             if any(np.count_nonzero((folds == k) & (labels == c)) > 1 for c in lacks)]
+    if whole:
+        print(f"data_process: warning: {key_name} '{column}' holds {len(whole)} fold(s) whose training rows lack a "
+              f"class they score (fold {whole[0][0]}: class number(s) {whole[0][1][:5]}); those classes are scored "
+              f"but never learnt there", flush=True)
 
 
 def reader_columns(reader, cfg):

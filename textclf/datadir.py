@@ -56,14 +56,32 @@ def check_arrays(data_dir, meta):
             if len(array.shape) != len(shape) or any(s is not None and s != n for s, n in zip(shape, array.shape)):
                 raise UserError(f"{data_dir / split / f'{name}.npy'} holds {array.shape} but meta.json records "
                                 f"{shape} for the {split} split (a file replaced or cut short); {fix}")
-        if "labels" in expect and meta["problem_type"] == "single_label":
-            labels = np.load(data_dir / split / "labels.npy")
-            if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-                raise UserError(f"{data_dir / split / 'labels.npy'} holds label {int(labels.max())} but meta.json "
-                                f"names {n_classes} classes; {fix}")
+        if "labels" in expect:
+            check_labels(np.load(data_dir / split / "labels.npy"), meta, data_dir / split / "labels.npy", fix)
+        if "folds" in expect:
+            folds, n_folds = np.load(data_dir / "train" / "folds.npy"), meta["folds"].get("n_folds", 1)
+            held = set(np.unique(folds).tolist()) - {-1}
+            if folds.dtype.kind not in "iu" or held != set(range(n_folds)):
+                raise UserError(f"{data_dir / 'train' / 'folds.npy'} holds folds {sorted(held)[:8]} but meta.json "
+                                f"records {n_folds} fold(s), each holding rows out; {fix}")
     only = data_dir / "train" / "only_fold.npy"
     if only.exists() and _open_array(only, fix).shape != (meta["splits"]["train"]["rows"],):
         raise UserError(f"{only} does not hold one entry per train row; {fix}")
+
+
+def check_labels(labels, meta, path, fix):
+    """labels.npy as data_process writes it: class numbers of the labels meta.json names, 0/1 per
+    class (multi-label), finite float32 targets (regression)."""
+    problem, n = meta["problem_type"], len(meta["label_names"])
+    if problem == "regression":
+        ok = labels.dtype == np.float32 and bool(np.isfinite(labels).all())
+    elif problem == "multi_label":
+        ok = labels.dtype.kind in "iub" and bool(np.isin(labels, (0, 1)).all())
+    else:
+        ok = labels.dtype.kind in "iu" and (not len(labels) or (labels.min() >= 0 and labels.max() < n))
+    if not ok:
+        raise UserError(f"{path} is not what data_process writes for {problem} data with {n} label(s) "
+                        f"({labels.dtype}, values {np.unique(labels)[:4].tolist()}); {fix}")
 
 
 def _open_array(path, fix):

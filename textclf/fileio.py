@@ -264,13 +264,21 @@ def folder_bytes(path):
 class OutputLock:
     """One writer per output folder: an exclusive lock (flock) held while a process writes it, so
     that a second writer of the same folder (an overwrite, a resume, a new run that picked the same
-    name) is refused instead of mixing its files in. The lock file lives in this user's temporary
-    folder, keyed by the output's path, so that nothing is written beside the outputs; the
-    operating system drops the lock when its process ends, however it ends. Without fcntl
-    (Windows) there is no lock."""
+    name) is refused instead of mixing its files in. The lock files live in /tmp/textclf-locks-<uid>
+    (one place whatever TMPDIR says), nothing beside the outputs; a folder is locked under its name
+    (its parent's real path and its own name) and, where that differs, under its real path, so
+    a/../b and a symbolic link to the folder meet the same lock. The operating system drops a lock
+    when its process ends, however it ends. Without fcntl (Windows) there is no lock."""
 
     def __init__(self):
-        self._handle = None
+        self._handles = []
+
+    @staticmethod
+    def keys(output):
+        """The paths a folder is locked under."""
+        output = Path(os.path.normpath(Path(output).absolute()))
+        named = os.path.join(os.path.realpath(output.parent), output.name)
+        return sorted({named, os.path.realpath(output)})
 
     def take(self, output, what, then):
         """Lock `output` (a folder path) for this process; refuse if another process holds it (`then`:
@@ -281,34 +289,35 @@ class OutputLock:
             return
         import tempfile
 
-        output = Path(output).absolute()
-        where = str(output.parent.resolve() / output.name)
-        folder = Path(tempfile.gettempdir()) / f"textclf-locks-{os.getuid()}"
-        try:
-            folder.mkdir(mode=0o700, exist_ok=True)
-            name = f"{hashlib.sha256(where.encode()).hexdigest()[:20]}.lock"
-            handle = open(folder / name, "a+", encoding="utf-8")
-        except OSError as err:
-            raise UserError(_explain_os_error(err, folder)) from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise UserError(f"{output} is being written by {holder}; two writers of one {what} would mix their "
-                            f"files: wait until it ends (or stop it), then {then}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+        base = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+        folder = base / f"textclf-locks-{os.getuid()}"
         self.release()
-        self._handle = handle
+        for key in self.keys(output):
+            try:
+                folder.mkdir(mode=0o700, exist_ok=True)
+                handle = open(folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock", "a+", encoding="utf-8")
+            except OSError as err:
+                self.release()
+                raise UserError(_explain_os_error(err, folder)) from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                self.release()
+                raise UserError(f"{output} is being written by {holder}; two writers of one {what} would mix their "
+                                f"files: wait until it ends (or stop it), then {then}") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            self._handles.append(handle)
 
     def release(self):
-        if self._handle is not None:
-            self._handle.close()  # closing the file drops the lock
-            self._handle = None
+        for handle in self._handles:
+            handle.close()  # closing the file drops the lock
+        self._handles = []
 
     def __enter__(self):
         return self

@@ -215,10 +215,33 @@ def load_backbone(model_dir, trust_remote_code=False, from_config_only=False, ba
                                                                bnb_4bit_use_double_quant=True,
                                                                bnb_4bit_compute_dtype=torch.bfloat16)
         # dtype float32: transformers 5 defaults to the checkpoint's dtype; autocast handles precision
-        return AutoModel.from_pretrained(str(model_dir), config=config, dtype=torch.float32,
-                                         trust_remote_code=trust_remote_code, **kwargs)
+        backbone, info = AutoModel.from_pretrained(str(model_dir), config=config, dtype=torch.float32,
+                                                   trust_remote_code=trust_remote_code, output_loading_info=True,
+                                                   **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
+    except RuntimeError as err:  # a tensor of another size (pickled weights are not checked before)
+        if "size" not in str(err) and "mismatch" not in str(err):
+            raise
+        raise UserError(f"the weights in {model_dir} do not fit its config.json (a tensor of another shape): the "
+                        f"config and weights come from different models; copy the complete Hugging Face folder there "
+                        f"again") from None
+    check_loaded(backbone, info, model_dir)
+    return backbone
+
+
+def check_loaded(backbone, info, model_dir):
+    """What the loaded weights must be, whatever their file format: every tensor the backbone needs
+    (a pooler may start new), and finite."""
+    missing = [k for k in info.get("missing_keys") or () if not k.split(".")[0] == "pooler"]
+    if missing:
+        raise UserError(f"the weights in {model_dir} lack {len(missing)} tensor(s) the model needs (e.g. "
+                        f"{sorted(missing)[0]}), which would start random; copy the complete Hugging Face folder "
+                        f"there again")
+    for name, param in backbone.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            raise UserError(f"the weights in {model_dir} hold NaN or inf ({name}); the model cannot train from them: "
+                            f"copy the complete Hugging Face folder there again")
 
 
 # ---------------------------------------------------------------------------- what a trained model is

@@ -66,8 +66,8 @@ def check_vocab_fits(tokenizer, model_dir):
         size = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
     except (OSError, ValueError, AttributeError):
         return  # read, and refused when broken, where the model is built
-    if isinstance(size, int) and tokenizer.vocab_size > size:
-        raise UserError(f"the tokenizer in {model_dir} has {tokenizer.vocab_size} tokens, but its config.json gives "
+    if isinstance(size, int) and len(tokenizer) > size:  # len: added tokens too (vocab_size leaves them out)
+        raise UserError(f"the tokenizer in {model_dir} has {len(tokenizer)} tokens, but its config.json gives "
                         f"the model an embedding table of {size} (vocab_size): the tokenizer files belong to another "
                         f"model; copy the model's own tokenizer files into {model_dir}")
 

@@ -54,6 +54,16 @@ from .problem import problem_type
 ARRAYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def _weight(value):
+    """A blend weight as a summary may hold one: a finite number of 0 or more (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
 def read_predictions(paths):
     """[(folder, manifest)], weights and blend method: prediction-set folders blended by their mean,
     or one ensemble summary (submissions/<name>.json) with its members, weights and method."""
@@ -64,12 +74,14 @@ def read_predictions(paths):
                             f"(submissions/<name>.json) or model_predictions/<run> folders")
         fix = "pass the .json that ensemble_and_submit.py wrote beside its submission"
         summary = load_json(path, "an ensemble summary", fix, {"predictions": list, "method": str})
+        if not summary["predictions"] or not all(isinstance(p, str) and p for p in summary["predictions"]):
+            raise UserError(f"{path}: predictions {str(summary['predictions'])[:60]} must list prediction-set "
+                            f"folders; {fix}")
         sets = [load_set(p) for p in summary["predictions"]]
-        weights = summary.get("weights") or [1.0] * len(sets)
+        weights = summary["weights"] if "weights" in summary else [1.0] * len(sets)
         if not isinstance(weights, list) or len(weights) != len(sets):
             raise UserError(f"{path} has weights {str(weights)[:60]} for {len(sets)} prediction sets; {fix}")
-        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-                   for w in weights) or sum(weights) <= 0:
+        if not all(_weight(w) for w in weights) or not 0 < sum(float(w) for w in weights) < math.inf:
             raise UserError(f"{path}: the blend weights {str(weights)[:60]} must be numbers of 0 or more, not all 0; "
                             f"{fix}")
         if summary["method"] not in BLEND_METHODS:

@@ -433,7 +433,7 @@ def scan_rows(reader, cfg, split, known_labels):
             raise UserError(f"{reader.where(line)}: the id ('{cfg.id_column}') is empty; every row needs an id")
         id_len = max(id_len, len(row_id))
         pending.append(hash(row_id))
-        pending_texts.append(hash((text, pair)))
+        pending_texts.append(hash((_same_text(text), _same_text(pair))))
         if len(pending) == 65536:  # Python ints cost ~36 bytes each; numpy blocks 8
             hashes.append(np.asarray(pending, dtype=np.int64))
             texts.append(np.asarray(pending_texts, dtype=np.int64))
@@ -467,6 +467,11 @@ def scan_rows(reader, cfg, split, known_labels):
                 texts=np.concatenate(texts + [np.asarray(pending_texts, dtype=np.int64)]),
                 given_folds=np.asarray(given_folds, dtype=np.int16) if reader.fold_idx is not None else None,
                 groups=np.asarray(groups, dtype=np.int64) if reader.group_idx is not None else None)
+
+
+def _same_text(text):
+    """A text as the train/valid/test overlap check compares it: spacing and case aside."""
+    return None if text is None else " ".join(str(text).split()).casefold()
 
 
 def unknown_label(reader, cfg, split, line, name, known):

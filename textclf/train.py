@@ -13,6 +13,7 @@ accumulation; only the main process prints (console.say) and writes. What a run 
 it resumes, is in checkpoint.py.
 """
 
+import contextlib
 import datetime
 import math
 import os
@@ -87,7 +88,8 @@ def _run(config, lock):
                              f"(train.precision={train_cfg.precision}): the continuation is not bit-exact")
             if accelerator.is_main_process:  # a later resume continues in the new precision
                 write_json(run_dir / "run.json", {**run_info, "precision": choice.record()})
-    elif accelerator.is_main_process:
+    made_parent = not run_dir.parent.exists()  # removed again with the run if the run is refused untrained
+    if not resuming and accelerator.is_main_process:
         start_run_folder(config, run_dir, plan, choice)
         say(accelerator, f"train: run folder {run_dir}")
     accelerator.wait_for_everyone()
@@ -100,7 +102,15 @@ def _run(config, lock):
     job.stop.install()
 
     for fold_plan in plan.folds:
-        outcome = train_fold(job, fold_plan)
+        try:
+            outcome = train_fold(job, fold_plan)
+        except UserError:  # refused before this new run trained anything (a model that will not load):
+            if not resuming and accelerator.is_main_process and not trained_anything(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-made is left behind
+                if made_parent:
+                    with contextlib.suppress(OSError):
+                        run_dir.parent.rmdir()
+            raise
         if outcome != "done":
             why = "a stop signal" if outcome == "interrupted" else f"train.max_time={train_cfg.max_time:g}s"
             trust = " model.trust_remote_code=true" if config.model.trust_remote_code else ""
@@ -119,6 +129,11 @@ def _run(config, lock):
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def trained_anything(run_dir):
+    """Whether a run folder holds anything a fold trained: best weights or a resumable state."""
+    return any(run_dir.glob("fold*/best")) or any(run_dir.glob("fold*/last-*"))
 
 
 def start_run_folder(config, run_dir, plan, choice):
