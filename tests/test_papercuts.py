@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, write
-from test_train import make_data, toy_rows
+from test_train import make_data, multi_label_data, toy_rows
 
 
 @pytest.mark.parametrize("command", [["train.py", "--help"], ["-m", "textclf.premodels", "list"]])
@@ -51,11 +51,7 @@ def test_a_short_run_logs_each_evaluation_draws_oof_figures_and_prints_its_peak_
 
 
 def test_multi_label_checkpoints_are_chosen_by_micro_f1(stage, premodels, tmp_path):
-    rows = toy_rows(60, classes=3)
-    flags = [[int(label == 0), int(label == 1), int(label == 2 or i % 5 == 0)] for i, (_, label) in enumerate(rows)]
-    base = make_data(stage, premodels, tmp_path, rows, header="text,pos,neg,med",
-                     fmt=lambda rs: [f"{t},{f[0]},{f[1]},{f[2]}" for (t, _), f in zip(rs, flags)],
-                     extra=["data.label_columns=[pos,neg,med]"])
+    base = multi_label_data(stage, premodels, tmp_path)
     result = stage("train", *base, f"train.output_dir={tmp_path / 'ck'}", "train.precision=no", "train.epochs=3",
                    "train.batch_size=8", "train.lr=2e-3", "train.class_weights=auto", "model.head=mean")
     assert result.code == 0, result

@@ -145,12 +145,17 @@ def test_class_weights_and_smoothing_in_the_loss():
     assert auto_class_weights(np.array([[1, 0], [1, 1], [0, 0], [1, 0]]), "multi_label", 2) == pytest.approx([1 / 3, 3.0])
 
 
-def test_multi_label_with_auto_weights(stage, premodels, tmp_path):
+def multi_label_data(stage, premodels, tmp_path):
+    """60 rows with three 0/1 label columns (pos, neg, med), processed; returns the common args."""
     rows = toy_rows(60, classes=3)
     flags = [[int(l == 0), int(l == 1), int(l == 2 or i % 5 == 0)] for i, (_, l) in enumerate(rows)]
-    base = make_data(stage, premodels, tmp_path, rows, header="text,pos,neg,med",
+    return make_data(stage, premodels, tmp_path, rows, header="text,pos,neg,med",
                      fmt=lambda rs: [f"{t},{f[0]},{f[1]},{f[2]}" for (t, _), f in zip(rs, flags)],
                      extra=["data.label_columns=[pos,neg,med]"])
+
+
+def test_multi_label_with_auto_weights(stage, premodels, tmp_path):
+    base = multi_label_data(stage, premodels, tmp_path)
     train(stage, tmp_path, base, "train.epochs=3", "train.batch_size=8", "train.lr=2e-3", "train.class_weights=auto",
           "train.metric=f1_micro", "model.head=mean")
     oof = np.load(tmp_path / "ck" / "toy" / "oof" / "probs.npy")

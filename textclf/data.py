@@ -136,11 +136,10 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
                           cut_inside_template_fields=bool(cfg.template) and not cfg.text_pair_column),
     )
     if cfg.window_stride:  # long texts are read as several windows; only max_windows leaves tokens out
-        entry["length_stats"]["texts_in_several_windows"] = int(np.count_nonzero(
-            np.bincount(np.load(folder / "window_doc.npy")) > 1))
+        per_text = np.bincount(np.load(folder / "window_doc.npy"))
+        entry["length_stats"]["texts_in_several_windows"] = int(np.count_nonzero(per_text > 1))
         entry["windows"] = int(n)
-        entry["windows_per_text"] = dict(mean=round(n / n_texts, 3), max=int(np.bincount(
-            np.load(folder / "window_doc.npy")).max()))
+        entry["windows_per_text"] = dict(mean=round(n / n_texts, 3), max=int(per_text.max()))
     if reader.labelled and cfg.task == "regression":
         entry["target_stats"] = target_stats(np.load(folder / "labels.npy"), list(label_index))
     elif reader.labelled:
@@ -315,15 +314,12 @@ def group_folds(labels, groups, n_folds, valid_size, seed):
 def group_splits(n_groups, n_folds, valid_size):
     """How many group folds to draw: K, or for a holdout about 1 / valid_size (as many as there are
     groups when fewer; the held-out fold is then larger than asked, and data_process says so)."""
-    if n_folds >= 2 and n_groups < n_folds:
-        raise UserError(f"data.group_column: the train file has {n_groups} group(s), fewer than data.n_folds="
-                        f"{n_folds}; groups are never split, so use data.n_folds={n_groups} or fewer"
-                        + (" (at least 2)" if n_groups >= 2 else "") if n_groups >= 2 else
-                        f"data.group_column: the train file has {n_groups} group, and groups are never split, so no "
-                        f"fold can be held out; use a column with several groups, or drop data.group_column")
-    if n_folds < 2 and n_groups < 2:
+    if n_groups < 2:
         raise UserError(f"data.group_column: the train file has {n_groups} group, and groups are never split, so no "
                         f"rows can be held out; use a column with several groups, or drop data.group_column")
+    if n_folds >= 2 and n_groups < n_folds:
+        raise UserError(f"data.group_column: the train file has {n_groups} group(s), fewer than data.n_folds="
+                        f"{n_folds}; groups are never split, so use data.n_folds={n_groups} or fewer")
     return n_folds if n_folds >= 2 else min(n_groups, max(2, int(round(1 / valid_size))))
 
 
@@ -509,10 +505,11 @@ def warn_label_lists(label_names, path):
     """Single-label names that read as lists of other labels ('a;b' beside 'a' and 'b') are likely
     multi-label data read without data.label_delimiter: each list would be a class of its own."""
     for delimiter in (";", "|", ",", "/"):
-        parts = [[p.strip() for p in name.split(delimiter)] for name in label_names if delimiter in name]
-        singles = set(label_names) | {p for ps in parts for p in ps if sum(p in qs for qs in parts) > 1}
-        lists = [name for name, ps in zip([n for n in label_names if delimiter in n], parts)
-                 if all(p in singles for p in ps)]
+        parts = {name: [p.strip() for p in name.split(delimiter)] for name in label_names if delimiter in name}
+        # a part is a label when it is one, or when several lists hold it
+        singles = set(label_names) | {p for ps in parts.values() for p in ps
+                                      if sum(p in qs for qs in parts.values()) > 1}
+        lists = [name for name, ps in parts.items() if all(p in singles for p in ps)]
         if lists:
             print(f"data_process: warning: {len(lists)} label(s) of {path.name} read as lists of other labels (e.g. "
                   f"{lists[0]!r}), each now a class of its own; for multi-label data set "

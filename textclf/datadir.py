@@ -51,15 +51,16 @@ def check_arrays(data_dir, meta):
             expect["labels"] = (texts,) if meta["problem_type"] == "single_label" else (texts, n_classes)
         if split == "train" and meta["folds"].get("mode") != "valid_file":
             expect["folds"] = (texts,)
+        arrays = {name: _open_array(data_dir / split / f"{name}.npy", fix) for name in expect}
         for name, shape in expect.items():
-            array = _open_array(data_dir / split / f"{name}.npy", fix)
+            array = arrays[name]
             if len(array.shape) != len(shape) or any(s is not None and s != n for s, n in zip(shape, array.shape)):
                 raise UserError(f"{data_dir / split / f'{name}.npy'} holds {array.shape} but meta.json records "
                                 f"{shape} for the {split} split (a file replaced or cut short); {fix}")
         if "labels" in expect:
-            check_labels(np.load(data_dir / split / "labels.npy"), meta, data_dir / split / "labels.npy", fix)
+            check_labels(arrays["labels"], meta, data_dir / split / "labels.npy", fix)
         if "folds" in expect:
-            folds, n_folds = np.load(data_dir / "train" / "folds.npy"), meta["folds"].get("n_folds", 1)
+            folds, n_folds = arrays["folds"], meta["folds"].get("n_folds", 1)
             held = set(np.unique(folds).tolist()) - {-1}
             if folds.dtype.kind not in "iu" or held != set(range(n_folds)):
                 raise UserError(f"{data_dir / 'train' / 'folds.npy'} holds folds {sorted(held)[:8]} but meta.json "

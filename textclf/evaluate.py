@@ -290,9 +290,13 @@ def read_texts(config, spec):
     data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
     raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
-    reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)
-    scan_rows(reader, data_cfg, "input", None)  # refuses what data_process.py would refuse
-    reader = labelled_reader(raw, data_cfg, spec, config.eval.read_labels) or reader
+    reader, unscored = labelled_reader(raw, data_cfg, spec, config.eval.read_labels)
+    if reader is None:  # read without labels: its rows checked here (a labelled reader's scan checked them)
+        reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)
+        scan_rows(reader, data_cfg, "input", None)  # refuses what data_process.py would refuse
+        if unscored:
+            print(f"evaluate: {raw.path.name} is predicted, not scored: {unscored} (eval.read_labels=always refuses "
+                  f"such a file)", flush=True)
     texts, ids, labels, pairs = [], [], [], [] if reader.pair_idx is not None else None
     for row_number, (line, values) in enumerate(raw.rows()):
         text = reader.text(values, line)
@@ -311,28 +315,28 @@ def read_texts(config, spec):
 
 
 def labelled_reader(raw, data_cfg, spec, mode):
-    """A RowReader that reads eval.input's labels, where eval.read_labels asks for them and every
-    label is one of the run's (a blank column: unlabelled); else None. auto goes on unscored where
-    the labels cannot be read, and says why; always refuses."""
+    """(a RowReader that reads eval.input's labels, its rows scanned, or None; why the file goes
+    unscored, or None). Labels are read where eval.read_labels asks for them and every label is one
+    of the run's (a blank column: unlabelled). auto goes on unscored where the labels cannot be
+    read, and says why; always refuses."""
     if mode == "never":
-        return None
+        return None, None
     problem = spec.labels.problem
     try:
         reader = RowReader(raw, data_cfg, need_labels=mode == "always", read_labels=True)
-        known = None if problem.regression or data_cfg.label_columns else set(spec.labels.names)
-        scan_rows(reader, data_cfg, "input", known)
+        if reader.labelled:  # it has the label column(s): the whole file is read to check them
+            known = None if problem.regression or data_cfg.label_columns else set(spec.labels.names)
+            scan_rows(reader, data_cfg, "input", known)
     except UserError as err:
         if mode == "always":
             raise
-        print(f"evaluate: {raw.path.name} is predicted, not scored: {err} (eval.read_labels=always refuses such a "
-              f"file)", flush=True)
-        return None
+        return None, str(err)
     if not reader.labelled:
         if mode == "always":
             raise UserError(f"eval.input {raw.path} has no labels in its label column, and eval.read_labels=always; "
                             f"fill them in, or use eval.read_labels=auto")
-        return None
-    return reader
+        return None, None
+    return reader, None
 
 
 def predict_raw(config, run_dir):

@@ -5,9 +5,9 @@
     check_sharded(train_cfg, sharded)                  what FSDP / DeepSpeed cannot do
 
 Nothing here writes a file or builds an Accelerator; a model is built only on the meta device
-(the weights are read only to check they are finite). Values alone are checked where the config
-is read (config.py, each section's check()); here they are checked against the data and the
-model they meet.
+(no weights read: model.check_loaded checks them as they load). Values alone are checked where
+the config is read (config.py, each section's check()); here they are checked against the data
+and the model they meet.
 """
 
 import dataclasses
@@ -24,7 +24,7 @@ from .errors import UserError
 from .fileio import sha256_file
 from .model import (HeadConfig, ModelSpec, check_freeze, check_gradient_checkpointing, read_encoder_config,
                     resolve_head, verbalizer_ids)
-from .premodels import check_finite_weights, load_tokenizer, resolve_model_dir, vocab_hash
+from .premodels import load_tokenizer, resolve_model_dir, vocab_hash
 from .problem import resolve as resolve_problem
 from .text_rules import check_texts
 from .trackers import check as check_trackers
@@ -70,7 +70,6 @@ def check(config):
     check_data_keys(config, meta, data_dir)
     model_dir = resolve_model_dir(config.model.name, config.model.premodels_dir, config.model.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
-    check_finite_weights(model_dir, config.model.name)
     if vocab_hash(tokenizer) != meta["tokenizer"]["vocab_sha256"]:
         raise UserError(f"{data_dir} was tokenized for '{meta['model_name']}', whose vocabulary differs from "
                         f"model '{config.model.name}'; run data_process.py with model.name={config.model.name} "

@@ -200,25 +200,6 @@ def _check_weights(folder, config, trust_remote_code, refetch):
     _check_shapes(folder, config, shapes, trust_remote_code, refetch)
 
 
-def check_finite_weights(folder, name):
-    """NaN or inf in the pretrained weights makes every loss non-finite: train refuses them before a
-    step is taken. Reads safetensors one tensor at a time (pickled weights are not read here)."""
-    import torch
-    from safetensors import safe_open
-
-    for path in weight_files(Path(folder)):
-        if path.suffix != ".safetensors":
-            return
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                tensor = handle.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    raise UserError(f"the weights in {path} hold NaN or inf ({key}); the model cannot train from them: "
-                                    f"copy the complete Hugging Face folder there again" + (
-                                        "" if is_path(name) else
-                                        f", or `python -m textclf.premodels fetch {name}` after removing it"))
-
-
 def _check_shapes(folder, config, shapes, trust_remote_code, refetch):
     """The backbone the config makes (on the meta device: no memory) against the file's tensors."""
     import torch

@@ -116,10 +116,11 @@ class RawFile:
             found = header[0]
             for name, sep in (("tab", "\t"), ("comma", ","), ("semicolon", ";"), ("pipe", "|")):
                 if sep in found:
-                    given = self.cfg.delimiter is not None  # data.delimiter wins over data.format: the advice says so
-                    hint = ("data.format=tsv" if sep == "\t" else "data.format=csv" if sep == "," else
-                            f"data.delimiter='{sep}'") if not given else (
-                        f"data.delimiter='{sep}'" if sep != "\t" else "data.delimiter='\\t'")
+                    written = "\\t" if sep == "\t" else sep
+                    # data.delimiter, when given, wins over data.format: then the advice names it
+                    hint = {"\t": "data.format=tsv", ",": "data.format=csv"}.get(sep, f"data.delimiter='{sep}'")
+                    if self.cfg.delimiter is not None:
+                        hint = f"data.delimiter='{written}'"
                     raise UserError(
                         f"{self.role} file {self.path} has one column '{found[:60]}' with this delimiter; "
                         f"it looks {name}-separated: set {hint}"
@@ -228,11 +229,12 @@ class RowReader:
 
         def index(name, key):
             if name not in cols:
-                # eval.input is read as the run's model reads text: its text columns are the run's
-                fix = (f"name the file's column '{name}', as the run's data had it" if raw.role == "input" and key in (
-                    "data.template", "data.text_columns", "data.text_pair_column") else
-                       "the template names columns: rename them, or the file's" if key == "data.template" else
-                       f"set {key} to one of them")
+                if raw.role == "input" and key in ("data.template", "data.text_columns", "data.text_pair_column"):
+                    fix = f"name the file's column '{name}', as the run's data had it"  # the run's model reads it
+                elif key == "data.template":
+                    fix = "the template names columns: rename them, or the file's"
+                else:
+                    fix = f"set {key} to one of them"
                 raise UserError(f"{raw.role} file {raw.path} has no column '{name}' ({key}); columns found: "
                                 f"{', '.join(raw.columns)}; {fix}")
             return cols[name]
