@@ -240,3 +240,37 @@ def test_any_texts_get_the_same_answer_from_the_onnx_export_and_the_predictor(to
         assert isinstance(outcomes[0], str) and isinstance(outcomes[1], str), outcomes
     else:
         np.testing.assert_allclose(outcomes[1], outcomes[0], atol=1e-4)
+
+
+def test_calibrated_probabilities_are_the_same_in_every_predictor(toy_run):
+    """The run's fitted temperature is applied by evaluate, the Predictor, the ONNX graph and the
+    Hugging Face export alike (the tests above compare those to the Predictor, so here it must be
+    a temperature that changes the numbers)."""
+    from textclf import calibration
+    from textclf.onnx_predict import OnnxPredictor
+    from textclf.problem import PROBLEMS
+
+    run = toy_run / "ck" / "two"
+    temperature = json.loads((run / "calibration.json").read_text())["temperature"]
+    assert abs(temperature - 1) > 0.05
+    calibrated = predictor(run).predict(TEXTS)
+    raw = Predictor.from_run(run, device="cpu", precision="no", calibrated=False).predict(TEXTS)
+    assert not np.allclose(calibrated["probs"], raw["probs"], atol=1e-3)
+    folds = [Predictor.from_run(run, folds=[k], device="cpu", precision="no", calibrated=False)
+             .predict(TEXTS)["probs"] for k in (0, 1)]
+    want = np.mean([calibration.apply(p, temperature, PROBLEMS["single_label"]) for p in folds], axis=0)
+    np.testing.assert_allclose(calibrated["probs"], want, atol=2e-5)  # each fold's logits / T, then the mean
+    out = toy_run / "onnx-cal"
+    export.export(run, "onnx", out)
+    np.testing.assert_allclose(OnnxPredictor.from_export(out).predict(TEXTS)["probs"], calibrated["probs"], atol=1e-4)
+    result = run_stage("evaluate", f"eval.run={run}", f"eval.output_dir={toy_run / 'mp'}", "eval.precision=no",
+                       f"eval.texts={json.dumps(TEXTS)}")
+    assert result.code == 0, result
+    written = sorted((toy_run / "mp").glob("two-texts*"))[-1]
+    np.testing.assert_allclose(np.load(written / "probs.npy"), calibrated["probs"], atol=1e-5)
+    # abstention: the rows below the threshold get the abstain label, alike in both predictors
+    below = float(np.sort(calibrated["probs"].max(1))[2]) + 1e-6
+    answered = predictor(run).predict(TEXTS, abstain_below=below, abstain_label="unsure")
+    assert answered["labels"].count("unsure") == 3 and answered["abstained"].sum() == 3
+    onnx_answered = OnnxPredictor.from_export(out).predict(TEXTS, abstain_below=below, abstain_label="unsure")
+    assert onnx_answered["labels"] == answered["labels"]

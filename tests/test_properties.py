@@ -431,7 +431,7 @@ def test_an_adversarial_pass_restores_every_weight_exactly(premodels, kind, eps,
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     accelerator = SimpleNamespace(no_sync=lambda m: contextlib.nullcontext(), backward=lambda loss: loss.backward())
     adversary = make_adversary(model, SimpleNamespace(adversarial=kind, adv_eps=eps, adv_lr=adv_lr))
-    backward(adversary, accelerator, model, loss_fn, batch, weight)
+    backward(adversary, accelerator, model, lambda logits, b: loss_fn(logits, b["labels"]), batch, weight)
     total = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     model.zero_grad()

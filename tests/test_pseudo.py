@@ -290,3 +290,30 @@ def test_per_fold_refuses_sets_of_other_folds(sets, tmp_path):
     assert _pseudo(sets, "pseudo.name=x", f"pseudo.predictions=[{tmp_path / 'mp' / 'reseeded'}]",
                    "pseudo.threshold=0.5").code == 0
     assert sorted(p.name for p in (tmp / "data").iterdir()) == sorted(before + ["x"])
+
+
+def test_a_blend_is_calibrated_and_abstains_only_where_the_sample_allows_it(sets, tmp_path):
+    tmp, common = sets["tmp"], sets["common"]
+    preds = f"ensemble.predictions=[{tmp / 'mp' / 'a'},{tmp / 'mp' / 'b'}]"
+    summary = json.loads((tmp / "subs" / "blend.json").read_text())
+    record = summary["calibration"]
+    assert record["temperature"] > 0 and record["ece_after"] <= record["ece_before"] + 1e-9
+    result = run_stage("ensemble_and_submit", *common, preds, f"ensemble.output_dir={tmp_path}", "ensemble.name=x",
+                       "ensemble.abstain_below=0.9", "ensemble.output=labels")
+    assert result.code == 2 and "no sample submission was given" in result.err
+    assert not list(tmp_path.iterdir())
+    ids = [f"r{i}" for i in range(len(sets["test_rows"]))]
+    write(tmp_path / "sample.csv", "id,label\n" + "".join(f"{i},{'abstain' if k == 0 else 0}\n"
+                                                          for k, i in enumerate(ids)))
+    no_abstain = tmp_path / "plain.csv"
+    write(no_abstain, "id,label\n" + "".join(f"{i},0\n" for i in ids))
+    result = run_stage("ensemble_and_submit", *common, preds, f"ensemble.output_dir={tmp_path}", "ensemble.name=x",
+                       "ensemble.abstain_below=0.9", f"ensemble.sample_submission={no_abstain}")
+    assert result.code == 2 and "never holds 'abstain'" in result.err
+    result = run_stage("ensemble_and_submit", *common, preds, f"ensemble.output_dir={tmp_path}", "ensemble.name=x",
+                       "ensemble.abstain_below=0.9", f"ensemble.sample_submission={tmp_path / 'sample.csv'}")
+    assert result.code == 0, result
+    written = (tmp_path / "x.csv").read_text().splitlines()[1:]
+    abstained = [line for line in written if line.endswith(",abstain")]
+    blend_summary = json.loads((tmp_path / "x.json").read_text())
+    assert len(abstained) == blend_summary["abstain"]["rows"] > 0

@@ -466,8 +466,9 @@ def test_a_finished_k_fold_run_keeps_its_best_weights_not_its_states(stage, prem
     best = sum((run / f"fold{k}" / "best" / "model.safetensors").stat().st_size for k in range(3))
     files = {p: p.stat().st_size for p in run.rglob("*") if p.is_file()}
     total = sum(files.values())
-    # beyond the best weights: curves.png, logs, OOF rows, each best/'s config, tokenizer and remote code
-    assert total - best < 300_000, sorted(files.items(), key=lambda kv: -kv[1])[:8]
+    # beyond the best weights: the figures (curves.png, reliability.png), logs, OOF rows, each best/'s config,
+    # tokenizer and remote code; never a resumable state (~3x the model)
+    assert total - best < 360_000, sorted(files.items(), key=lambda kv: -kv[1])[:8]
     disk = json.loads((run / "summary.json").read_text())["disk"]
     assert disk["state_bytes"] == 0 and abs(disk["bytes"] - total) < 4096  # all but summary.json itself
     kept = train(stage, tmp_path, base, "train.epochs=1", "train.batch_size=8", "train.report_to=none",

@@ -90,19 +90,19 @@ class AWP:
         self.before = self.backup = None
 
 
-def backward(adversary, accelerator, model, loss_fn, batch, weight):
+def backward(adversary, accelerator, model, batch_loss, batch, weight):
     """One batch's clean forward and backward, then a second on the weights pushed along its own
     gradient, then the weights restored exactly. Both gradients are added to .grad, weighted as the
-    loop weights a batch. Returns the clean loss."""
+    loop weights a batch (`batch_loss(logits, batch)`: the fold's training loss). Returns the clean loss."""
     # the window's gradients are reduced by the adversarial backward, not by this one
     with accelerator.no_sync(model):
         adversary.remember(batch)
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        loss = loss_fn(logits, batch["labels"])
+        loss = batch_loss(logits, batch)
         accelerator.backward(loss * weight)
     adversary.attack()  # the same batch again, on weights pushed along its gradient
     adv_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    accelerator.backward(loss_fn(adv_logits, batch["labels"]) * weight)
+    accelerator.backward(batch_loss(adv_logits, batch) * weight)
     adversary.restore()
     return loss
 

@@ -312,6 +312,22 @@ def save_best(accelerator, fold_dir, model, spec, tokenizer, metrics, config_yam
     accelerator.wait_for_everyone()
 
 
+def set_temperature(run_dir, folds, temperature):
+    """Each fold's best/head.json takes the run's fitted temperature (calibration.py): the model
+    divides its logits by it from then on, wherever it is loaded or exported (its config.json, which
+    Hugging Face loads with remote code, too)."""
+    for fold in folds:
+        best = run_dir / f"fold{fold}" / "best"
+        doc = load_json(best / "head.json", "a textclf head.json", "train the fold again")
+        doc["head"]["temperature"] = temperature
+        write_json(best / "head.json", doc)
+        if (best / "config.json").is_file():
+            hf = load_json(best / "config.json", "a best/ folder's config.json", "train the fold again")
+            if hf.get("model_type") == "textclf":
+                hf["calibration_temperature"] = temperature
+                write_json(best / "config.json", hf)
+
+
 def drop_states(fold_dir):
     """A finished fold's resumable states (last-<step>/, and temporaries a kill left): removed, since
     best/, oof/ and done.json are all a finished fold needs. Returns the bytes freed."""

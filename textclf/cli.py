@@ -7,6 +7,7 @@
     textclf-pseudo   --config configs/x.yaml pseudo.name=x-pseudo pseudo.predictions=[...]  # = python -m textclf.pseudo ...
     textclf-export   --run checkpoints/sst2 --format onnx --out exported/sst2-onnx   # = python -m textclf.export ...
     textclf-premodels random bert                                    # = python -m textclf.premodels ...
+    textclf-tune     --config configs/sst2.yaml tune.trials=8        # = python -m textclf.tune ...
 
 Each stage function takes the arguments and the program name its usage line shows; the
 top-level scripts of a checkout call them with their own file names. Installed, relative
@@ -59,6 +60,11 @@ def export(argv):
     main(argv)
 
 
+def tune(argv, prog="textclf-tune"):
+    from .tune import main
+    main(argv, prog)
+
+
 def premodels(argv):
     from .premodels import main
 
@@ -88,6 +94,10 @@ def pseudo_entry():
 
 def export_entry():
     run_cli(export)
+
+
+def tune_entry():
+    run_cli(tune)
 
 
 def premodels_entry():

@@ -396,6 +396,13 @@ class TrainConfig:
                                                      "as the metric is")
     patience: int = key(0, "evaluations without improvement before the fold stops; 0: never")
     min_delta: float = key(0.0, "the least change that counts as an improvement")
+    teacher: list[str] = key([], "distillation: prediction set(s) (their mean) or one submissions/<name>.json whose "
+                             "out-of-fold probabilities the run also learns from (textclf/distillation.py)")
+    distill_alpha: float = key(0.5, "the teacher's share of the loss; 1 - alpha goes to the labels")
+    distill_temperature: float = key(2.0, "the softening of both distributions in the teacher's loss")
+    calibrate: bool = key(True, "fit a temperature on the out-of-fold rows at the end of the run; evaluate, the "
+                          "predictors and exports divide the logits by it (textclf/calibration.py)",
+                          free_on_resume=True)
     max_nonfinite: int = key(20, "non-finite losses in a row before the run stops")
     save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold while it trains", free_on_resume=True,
                                 sticky=True)
@@ -452,6 +459,11 @@ class TrainConfig:
                  "must be 0 or numbers from 1e-9 to 1e9 (ratios between classes), one per label, not all 0")
         need(finite(self.huber_delta) and self.huber_delta > 0, "train.huber_delta", self.huber_delta,
              "must be a positive number (in target standard deviations)")
+        need(distinct(self.teacher), "train.teacher", self.teacher, "lists a prediction set twice")
+        need(finite(self.distill_alpha) and 0 <= self.distill_alpha <= 1, "train.distill_alpha", self.distill_alpha,
+             "must be from 0 (labels only) to 1 (the teacher only)")
+        need(finite(self.distill_temperature) and 0.05 <= self.distill_temperature <= 100, "train.distill_temperature",
+             self.distill_temperature, "must be a temperature from 0.05 to 100 (1: as the teacher gave them)")
         metrics = ("auto",) + TRAIN_METRICS
         if self.metric not in metrics:
             close = difflib.get_close_matches(self.metric, metrics, n=1)
@@ -502,6 +514,11 @@ class EvalConfig:
                                                           "has them, always refuses one without, never only predicts")
     data: str = key("", "another processed data set (models_input_files/<name>, tokenized as the run's) to predict "
                     "and score instead of the run's own")
+    calibrated: bool = key(True, "apply the temperature the run fitted on its out-of-fold rows (train.calibrate); "
+                           "false: the probabilities as trained")
+    abstain_below: float = key(0.0, "> 0: answer eval.abstain_label where the top probability is below this "
+                               "(single-label); labelled splits report coverage and accuracy on the rows answered")
+    abstain_label: str = key("abstain", "the answer of a row that abstains")
 
     def check(self):
         need(self.splits and distinct(self.splits), "eval.splits", self.splits,
@@ -513,6 +530,10 @@ class EvalConfig:
             self.embeddings = True
         if self.data:
             check_name(self.data, "eval.data")
+        need(finite(self.abstain_below) and 0 <= self.abstain_below <= 1, "eval.abstain_below", self.abstain_below,
+             "must be a probability from 0 (never abstain) to 1")
+        need(self.abstain_label.strip() != "" and "\n" not in self.abstain_label, "eval.abstain_label",
+             self.abstain_label, "must be a non-empty label on one line")
 
 
 @dataclass
@@ -533,6 +554,11 @@ class EnsembleConfig:
     output_dir: str = key("submissions", "where submissions are written")
     tune_thresholds: bool = key(True, "tune the binary threshold (multi-label: one per class) on the out-of-fold "
                                 "rows, where labels are written for a label metric")
+    calibrate: bool = key(True, "fit a temperature on the blend's out-of-fold rows and apply it to the blend "
+                          "(textclf/calibration.py); not for rank blends or regression")
+    abstain_below: float = key(0.0, "> 0: write ensemble.abstain_label where the blend's top probability is below "
+                               "this; only for a label submission whose sample already holds that label")
+    abstain_label: str = key("abstain", "the label a row that abstains gets in the submission")
 
     def check(self):
         check_name(self.name, "ensemble.name")
@@ -541,6 +567,12 @@ class EnsembleConfig:
              "ranks each class column across rows, which changes argmax and threshold decisions; it suits "
              "ensemble.metric=roc_auc only (two classes or multi-label): use weighted or mean, or set "
              "ensemble.metric=roc_auc")
+        need(finite(self.abstain_below) and 0 <= self.abstain_below <= 1, "ensemble.abstain_below",
+             self.abstain_below, "must be a probability from 0 (never abstain) to 1")
+        need(not self.abstain_below or self.method != "rank", "ensemble.abstain_below", self.abstain_below,
+             "needs probabilities, and a rank blend gives ranks; use ensemble.method=weighted or mean")
+        need(self.abstain_label.strip() != "" and "\n" not in self.abstain_label, "ensemble.abstain_label",
+             self.abstain_label, "must be a non-empty label on one line")
 
 
 @dataclass
@@ -569,6 +601,104 @@ class PseudoConfig:
              "must be a non-empty prefix (it keeps pseudo rows' ids apart from the train ids)")
 
 
+TUNABLE_SECTIONS = ("train", "model")
+
+
+@dataclass
+class TuneConfig:
+    FREE_ON_RESUME: ClassVar[bool] = True
+
+    space: dict = key({}, "what to search, key -> range: {train.lr: {low: 1e-5, high: 3e-4, log: true}, "
+                      "train.epochs: {low: 1, high: 4, step: 1}, model.head: {choices: [cls, mean]}}")
+    trials: int = key(8, "finished trials (complete or pruned) the study runs up to, counting earlier sessions")
+    timeout: float = key(0.0, "> 0: start no new trial after this many seconds of this session")
+    study: str = key("", "the study's name: its folder <train.output_dir>/<study>-tune; default: train.run or "
+                     "data.name")
+    storage: str = key("", "a database URL Optuna takes (sqlite:///..., postgresql://...); default: study.db in the "
+                       "study's folder, so a killed study resumes and processes on this machine can share it")
+    pruner: Literal["median", "none"] = key("median", "median: stop a trial whose evaluation is below the median of "
+                                            "earlier trials' at the same point; none: run every trial whole")
+    startup_trials: int = key(3, "trials that run whole and are sampled at random before TPE and the pruner start")
+    seed: int = key(0, "the sampler's seed")
+    heartbeat: float = key(60.0, "seconds between a running trial's signs of life in the storage; a trial silent for "
+                           "twice this is failed and run again (another machine's); 0: off")
+
+    def check(self):
+        if self.study:
+            check_name(self.study, "tune.study")
+        check_count(self.trials, "tune.trials")
+        check_count(self.startup_trials, "tune.startup_trials")
+        check_seed(self.seed, "tune.seed")
+        for name in ("timeout", "heartbeat"):
+            need(finite(getattr(self, name)) and getattr(self, name) >= 0, f"tune.{name}", getattr(self, name),
+                 "must be 0 (off) or a number of seconds")
+        need(not self.heartbeat or self.heartbeat >= 1, "tune.heartbeat", self.heartbeat,
+             "must be 0 (off) or at least 1 second")
+        self.space = {name: check_range(name, spec) for name, spec in self.space.items()}
+
+    def parameters(self):
+        """The space as (section, key, spec) with every spec in its long form ({choices: [...]} for a list)."""
+        out = []
+        for name, spec in self.space.items():
+            section, _, key_name = str(name).partition(".")
+            out.append((section, key_name, {"choices": list(spec)} if isinstance(spec, list) else dict(spec)))
+        return out
+
+
+def check_range(name, spec):
+    """One entry of tune.space: a known train/model key that data_process did not fix and that
+    changes the model, with a range of its type (low < high, log only above 0, an integer step
+    for an integer key) or distinct choices of its type. Returns it with its values typed."""
+    where = f"tune.space.{name}"
+    section, _, key_name = str(name).partition(".")
+    if section not in SECTIONS or not key_name:
+        raise UserError(f"{where}: name a key as section.key, e.g. train.lr")
+    fields = {f.name: f for f in fields_of(section)}
+    if key_name not in fields:
+        close = difflib.get_close_matches(key_name, list(fields), n=1)
+        raise UserError(f"{where}: {section} has no key {key_name}" + (f" (did you mean {section}.{close[0]}?)"
+                                                                       if close else ""))
+    meta = fields[key_name].metadata
+    if section == "data" or meta.get("fixed"):
+        raise UserError(f"{where}: {name} is fixed when data_process.py makes the arrays, so a trial cannot change it; "
+                        f"make one data set per value and tune on each")
+    if (section not in TUNABLE_SECTIONS or meta.get("free_on_resume") or meta.get("locates_input")
+            or key_name in ("folds", "teacher", "seed")):
+        raise UserError(f"{where}: {name} is not a setting of the model or its training; tune train.* and model.* "
+                        f"hyperparameters (train.lr, train.epochs, model.dropout, ...)")
+    tp = field_types(section)[key_name]
+    if isinstance(spec, list):
+        spec = {"choices": spec}
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: {spec!r} is not a range; write {{low: a, high: b}} (log: true, step: s) or "
+                        f"{{choices: [a, b]}}")
+    unknown = sorted(set(spec) - {"low", "high", "log", "step", "choices"})
+    if unknown:
+        raise UserError(f"{where}: unknown setting '{unknown[0]}'; a range takes low, high, log, step, or choices")
+    if "choices" in spec:
+        choices = spec["choices"]
+        need(isinstance(choices, list) and len(choices) >= 1 and set(spec) == {"choices"}, where, spec,
+             "takes choices alone: a list of at least one value")
+        values = [coerce(c, tp, f"{name}") for c in choices]
+        need(len({repr(v) for v in values}) == len(values), where, choices, "lists a choice twice")
+        return {"choices": values}
+    need("low" in spec and "high" in spec, where, spec, "needs low and high (or choices)")
+    numeric = [t for t in (typing.get_args(tp) or (tp,)) if t in (int, float)]
+    if not numeric:
+        raise UserError(f"{where}: {name} is not a number ({_type_name(tp)}); give it choices: {{choices: [...]}}")
+    kind = int if numeric == [int] else float
+    low, high = coerce(spec["low"], kind, where), coerce(spec["high"], kind, where)
+    need(finite(low) and finite(high) and low < high, where, spec, "needs low below high")
+    log = coerce(spec.get("log", False), bool, f"{where}.log")
+    need(not log or low > 0, where, spec, "has log: true, which needs low above 0")
+    out = {"low": low, "high": high, "log": log}
+    if "step" in spec:
+        out["step"] = step = coerce(spec["step"], kind, f"{where}.step")
+        need(finite(step) and step > 0 and not log, f"{where}.step", step,
+             "must be a positive step, and a range with a step cannot be log")
+    return out
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -577,6 +707,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     config_file: str | None = None  # where it was read from (set by the parser)
     explicit: set = field(default_factory=set)  # "section.key" set on the command line
     program: str = "python train.py"  # the command that read it, for hints that name a command

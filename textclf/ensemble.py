@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import submission
+from . import calibration, submission
 from .config import resolve_path
 from .errors import UserError
 from .fileio import atomic_write_text, next_version, write_json
@@ -154,15 +154,25 @@ def run(config):
     check_method(ecfg.method, metric, problem, len(label_names))
     if not all(split in m["splits"] for _, m in sets):
         raise UserError(f"not every prediction set has a '{split}' split; run evaluate.py with eval.splits=[test]")
+    check_abstention(ecfg, sample, layout, problem)
     summary, weights, thresholds = fit_blend(ecfg, sets, problem, metric, layout)
 
     test_members = [load_array(folder, m, split) for folder, m in sets]
     test_probs = normalise(blend(test_members, weights, ecfg.method), problem)
     if np.isnan(test_probs).any():
         raise UserError("the blended test probabilities contain NaN; a prediction set is corrupted, re-run evaluate.py")
+    if "calibration" in summary:  # the temperature fitted on the blend's out-of-fold rows
+        test_probs = calibration.apply(test_probs, summary["calibration"]["temperature"], problem)
     predicted = problem.decide(test_probs, thresholds)
     written = submission.written_probs(layout, test_probs, problem)
-    rows = submission.rows(layout, sample, load_array(*sets[0], split, "ids.npy"), written, predicted, label_names)
+    abstained = None
+    if ecfg.abstain_below:
+        abstained = test_probs.max(axis=1) < ecfg.abstain_below
+        summary["abstain"] = dict(below=ecfg.abstain_below, label=ecfg.abstain_label, rows=int(abstained.sum()))
+        print(f"ensemble: {int(abstained.sum())} of {len(abstained)} test rows abstain (top probability below "
+              f"{ecfg.abstain_below:g}): {ecfg.abstain_label!r}", flush=True)
+    rows = submission.rows(layout, sample, load_array(*sets[0], split, "ids.npy"), written, predicted, label_names,
+                           abstained, ecfg.abstain_label)
     test_score = None
     if "metrics" in manifest["splits"][split]:  # scored before anything is written, as written
         test_score = written_score(layout, written, predicted, load_array(*sets[0], split, "labels.npy"), problem,
@@ -179,6 +189,23 @@ def run(config):
     print(f"ensemble: wrote {target} ({len(rows) - 1} rows, {layout.kind}: {', '.join(layout.header[1:])})",
           flush=True)
     return target
+
+
+def check_abstention(ecfg, sample, layout, problem):
+    """ensemble.abstain_below writes a label that is not a class: only into a label column of a
+    single-label submission whose sample submission already holds that label somewhere (the
+    competition's way of allowing an answer of "none of these")."""
+    if not ecfg.abstain_below:
+        return
+    if problem.regression or problem.multi_label or layout.kind != "labels" or layout.columns:
+        raise UserError(f"ensemble.abstain_below: a submission of {layout.kind} for a {problem.name} problem has no "
+                        f"single label to replace by {ecfg.abstain_label!r}; leave ensemble.abstain_below at 0")
+    if sample is None or ecfg.abstain_label not in sample.examples():
+        where = "no sample submission was given" if sample is None else \
+            f"the sample submission {ecfg.sample_submission} never holds {ecfg.abstain_label!r} in its label column"
+        raise UserError(f"ensemble.abstain_below: {where}, so an abstaining row would be a label the competition does "
+                        f"not know; leave ensemble.abstain_below at 0, or set ensemble.abstain_label to the label the "
+                        f"sample uses for no answer")
 
 
 def fit_blend(ecfg, sets, problem, metric, layout):
@@ -207,6 +234,12 @@ def fit_blend(ecfg, sets, problem, metric, layout):
     else:
         blend_score = score(normalise(blend(members, weights, ecfg.method), problem), labels, problem, metric)
     blended = normalise(blend(members, weights, ecfg.method), problem)
+    if ecfg.calibrate and ecfg.method != "rank" and not problem.regression:
+        temperature, summary["calibration"], blended = calibration.calibrate(blended, labels, problem)
+        record = summary["calibration"]
+        print(f"blend calibrated on the {tune_split} rows: temperature {temperature:.3f}, expected calibration "
+              f"error {record['ece_before']:.4f} -> {record['ece_after']:.4f}"
+              + (f" (not fitted: {record['not_fitted']})" if "not_fitted" in record else ""), flush=True)
     if (ecfg.tune_thresholds and ecfg.method != "rank" and layout.kind == "labels" and not problem.regression
             and metric in submission.LABEL_METRICS):
         thresholds = tune_thresholds(blended, labels, problem, metric)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import calibration
+from .calibration import check_abstain
 from .checkpoint import load_run_json
 from .config import file_reading_keys, resolve_path
 from .console import say, shown
@@ -140,6 +142,7 @@ class Sources:
     spec: ModelSpec
     checkpoints: list  # [{fold, path, sha256}] of the folds predicting
     remade: bool  # the data folder was made again after the run trained
+    temperature: float = 1.0  # the calibration the models apply (eval.calibrated)
 
 
 def run(config):
@@ -193,7 +196,9 @@ def open_run(config, run_dir, main):
     data_dir = other_data(config, trained_on) or trained_on
     meta = load_meta(data_dir)
     check_data_keys(config, meta, data_dir)
-    models, spec, checkpoints = load_fold_models(run_dir, config.eval.folds, config.model.trust_remote_code)
+    models, spec, checkpoints = load_fold_models(run_dir, config.eval.folds, config.model.trust_remote_code,
+                                                 config.eval.calibrated)
+    check_abstain(config.eval.abstain_below, spec.labels.problem)
     check_arrays_fit(meta, spec, data_dir, run_dir)
     if data_dir != trained_on and main:
         print(f"evaluate: predicting {data_dir} with {run_dir} (trained on {trained_on.name})", flush=True)
@@ -202,7 +207,8 @@ def open_run(config, run_dir, main):
         print(f"evaluate: warning: {data_dir} was made again after this run trained (its meta.json differs); its "
               f"train/valid rows may not be the ones the run held out, so scores on them may be optimistic",
               file=sys.stderr, flush=True)
-    return Sources(run_dir, data_dir, meta, spec, checkpoints, remade), models
+    temperature = float(models[0].temperature) if models else 1.0
+    return Sources(run_dir, data_dir, meta, spec, checkpoints, remade, temperature), models
 
 
 def other_data(config, trained_on):
@@ -235,26 +241,54 @@ def write_predictions(config, sources, results, vectors, choice):
         run=str(run_dir), label_names=spec.labels.names, problem_type=spec.labels.problem_type,
         checkpoints=sources.checkpoints, data_dir=str(data_dir), data_meta_sha256=sha256_file(data_dir / "meta.json"),
         trained_on_meta_sha256=spec.provenance.data_meta_sha256, data_changed_since_training=sources.remade,
-        splits={}, config=config.to_dict(), precision=choice.record(),
+        splits={}, config=config.to_dict(), precision=choice.record(), temperature=sources.temperature,
     )
     remove_dead_temporaries(out.parent)  # what a killed evaluate.py left
     with atomic_dir(out) as tmp:
         write_marker(tmp, "predictions")
         for split, fold_probs in results.items():
-            manifest["splits"][split] = write_split(tmp / split, sources, split, fold_probs, vectors.get(split))
+            manifest["splits"][split] = write_split(tmp / split, sources, split, fold_probs, vectors.get(split),
+                                                    config.eval)
             if split in vectors:
                 manifest["splits"][split]["embeddings"]["hidden_states"] = config.eval.hidden_states
         if (run_dir / "oof" / "probs.npy").is_file():
-            shutil.copytree(run_dir / "oof", tmp / "oof")
-            ids = np.load(tmp / "oof" / "ids.npy")
-            manifest["splits"]["oof"] = dict(rows=len(ids), ids_sha256=ids_sha256(ids), metrics=load_json(
-                run_dir / "oof" / "metrics.json", "out-of-fold metrics", "train the run again"))
+            manifest["splits"]["oof"] = write_oof(tmp / "oof", run_dir / "oof", sources, config.eval)
         write_json(tmp / "manifest.json", manifest)
         atomic_write_text(tmp / "config.yaml", config.to_yaml())
     return out
 
 
-def write_split(folder, sources, split, fold_probs, vectors=None):
+def write_oof(folder, run_oof, sources, eval_cfg):
+    """The run's out-of-fold rows in the prediction set, with the run's calibration applied as the
+    fold models apply it to every other split (and the metrics of those probabilities)."""
+    shutil.copytree(run_oof, folder)
+    ids, labels = np.load(folder / "ids.npy"), np.load(folder / "labels.npy")
+    problem = sources.spec.labels.problem
+    entry = dict(rows=len(ids), ids_sha256=ids_sha256(ids))
+    entry["metrics"] = load_json(run_oof / "metrics.json", "out-of-fold metrics", "train the run again")
+    probs = np.load(folder / "probs.npy")
+    if sources.temperature != 1.0:
+        probs = calibration.apply(probs, sources.temperature, problem)
+        np.save(folder / "probs.npy", probs)
+        extra = {k: entry["metrics"][k] for k in ("split", "folds") if k in entry["metrics"]}
+        entry["metrics"] = write_metrics(folder, probs, labels, problem, sources.spec.labels.names, "out-of-fold",
+                                         quiet=True, extra=extra)
+    entry.update(abstention(probs, labels, problem, eval_cfg))
+    return entry
+
+
+def abstention(probs, labels, problem, eval_cfg):
+    """eval.abstain_below on labelled rows: how many rows are answered, and how often rightly."""
+    if not eval_cfg.abstain_below:
+        return {}
+    answered = probs.max(axis=1) >= eval_cfg.abstain_below
+    right = probs.argmax(axis=1) == np.asarray(labels)
+    return {"abstain": dict(below=eval_cfg.abstain_below, coverage=round(float(answered.mean()), 6),
+                            accuracy_answered=round(float(right[answered].mean()), 6) if answered.any() else None,
+                            accuracy_all=round(float(right.mean()), 6))}
+
+
+def write_split(folder, sources, split, fold_probs, vectors=None, eval_cfg=None):
     """One split of a prediction set: ids, the fold mean and each fold's probabilities, labels and
     metrics where the split is labelled, embeddings; returns its manifest entry."""
     folds = [c["fold"] for c in sources.checkpoints]
@@ -271,6 +305,8 @@ def write_split(folder, sources, split, fold_probs, vectors=None):
         np.save(folder / "labels.npy", labels)
         entry["metrics"] = write_metrics(folder, fold_probs.mean(axis=0), labels, sources.spec.labels.problem,
                                          sources.spec.labels.names, split)
+        if eval_cfg is not None:
+            entry.update(abstention(fold_probs.mean(axis=0), labels, sources.spec.labels.problem, eval_cfg))
     for name, array in (vectors or {}).items():
         np.save(folder / f"{name}.npy", array)
     if vectors:
@@ -350,9 +386,14 @@ def predict_raw(config, run_dir):
                                folds[0][1] / "head.json")
     texts, ids, pairs, labels = read_texts(config, spec)
     predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
-                                   precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code)
+                                   precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code,
+                                   calibrated=config.eval.calibrated)
+    check_abstain(config.eval.abstain_below, predictor.problem)
     print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
-    out = predictor.predict(texts, pairs)
+    out = predictor.predict(texts, pairs, config.eval.abstain_below, config.eval.abstain_label)
+    if config.eval.abstain_below:
+        print(f"evaluate: {int(out['abstained'].sum())} of {len(texts)} rows abstain (top probability below "
+              f"{config.eval.abstain_below:g}): answered {config.eval.abstain_label!r}", flush=True)
     cut = out["cut_tokens"]
     if (cut > 0).any():
         where = "inside their template fields" if spec.tokenization.template and pairs is None else "to fit"
@@ -389,6 +430,7 @@ def predict_raw(config, run_dir):
             np.save(tmp / "labels.npy", labels)
             np.save(tmp / "ids.npy", np.asarray(ids))
             metrics = write_metrics(tmp, out["probs"], labels, predictor.problem, names, "input")
+            metrics.update(abstention(out["probs"], labels, predictor.problem, config.eval))
         if config.eval.embeddings:
             vectors = predictor.embed(texts, pairs, hidden_states=config.eval.hidden_states)
             np.save(tmp / "ids.npy", np.asarray(ids))
@@ -398,6 +440,7 @@ def predict_raw(config, run_dir):
         write_json(tmp / "manifest.json", dict(run=str(run_dir), label_names=names, rows=len(texts),
                                                checkpoints=predictor.checkpoints, problem_type=predictor.problem_type,
                                                precision=predictor.precision.record(), labelled=labels is not None,
-                                               metrics=metrics, input=config.eval.input))
+                                               metrics=metrics, input=config.eval.input,
+                                               temperature=predictor.temperature))
     print(f"evaluate: wrote {target / 'predictions.csv'}", flush=True)
     return target

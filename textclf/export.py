@@ -135,6 +135,8 @@ def native_state(model, spec, config):
     if spec.labels.problem.outputs(2) == 1:  # binary_bce's one logit z -> [0, z]: softmax gives [1 - p, p]
         weight = torch.cat([torch.zeros_like(weight), weight])
         bias = torch.cat([torch.zeros_like(bias), bias])
+    if spec.head.temperature != 1.0 and not spec.labels.problem.regression:  # calibration: z / T, folded in too
+        weight, bias = weight / spec.head.temperature, bias / spec.head.temperature
     if spec.labels.problem.regression:  # textclf's z * std + mean, folded into the output layer
         std = torch.tensor(spec.head.target_std, dtype=weight.dtype)
         weight = weight * std[:, None]

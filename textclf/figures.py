@@ -108,3 +108,27 @@ def roc_pr_curves(labels, scores, positive_name, path, title=""):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path, plt)
+
+
+def reliability_diagram(before, after, path, title=""):
+    """Accuracy against confidence per bin, before and after calibration (`before`, `after`: lists
+    of (mean confidence, accuracy, rows) from calibration.reliability, with their ECE as a title
+    pair), beside the diagonal a calibrated model follows."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, (name, (table, ece)) in zip(axes, (("before", before), ("after", after))):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+        if table:
+            conf, acc, rows = (np.asarray(v) for v in zip(*table))
+            ax.bar(conf, acc, width=1 / 15, alpha=0.35, color="tab:blue", edgecolor="tab:blue")
+            ax.plot(conf, acc, marker="o", color="tab:blue", label="accuracy per bin")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_title(f"{name}: ECE {ece:.4f}")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0].set_ylabel("accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, plt)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import adversarial, averaging, profiling
+from . import adversarial, averaging, distillation, profiling
 from .checkpoint import Log, save_best, save_state
 from .console import say
 from .errors import UserError
@@ -46,6 +46,8 @@ class Job:
     stop: "StopRequest"
     started: float
     profiled: bool = False  # train.profile_steps: the first fold trained in this session is profiled
+    teacher: object = None  # train.teacher's probabilities of the train split's rows (preflight, distillation.py)
+    on_eval: object = None  # on_eval(fold, step, metric) after each evaluation; True stops the run (tune.py's pruner)
 
 
 @dataclasses.dataclass
@@ -70,18 +72,21 @@ class Fold:
     eval_owner: np.ndarray  # each eval token row's position in eval_rows
     average: object = None  # averaging.Average: the EMA or SWA of the weights, when the run keeps one
     adversary: object = None  # adversarial.FGM / AWP
+    teacher: object = None  # train.teacher: its probabilities per training row (distillation.for_rows)
 
 
 # ---------------------------------------------------------------------------- the loop
 
 
 def fit(job, fold, state):
-    """Train until the step budget or early stopping ("done"), train.max_time ("max_time") or a
-    stop signal ("interrupted"). A resumable state is saved before it returns."""
+    """Train until the step budget or early stopping ("done"), train.max_time ("max_time"), a
+    tuning study's pruner ("pruned") or a stop signal ("interrupted"). A resumable state is saved before it returns."""
     train_cfg, accelerator = job.config.train, job.accelerator
     meter, bar = Meter(accelerator), progress_bar(job, fold, state)
     profiler = start_profiler(job)  # train.profile_steps (profiling.py)
     session_start, earlier_seconds = time.time(), state.seconds
+    # the training loss of a batch: the labels', and with train.teacher the teacher's too (distillation.py)
+    batch_loss = distillation.batch_loss(fold.teacher, fold.loss_fn, train_cfg, job.spec.labels.problem)
     fold.model.train()
     for batch in training_batches(accelerator, fold, state):
         # step: forward and backward on every batch; the optimizer steps once per window
@@ -93,10 +98,10 @@ def fit(job, fold, state):
         with accelerator.accumulate(fold.model):
             if adversary is None:
                 logits = fold.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                loss = fold.loss_fn(logits, batch["labels"])
+                loss = batch_loss(logits, batch)
                 accelerator.backward(loss * weight)
             else:  # train.adversarial: a second pass on weights pushed along the batch's gradient
-                loss = adversarial.backward(adversary, accelerator, fold.model, fold.loss_fn, batch, weight)
+                loss = adversarial.backward(adversary, accelerator, fold.model, batch_loss, batch, weight)
         meter.add(loss.detach(), rows)
         end_of_epoch = count_batch(accelerator, state, rows)
         if not accelerator.sync_gradients:
@@ -302,6 +307,8 @@ def evaluate_and_keep_best(job, fold, state):
         + " ".join(f"{k} {v:.4f}" for k, v in results.items()) + (" *" if improved else ""))
     if train_cfg.patience and state.bad_evals >= train_cfg.patience:
         state.stopped_early = True
+    if job.on_eval is not None and job.on_eval(fold.index, state.step, results[train_cfg.metric]):
+        job.stop.pruned = True  # the run stops at this step as a stop signal stops it (stop_reason)
     # weight averaging after an evaluation: SWA takes these weights in; after its last, its mean competes
     swa = averaging.after_eval(fold.average, state.step, fold.total_steps)
     if swa is not None:
@@ -382,10 +389,12 @@ def log_progress(job, fold, state, meter, grad_norm, bar):
 
 
 class StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop saves a resumable state at the next step and exits."""
+    """SIGTERM / SIGINT set a flag; the loop saves a resumable state at the next step and exits.
+    `pruned`: a tuning study's pruner asked the run to stop (tune.py), the same way."""
 
     def __init__(self):
         self.signal = None
+        self.pruned = False
 
     def install(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -398,13 +407,14 @@ class StopRequest:
 
 
 def stop_reason(job, state):
-    """"interrupted" (a signal), "max_time" (the wall-clock budget) or None; decided together, so
-    that every process stops at the same step (checked at log steps only when there are several)."""
+    """"interrupted" (a signal), "pruned" (tune.py's pruner), "max_time" (the wall-clock budget) or
+    None; decided together, so that every process stops at the same step (checked at log steps
+    only when there are several)."""
     accelerator, train_cfg = job.accelerator, job.config.train
     if accelerator.num_processes > 1 and state.step % train_cfg.log_every_steps:
         return None
     over_time = train_cfg.max_time > 0 and time.time() - job.started > train_cfg.max_time
-    local = 2 if job.stop.signal is not None else 1 if over_time else 0
+    local = 3 if job.stop.signal is not None else 2 if job.stop.pruned else 1 if over_time else 0
     if accelerator.num_processes > 1:  # the strongest reason any process has
         local = int(accelerator.gather(torch.tensor([local], device=accelerator.device)).max().item())
-    return {0: None, 1: "max_time", 2: "interrupted"}[local]
+    return {0: None, 1: "max_time", 2: "pruned", 3: "interrupted"}[local]

@@ -16,6 +16,7 @@ start at the mean whatever the units, and every consumer reads plain values.
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class Classifier(nn.Module):
         self.mlp = mlp_layers(hidden, mlp_hidden, dropout)
         self.fc = nn.Linear(mlp_hidden or hidden, head_config.n_outputs)
         self.fc_pooler = nn.Linear(hidden, head_config.n_outputs) if head == "fusion" else None
+        # calibration: the logits are divided by the run's fitted temperature (1 while training)
+        self.temperature = float(head_config.temperature)
         # regression: the affine map from standardised to real targets; fixed, so not in the state dict
         for name, values in (("target_mean", head_config.target_mean), ("target_std", head_config.target_std)):
             self.register_buffer(name, None if values is None else torch.tensor(values, dtype=torch.float32),
@@ -77,6 +80,8 @@ class Classifier(nn.Module):
         logits = logits / samples
         if self.target_std is not None:
             logits = logits * self.target_std + self.target_mean
+        elif self.temperature != 1.0:
+            logits = logits / self.temperature
         return logits
 
 
@@ -262,6 +267,7 @@ class HeadConfig:
     lora: dict | None = None  # model.lora with its defaults filled in: adapters on a frozen base (peft)
     verbalizer: list | None = None  # model.verbalizer's label words and their token ids: the output layer
     verbalizer_ids: list | None = None  # starts as the LM head's rows for them (next-token logits of the words)
+    temperature: float = 1.0  # the logits are divided by it: fitted on the run's out-of-fold rows (calibration.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +356,8 @@ class ModelSpec:
             checks = {"head.head": head.head in HEADS,
                       "head.n_outputs": isinstance(head.n_outputs, int) and head.n_outputs >= 1,
                       "head.mlp_hidden": isinstance(head.mlp_hidden, int) and head.mlp_hidden >= 0,
+                      "head.temperature": isinstance(head.temperature, (int, float)) and not isinstance(
+                          head.temperature, bool) and math.isfinite(head.temperature) and head.temperature > 0,
                       "head.lora": head.lora is None or (isinstance(head.lora, dict) and "r" in head.lora),
                       "head.verbalizer_ids": head.verbalizer_ids is None or (isinstance(head.verbalizer_ids, list) and
                                                                              len(head.verbalizer_ids) == head.n_outputs),
@@ -473,6 +481,7 @@ def hf_config(encoder_config, spec, members=1):
         spec.labels.problem_type, "single_label_classification")
     config = TextclfConfig(encoder=encoder_config.to_dict(), head=spec.head.head, n_outputs=spec.head.n_outputs,
                            mlp_hidden=spec.head.mlp_hidden, target_mean=spec.head.target_mean,
+                           calibration_temperature=spec.head.temperature,
                            target_std=spec.head.target_std,
                            textclf_problem_type=spec.labels.problem_type, members=members,
                            id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
@@ -510,8 +519,9 @@ def save_classifier(model, folder, spec, tokenizer=None, state_dict=None):
         tokenizer.save_pretrained(str(folder))
 
 
-def load_classifier(folder, trust_remote_code=False):
-    """Rebuild a classifier from a `best/` folder written by save_classifier: (model, ModelSpec)."""
+def load_classifier(folder, trust_remote_code=False, calibrated=True):
+    """Rebuild a classifier from a `best/` folder written by save_classifier: (model, ModelSpec).
+    calibrated=False: the logits as trained, without the run's fitted temperature."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -534,4 +544,6 @@ def load_classifier(folder, trust_remote_code=False):
         raise UserError(f"weights in {folder / 'model.safetensors'} are corrupted or truncated ({err}); "
                         f"retrain this fold or restore the file") from None
     load_into(model, state, folder)
+    if not calibrated:
+        model.temperature = 1.0
     return model, spec

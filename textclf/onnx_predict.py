@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import abstain, check_abstain
 from .errors import UserError
 from .problem import NAMES as PROBLEM_NAMES, problem_type
 from .tokenization import TextTokenizer, fold_mean, per_text, predict_inputs
@@ -84,16 +85,22 @@ class OnnxPredictor:
             out[..., rows, :] = self.session.run([output], {name: feeds[name] for name in self.inputs})[0]
         return out
 
-    def predict(self, texts, pairs=None):
+    def predict(self, texts, pairs=None, abstain_below=0.0, abstain_label="abstain"):
         """Labels and probabilities for raw texts (and second segments, if the run used pairs);
-        regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
+        regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values.
+        The run's calibration is in the graph. abstain_below=p: rows whose top probability is below
+        p are answered `abstain_label` ("abstained" marks them), as Predictor.predict does."""
+        check_abstain(abstain_below, self.problem)
         texts, pairs = predict_inputs(texts, pairs, self.pairs)
         if not texts:
             return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
         # data.template filled (a too-long row cut inside its fields), sliding windows: as data_process.py did
         ids, types, _, lengths, owner = self.tokenizer.rows(texts, pairs)
-        return {**self.problem.result(self.per_text(self.probs(ids, types, lengths), owner, len(texts)),
-                                      self.label_names), "cut_tokens": self.tokenizer.last_cut}
+        probs = self.per_text(self.probs(ids, types, lengths), owner, len(texts))
+        out = {**self.problem.result(probs, self.label_names), "cut_tokens": self.tokenizer.last_cut}
+        if abstain_below:
+            out["labels"], out["abstained"] = abstain(out["labels"], probs, abstain_below, abstain_label)
+        return out
 
     def per_text(self, probs, owner, n_texts):
         """probs' rows -> one row per text: windows aggregated; a per-fold graph's (folds, rows, k)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import abstain, check_abstain
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
 from .hf_remote.modeling_textclf import backbone_inputs
@@ -121,12 +122,13 @@ def recover_best(run_dir):
         recover_dir(fold_dir / "best")
 
 
-def load_fold_models(run_dir, folds="all", trust_remote_code=False):
+def load_fold_models(run_dir, folds="all", trust_remote_code=False, calibrated=True):
     """Each finished fold's best model (on the CPU, in eval mode), their shared ModelSpec, and a
-    record of every checkpoint (fold, path, sha256) for manifests."""
+    record of every checkpoint (fold, path, sha256) for manifests. calibrated=False: without the
+    run's fitted temperature."""
     models, spec, checkpoints = [], None, []
     for fold, best in run_folds(run_dir, folds):
-        model, fold_spec = load_classifier(best, trust_remote_code)
+        model, fold_spec = load_classifier(best, trust_remote_code, calibrated)
         if spec is not None and (fold_spec.labels, fold_spec.tokenization) != (spec.labels, spec.tokenization):
             raise UserError(f"fold {fold} of {run_dir} has other labels or tokenization than fold "
                             f"{checkpoints[0]['fold']}; the run's folds must come from one config")
@@ -142,6 +144,8 @@ class Predictor:
 
     def __init__(self, models, spec, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto"):
         self.models = models
+        # the run's fitted calibration, which the models apply (1.0: none, or loaded with calibrated=False)
+        self.temperature = float(getattr(models[0], "temperature", 1.0)) if models else 1.0
         self.spec = spec
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device, key="precision", via_accelerate=False)
@@ -154,9 +158,11 @@ class Predictor:
         self.tokenizer = TextTokenizer.for_spec(tokenizer, tokenization)
 
     @classmethod
-    def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto"):
+    def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto",
+                 calibrated=True):
         """The best model of each fold of a run (`folds`: all, which must be finished, a fold
-        number, or a list of distinct fold numbers)."""
+        number, or a list of distinct fold numbers). calibrated=False: the probabilities as
+        trained, without the temperature the run fitted on its out-of-fold rows."""
         if isinstance(folds, int) and not isinstance(folds, bool):
             folds = [folds]
         if folds != "all" and (not isinstance(folds, (list, tuple)) or not all(
@@ -168,7 +174,7 @@ class Predictor:
             raise UserError(f"precision={precision!r}: use auto, no, bf16 or fp16")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         recover_best(run_dir)
-        models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
+        models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code, calibrated)
         tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
         return cls([m.to(device) for m in models], spec, tokenizer, device, batch_size, checkpoints, precision)
 
@@ -221,9 +227,12 @@ class Predictor:
                                                     compute=hidden_of, width=input_ids.shape[1]).numpy()
         return out
 
-    def predict(self, texts, pairs=None):
+    def predict(self, texts, pairs=None, abstain_below=0.0, abstain_label="abstain"):
         """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs).
-        Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values."""
+        Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values.
+        abstain_below=p: a row whose top probability is below p is answered `abstain_label`
+        ("abstained" marks those rows)."""
+        check_abstain(abstain_below, self.problem)
         texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
         if not texts:
             return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
@@ -231,7 +240,10 @@ class Predictor:
         ids, types, mask, lengths, owner = self.tokenizer.rows(texts, pairs)
         probs = fold_mean(self.fold_probs(ids, mask, types, lengths), owner, len(texts), self.tokenizer.aggregate,
                           self.problem)
-        return {**self.problem.result(probs, self.label_names), "cut_tokens": self.tokenizer.last_cut}
+        out = {**self.problem.result(probs, self.label_names), "cut_tokens": self.tokenizer.last_cut}
+        if abstain_below:
+            out["labels"], out["abstained"] = abstain(out["labels"], probs, abstain_below, abstain_label)
+        return out
 
     def decide(self, probs, threshold=0.5):
         """Each row's answer from probabilities (threshold: the multi-label cut)."""

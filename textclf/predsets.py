@@ -2,13 +2,14 @@
 manifests and each other, and blended. The ensemble stage blends them into a submission, the
 pseudo-labelling stage into pseudo labels."""
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from .config import resolve_path
+from .config import BLEND_METHODS, resolve_path
 from .errors import UserError
-from .fileio import load_json
+from .fileio import load_json, sha256_file
 from .problem import NAMES as PROBLEM_NAMES
 
 
@@ -59,6 +60,63 @@ def load_array(folder, manifest, split, name="probs.npy"):
                                                               else " with values that are not finite")
                         + f", while its manifest says {want}; it was changed after evaluate.py wrote it: {fix}")
     return array
+
+
+def _weight(value):
+    """A blend weight as a summary may hold one: a finite number of 0 or more (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
+def read_blend(paths, key_name):
+    """[(folder, manifest)], weights and blend method: prediction-set folders blended by their mean,
+    or one ensemble summary (submissions/<name>.json) with its members, weights and method."""
+    if len(paths) == 1 and str(paths[0]).endswith(".json"):
+        path = resolve_path(paths[0])
+        if not path.is_file():
+            raise UserError(f"{key_name}: {paths[0]} does not exist; pass an ensemble_and_submit.py summary "
+                            f"(submissions/<name>.json) or model_predictions/<run> folders")
+        fix = "pass the .json that ensemble_and_submit.py wrote beside its submission"
+        summary = load_json(path, "an ensemble summary", fix, {"predictions": list, "method": str})
+        if not summary["predictions"] or not all(isinstance(p, str) and p for p in summary["predictions"]):
+            raise UserError(f"{path}: predictions {str(summary['predictions'])[:60]} must list prediction-set "
+                            f"folders; {fix}")
+        sets = [load_set(p) for p in summary["predictions"]]
+        weights = summary["weights"] if "weights" in summary else [1.0] * len(sets)
+        if not isinstance(weights, list) or len(weights) != len(sets):
+            raise UserError(f"{path} has weights {str(weights)[:60]} for {len(sets)} prediction sets; {fix}")
+        if not all(_weight(w) for w in weights) or not 0 < sum(float(w) for w in weights) < math.inf:
+            raise UserError(f"{path}: the blend weights {str(weights)[:60]} must be numbers of 0 or more, not all 0; "
+                            f"{fix}")
+        if summary["method"] not in BLEND_METHODS:
+            raise UserError(f"{path}: blend method {summary['method']!r} is not one of {', '.join(BLEND_METHODS)}; "
+                            f"{fix}")
+        method, source = summary["method"], dict(summary=str(path), summary_sha256=sha256_file(path))
+        thresholds = summary.get("thresholds")
+        if thresholds is not None:  # the submission's tuned decision thresholds decide the labels too
+            flat = thresholds if isinstance(thresholds, list) else [thresholds]
+            if not flat or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
+                                   for t in flat):
+                raise UserError(f"{path}: thresholds {str(thresholds)[:60]} must be numbers from 0 to 1; {fix}")
+            source["thresholds"] = thresholds
+        temperature = (summary.get("calibration") or {}).get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise UserError(f"{path}: calibration temperature {str(temperature)[:30]} must be a positive number; {fix}")
+        source["temperature"] = float(temperature)  # the blend's calibration, applied to what it blends
+    else:
+        for p in paths:
+            if str(p).endswith(".json"):
+                raise UserError(f"{key_name}: {p} is an ensemble summary; pass it alone (its members are "
+                                f"blended as it says), or pass prediction-set folders")
+        sets = [load_set(p) for p in paths]
+        weights, method, source = [1.0] * len(sets), "mean", {}
+    if method == "rank":
+        raise UserError(f"{key_name}: a rank blend gives ranks, not probabilities; blend with mean or weighted for it")
+    return sets, np.asarray(weights, dtype=np.float64), method, source
 
 
 def check_sets(sets, split):

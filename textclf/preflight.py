@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adversarial, averaging, lora
+from . import adversarial, averaging, distillation, lora
 from .checkpoint import load_run_json
 from .config import free_on_resume, resolve_path, take_recorded
 from .datadir import check_data_keys, fold_rows, load_meta
@@ -50,6 +50,7 @@ class Plan:
     tokenizer: object
     spec: ModelSpec  # written into every best/ as head.json
     folds: list  # [FoldPlan] in training order
+    teacher: object = None  # train.teacher: (train rows, classes) out-of-fold probabilities (distillation.py)
 
     @property
     def fold_numbers(self):
@@ -94,7 +95,8 @@ def check(config):
     folds = fold_plans(meta, train_cfg, data_dir)
     if train_cfg.metric == "roc_auc":
         check_roc_auc(folds, data_dir)
-    return Plan(data_dir, meta, Path(model_dir), tokenizer, spec, folds)
+    teacher = distillation.check(train_cfg, data_dir, meta, spec)
+    return Plan(data_dir, meta, Path(model_dir), tokenizer, spec, folds, teacher)
 
 
 def model_spec(config, meta, data_dir, model_dir, tokenizer):

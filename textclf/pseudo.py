@@ -36,76 +36,22 @@ are transductive (the test texts were trained on, with predicted labels).
 import dataclasses
 import datetime
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .config import BLEND_METHODS, parse_args, resolve_path
+from .config import parse_args, resolve_path
 from .datadir import load_meta
 from .errors import UserError, run_cli
-from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, made_by_textclf, remove_dead_temporaries,
+from .fileio import (atomic_dir, atomic_write_text, ids_sha256, made_by_textclf, remove_dead_temporaries,
                      sha256_file, write_json, write_marker)
 from .loader import Windows
-from .predsets import blend, check_sets, load_array, load_set, normalise
+from .calibration import apply as apply_temperature
+from .predsets import blend, check_sets, load_array, normalise, read_blend
 from .problem import problem_type
 
 ARRAYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _weight(value):
-    """A blend weight as a summary may hold one: a finite number of 0 or more (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value)) and value >= 0
-    except OverflowError:  # an integer of hundreds of digits
-        return False
-
-
-def read_predictions(paths):
-    """[(folder, manifest)], weights and blend method: prediction-set folders blended by their mean,
-    or one ensemble summary (submissions/<name>.json) with its members, weights and method."""
-    if len(paths) == 1 and str(paths[0]).endswith(".json"):
-        path = resolve_path(paths[0])
-        if not path.is_file():
-            raise UserError(f"pseudo.predictions: {paths[0]} does not exist; pass an ensemble_and_submit.py summary "
-                            f"(submissions/<name>.json) or model_predictions/<run> folders")
-        fix = "pass the .json that ensemble_and_submit.py wrote beside its submission"
-        summary = load_json(path, "an ensemble summary", fix, {"predictions": list, "method": str})
-        if not summary["predictions"] or not all(isinstance(p, str) and p for p in summary["predictions"]):
-            raise UserError(f"{path}: predictions {str(summary['predictions'])[:60]} must list prediction-set "
-                            f"folders; {fix}")
-        sets = [load_set(p) for p in summary["predictions"]]
-        weights = summary["weights"] if "weights" in summary else [1.0] * len(sets)
-        if not isinstance(weights, list) or len(weights) != len(sets):
-            raise UserError(f"{path} has weights {str(weights)[:60]} for {len(sets)} prediction sets; {fix}")
-        if not all(_weight(w) for w in weights) or not 0 < sum(float(w) for w in weights) < math.inf:
-            raise UserError(f"{path}: the blend weights {str(weights)[:60]} must be numbers of 0 or more, not all 0; "
-                            f"{fix}")
-        if summary["method"] not in BLEND_METHODS:
-            raise UserError(f"{path}: blend method {summary['method']!r} is not one of {', '.join(BLEND_METHODS)}; "
-                            f"{fix}")
-        method, source = summary["method"], dict(summary=str(path), summary_sha256=sha256_file(path))
-        thresholds = summary.get("thresholds")
-        if thresholds is not None:  # the submission's tuned decision thresholds decide the labels too
-            flat = thresholds if isinstance(thresholds, list) else [thresholds]
-            if not flat or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
-                                   for t in flat):
-                raise UserError(f"{path}: thresholds {str(thresholds)[:60]} must be numbers from 0 to 1; {fix}")
-            source["thresholds"] = thresholds
-    else:
-        for p in paths:
-            if str(p).endswith(".json"):
-                raise UserError(f"pseudo.predictions: {p} is an ensemble summary; pass it alone (its members are "
-                                f"blended as it says), or pass prediction-set folders")
-        sets = [load_set(p) for p in paths]
-        weights, method, source = [1.0] * len(sets), "mean", {}
-    if method == "rank":
-        raise UserError("pseudo.predictions: a rank blend gives ranks, not probabilities, so no threshold means "
-                        "anything on it; blend with mean or weighted for pseudo-labelling")
-    return sets, np.asarray(weights, dtype=np.float64), method, source
 
 
 def select(probs, problem, threshold, top_k, thresholds=None):
@@ -192,7 +138,7 @@ class PseudoRows:
 def run(config):
     cfg = config.pseudo
     source_dir, out, meta = check_names(config)
-    sets, weights, method, source = read_predictions(cfg.predictions)
+    sets, weights, method, source = read_blend(cfg.predictions, "pseudo.predictions")
     check_sets(sets, "test")
     test_ids = check_inputs(cfg, meta, source_dir, sets)
     problem = problem_type(sets[0][1]["problem_type"])
@@ -276,7 +222,8 @@ def choose_rows(cfg, sets, how, problem, folds, test_ids):
     for fold in folds:
         name = "probs.npy" if fold < 0 else f"fold{fold}.npy"
         members = [load_array(folder, m, "test", name) for folder, m in sets]
-        probs = normalise(blend(members, weights, method), problem)
+        probs = apply_temperature(normalise(blend(members, weights, method), problem), source.get("temperature", 1.0),
+                                  problem)  # the blend's calibration, as its submission has it
         groups.append((fold, probs, *select(probs, problem, cfg.threshold, cfg.top_k, source.get("thresholds"))))
     if not sum(len(g[2]) for g in groups):
         best = max(float(select(g[1], problem, 0.0, 0, source.get("thresholds"))[2].max()) for g in groups)

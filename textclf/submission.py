@@ -222,8 +222,9 @@ def written_probs(layout, probs, problem):
     return probs / probs.sum(axis=1, keepdims=True) if problem.one_class else probs
 
 
-def rows(layout, sample, ids, probs, predicted, label_names):
-    """The submission's rows, header first, in the sample's row order (else the test rows' order)."""
+def rows(layout, sample, ids, probs, predicted, label_names, abstained=None, abstain_label=None):
+    """The submission's rows, header first, in the sample's row order (else the test rows' order);
+    a label column holds `abstain_label` where `abstained` marks the row."""
     order, sample_ids = row_order(sample, ids)
     out = [layout.header]
     for sid, k in zip(sample_ids, order):
@@ -237,7 +238,7 @@ def rows(layout, sample, ids, probs, predicted, label_names):
             write = (lambda j: str(int(j))) if layout.label_format == "index" else (lambda j: label_names[int(j)])
             value = (layout.delimiter.join(write(j) for j in np.flatnonzero(predicted[k])) if predicted.ndim == 2
                      else write(predicted[k]))
-            out.append([sid, value])
+            out.append([sid, abstain_label if abstained is not None and abstained[k] else value])
     return out
 
 

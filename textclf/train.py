@@ -25,9 +25,10 @@ import time
 import numpy as np
 import torch
 
-from . import adversarial, averaging, preflight
+from . import adversarial, averaging, calibration, distillation, preflight
 from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, drop_states, footprint, load_state,
-                         load_weights, merge_oof, named_state, read_log, resume_state_dir, sharding, write_fold_oof)
+                         load_weights, merge_oof, named_state, read_log, resume_state_dir, set_temperature, sharding,
+                         write_fold_oof)
 from .console import say, shown
 from .errors import UserError
 from .fileio import (OutputLock, atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output,
@@ -47,15 +48,16 @@ from .trackers import accelerator_kwargs as tracker_kwargs, flat as flat_config
 # ---------------------------------------------------------------------------- the run
 
 
-def run(config):
+def run(config, on_eval=None):
     """Train every requested fold; return the run folder. Everything that can be checked is
     checked before the run folder is made, and the run is locked (fileio.OutputLock) for as long
-    as this process trains it."""
+    as this process trains it. `on_eval(fold, step, metric)` is called after each evaluation; when
+    it returns True the run stops as a stop signal stops it, resumable (tune.py's pruner)."""
     with OutputLock() as lock:
-        return _run(config, lock)
+        return _run(config, lock, on_eval)
 
 
-def _run(config, lock):
+def _run(config, lock, on_eval=None):
     started = time.time()
     train_cfg = config.train
     replaced = []  # keys a resumed run takes from its config.yaml, not from the config file
@@ -98,7 +100,7 @@ def _run(config, lock):
         run_dir.name, config=flat_config(config.to_dict())))
     job = Job(config=config, accelerator=accelerator, precision=choice, data_dir=plan.data_dir,
               model_dir=plan.model_dir, tokenizer=plan.tokenizer, spec=plan.spec, run_dir=run_dir, log=log,
-              stop=StopRequest(), started=started)
+              stop=StopRequest(), started=started, teacher=plan.teacher, on_eval=on_eval)
     job.stop.install()
 
     for fold_plan in plan.folds:
@@ -112,7 +114,8 @@ def _run(config, lock):
                         run_dir.parent.rmdir()
             raise
         if outcome != "done":
-            why = "a stop signal" if outcome == "interrupted" else f"train.max_time={train_cfg.max_time:g}s"
+            why = {"interrupted": "a stop signal", "pruned": "the tuning study's pruner"}.get(
+                outcome, f"train.max_time={train_cfg.max_time:g}s")
             trust = " model.trust_remote_code=true" if config.model.trust_remote_code else ""
             say(accelerator, f"train: stopped by {why}; state saved. Continue with: {config.program} "
                              f"train.resume={run_dir}{trust}")
@@ -125,10 +128,18 @@ def _run(config, lock):
                               plan.spec.labels.names)
         say(accelerator, "train: out-of-fold " + " ".join(f"{k} {v:.4f}" for k, v in score_oof.items())
             + f" -> {run_dir / 'oof'}")
+        if train_cfg.calibrate:
+            calibrate_run(job, plan.fold_numbers)
         finish_run(job, plan.fold_numbers, score_oof, plan.meta)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def check(config):
+    """Everything a run checks before it writes anything (preflight.py), without training: its Plan
+    (tune.py checks the base config of a study with it)."""
+    return preflight.check(config)
 
 
 def trained_anything(run_dir):
@@ -200,6 +211,7 @@ def train_fold(job, plan):
     # data: token rows, one per text, or with sliding windows each text's windows (they take its label)
     train_ds = SplitArrays(job.data_dir / "train", Windows(job.data_dir / "train").rows(plan.train_rows)[0],
                            pad_to_multiple=train_cfg.pad_to_multiple)
+    teacher = distillation.for_rows(job.teacher, job.data_dir, train_ds.rows)  # train.teacher, row by row
     eval_windows = Windows(job.data_dir / plan.eval_split, job.spec.tokenization.window_aggregate)
     eval_token_rows, eval_owner = eval_windows.rows(plan.eval_rows)
     eval_ds = SplitArrays(job.data_dir / plan.eval_split, eval_token_rows, pad_to_multiple=train_cfg.pad_to_multiple)
@@ -226,7 +238,8 @@ def train_fold(job, plan):
                 total_steps=total_steps, eval_loader=eval_loader, eval_split=plan.eval_split, eval_rows=plan.eval_rows,
                 eval_labels=eval_labels, eval_windows=eval_windows, eval_owner=eval_owner,
                 average=averaging.make_average(unwrapped, train_cfg, total_steps, steps_per_epoch),
-                adversary=adversarial.make_adversary(unwrapped, train_cfg))
+                adversary=adversarial.make_adversary(unwrapped, train_cfg),
+                teacher=None if teacher is None else teacher.to(accelerator.device))
 
     state = resume(job, fold)
     say(accelerator, banner(job, fold, len(train_ds), len(eval_ds), steps_per_epoch, frozen, sped_up))
@@ -329,7 +342,8 @@ def banner(job, fold, n_train, n_eval, steps_per_epoch, frozen, sped_up):
                      else "frozen: embeddings")
     if sped_up:
         parts.append(f"cpu speed-ups: {', '.join(sped_up)}")
-    parts += [part for part in (averaging.describe(train_cfg), adversarial.describe(train_cfg)) if part]
+    parts += [part for part in (averaging.describe(train_cfg), adversarial.describe(train_cfg),
+                                distillation.describe(train_cfg)) if part]
     if train_cfg.gradient_checkpointing:
         parts.append("gradient checkpointing")
     return " | ".join(parts)
@@ -366,6 +380,38 @@ def finish_fold(job, fold, state):
 
 
 # ---------------------------------------------------------------------------- the end of a run
+
+
+def calibrate_run(job, folds):
+    """train.calibrate: one temperature fitted on the run's out-of-fold rows (calibration.py), kept in
+    every fold's best/head.json (the models divide their logits by it from now on) and in
+    calibration.json, with the reliability diagram before and after."""
+    oof = job.run_dir / "oof"
+    problem = job.spec.labels.problem
+    fitted = calibration.calibrate(np.load(oof / "probs.npy"), np.load(oof / "labels.npy"), problem)  # None: regression
+    if fitted is None:
+        return
+    temperature, record, calibrated = fitted
+    if "not_fitted" in record:
+        say(job.accelerator, f"train: not calibrated: {record['not_fitted']} (calibration.MIN_ROWS); the temperature "
+                             f"stays 1")
+    set_temperature(job.run_dir, folds, temperature)
+    labels, raw = np.load(oof / "labels.npy"), np.load(oof / "probs.npy")
+    diagram = job.run_dir / "reliability.png"
+    try:
+        from .figures import reliability_diagram
+
+        reliability_diagram((calibration.reliability(raw, labels, problem), record["ece_before"]),
+                            (calibration.reliability(calibrated, labels, problem), record["ece_after"]), diagram,
+                            f"{job.run_dir.name}: out-of-fold rows, temperature {temperature:.3f}")
+        record["diagram"] = diagram.name
+    except ImportError:
+        pass
+    write_json(job.run_dir / "calibration.json", {"fitted_on": "out-of-fold rows", **record})
+    say(job.accelerator, f"train: calibrated on the out-of-fold rows: temperature {temperature:.3f}, expected "
+                         f"calibration error {record['ece_before']:.4f} -> {record['ece_after']:.4f}, log loss "
+                         f"{record['log_loss_before']:.4f} -> {record['log_loss_after']:.4f} -> "
+                         f"{job.run_dir / 'calibration.json'}")
 
 
 def finish_run(job, folds, oof_score, meta):

@@ -13,6 +13,7 @@ class TextclfConfig(PretrainedConfig):
     mlp_hidden             0: one Linear on the pooled features; > 0: Linear-ReLU-(Dropout)-Linear
     target_mean, target_std  regression: the output layer predicts (y - mean) / std per target; the
                            model returns y (its logits are the predictions)
+    calibration_temperature  calibration: the logits are divided by it (fitted on the run's out-of-fold rows)
     """
 
     model_type = "textclf"
@@ -28,6 +29,8 @@ class TextclfConfig(PretrainedConfig):
         self.mlp_hidden = kwargs.pop("mlp_hidden", 0)
         self.target_mean = kwargs.pop("target_mean", None)
         self.target_std = kwargs.pop("target_std", None)
+        # the fitted calibration: the logits are divided by it ("temperature" is a generation setting there)
+        self.calibration_temperature = kwargs.pop("calibration_temperature", 1.0)
         if self.encoder:
             kwargs.setdefault("initializer_range", self.encoder.get("initializer_range", 0.02))
             kwargs.setdefault("hidden_size", self.encoder.get("hidden_size"))

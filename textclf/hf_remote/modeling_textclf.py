@@ -102,6 +102,7 @@ def build(owner, config):
     # regression: lists, not buffers, so that loading never has to initialise them
     owner.target_mean = getattr(config, "target_mean", None)
     owner.target_std = getattr(config, "target_std", None)
+    owner.temperature = float(getattr(config, "calibration_temperature", 1.0) or 1.0)  # calibration: logits / T
 
 
 def classify(owner, input_ids, attention_mask, token_type_ids=None):
@@ -114,6 +115,8 @@ def classify(owner, input_ids, attention_mask, token_type_ids=None):
     if owner.target_std is not None:  # regression: standardised outputs back to the targets' units
         logits = (logits * torch.tensor(owner.target_std, dtype=torch.float32, device=logits.device)
                   + torch.tensor(owner.target_mean, dtype=torch.float32, device=logits.device))
+    elif owner.temperature != 1.0:
+        logits = logits / owner.temperature
     return logits
 
 
