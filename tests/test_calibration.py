@@ -211,3 +211,33 @@ def test_evaluate_reports_coverage_and_accuracy_of_the_rows_it_answers(teacher_s
     assert entry["coverage"] == pytest.approx(answered.mean(), abs=1e-6)
     if answered.any():
         assert entry["accuracy_answered"] == pytest.approx((probs.argmax(1) == labels)[answered].mean(), abs=1e-6)
+
+
+def test_folds_calibrated_apart_are_refused_until_the_run_is_calibrated_again(teacher_sets, tmp_path):
+    import shutil
+
+    from textclf.errors import UserError
+    from textclf.predict import Predictor
+
+    run = tmp_path / "mixed"
+    shutil.copytree(teacher_sets["tmp"] / "ck" / "teach-kf", run)
+    head = run / "fold1" / "best" / "head.json"
+    doc = json.loads(head.read_text())
+    doc["head"]["temperature"] = 1.0  # as a fold trained again after calibration would be
+    head.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="calibrated with temperature"):
+        Predictor.from_run(run, device="cpu", precision="no")
+    assert Predictor.from_run(run, device="cpu", precision="no", calibrated=False).temperature == 1.0
+
+
+def test_a_run_started_uncalibrated_stays_so_when_resumed(teacher_sets):
+    tmp, common = teacher_sets["tmp"], teacher_sets["common"]
+    first = run_stage("train", *common, "data.name=kf", "train.run=nocal", "train.calibrate=false",
+                      "train.max_time=0.01", "train.epochs=1")
+    assert first.code == 0 and "stopped by train.max_time" in first.out
+    resumed = run_stage("train", *common, "data.name=kf", f"train.resume={tmp / 'ck' / 'nocal'}")
+    assert resumed.code == 0, resumed
+    assert "calibrated on the out-of-fold rows" not in resumed.out
+    assert not (tmp / "ck" / "nocal" / "calibration.json").exists()
+    heads = [json.loads((tmp / "ck" / "nocal" / f"fold{k}" / "best" / "head.json").read_text()) for k in (0, 1)]
+    assert all(h["head"].get("temperature", 1.0) == 1.0 for h in heads)

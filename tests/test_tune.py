@@ -75,6 +75,9 @@ def _trials(folder):
     ("{model.head: [cls, cls]}", "lists a choice twice"),
     ("{model.head: [cls, nope]}", "is not one of"),
     ("{train.lr: {low: 1.0e-5, high: 1.0e-4, spread: 2}}", "unknown setting 'spread'"),
+    ("{train.metric: [accuracy, loss]}", "not a setting of the model"),
+    ("{train.epochs: {low: 1, high: 3, step: 5}}", "whole steps"),
+    ("{model.freeze_layers: {low: 0, high: 9}}", "would be refused by every trial"),
 ])
 def test_a_bad_space_is_one_line_and_nothing_is_written(data, entry, why):
     tmp, common = data
@@ -82,6 +85,12 @@ def test_a_bad_space_is_one_line_and_nothing_is_written(data, entry, why):
     assert code == 2 and why in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp / "bad").exists()
+
+
+def test_a_time_limited_base_config_is_refused(data):
+    tmp, common = data
+    code, _, err = _tune(*common, f"train.output_dir={tmp / 'timed'}", SPACE, "train.max_time=60")
+    assert code == 2 and "leave train.max_time at 0" in err and not (tmp / "timed").exists()
 
 
 def test_a_pruned_run_stops_through_its_stop_path_and_stays_resumable(data):
@@ -124,6 +133,11 @@ def test_a_killed_study_resumes_and_never_runs_a_finished_trial_again(data):
     # a finished study runs nothing more
     code, out, _ = _tune(*args)
     assert code == 0 and "3 of 3 trials finished" in out and "-> run" not in out
+    # another study under the same name (its database gone) does not take the old runs for its own
+    (tmp / "killed" / "k-tune" / "study.db").rename(tmp / "killed" / "old-study.db")
+    code, out, err = _tune(*args)
+    assert code == 2 and "is an earlier study's run" in err and len(err.strip().splitlines()) == 1
+    (tmp / "killed" / "old-study.db").rename(tmp / "killed" / "k-tune" / "study.db")
     best = tmp / "killed" / "k-tune" / "best.yaml"
     record = json.loads((tmp / "killed" / "k-tune" / "tune.json").read_text())
     config = parse_args(["--config", str(best)])

@@ -319,6 +319,8 @@ def set_temperature(run_dir, folds, temperature):
     for fold in folds:
         best = run_dir / f"fold{fold}" / "best"
         doc = load_json(best / "head.json", "a textclf head.json", "train the fold again")
+        if doc.get("head", {}).get("temperature", 1.0) == temperature:
+            continue
         doc["head"]["temperature"] = temperature
         write_json(best / "head.json", doc)
         if (best / "config.json").is_file():

@@ -402,7 +402,7 @@ class TrainConfig:
     distill_temperature: float = key(2.0, "the softening of both distributions in the teacher's loss")
     calibrate: bool = key(True, "fit a temperature on the out-of-fold rows at the end of the run; evaluate, the "
                           "predictors and exports divide the logits by it (textclf/calibration.py)",
-                          free_on_resume=True)
+                          free_on_resume=True, sticky=True)
     max_nonfinite: int = key(20, "non-finite losses in a row before the run stops")
     save_total_limit: int = key(1, "resumable last-<step>/ states kept per fold while it trains", free_on_resume=True,
                                 sticky=True)
@@ -602,6 +602,10 @@ class PseudoConfig:
 
 
 TUNABLE_SECTIONS = ("train", "model")
+# keys that say what a run is scored by, where its inputs are, or how fast it goes, not how the model learns
+NOT_TUNABLE = ("train.folds", "train.teacher", "train.seed", "train.metric", "train.metric_mode", "train.calibrate",
+               "train.eval_batch_size", "train.cpu_speedups", "train.pad_to_multiple", "train.max_nonfinite",
+               "model.name", "model.problem_type", "model.trust_remote_code")
 
 
 @dataclass
@@ -663,7 +667,7 @@ def check_range(name, spec):
         raise UserError(f"{where}: {name} is fixed when data_process.py makes the arrays, so a trial cannot change it; "
                         f"make one data set per value and tune on each")
     if (section not in TUNABLE_SECTIONS or meta.get("free_on_resume") or meta.get("locates_input")
-            or key_name in ("folds", "teacher", "seed")):
+            or name in NOT_TUNABLE):
         raise UserError(f"{where}: {name} is not a setting of the model or its training; tune train.* and model.* "
                         f"hyperparameters (train.lr, train.epochs, model.dropout, ...)")
     tp = field_types(section)[key_name]
@@ -696,6 +700,9 @@ def check_range(name, spec):
         out["step"] = step = coerce(spec["step"], kind, f"{where}.step")
         need(finite(step) and step > 0 and not log, f"{where}.step", step,
              "must be a positive step, and a range with a step cannot be log")
+        steps = (high - low) / step
+        need(steps >= 1 - 1e-9 and abs(steps - round(steps)) < 1e-6, f"{where}.step", step,
+             f"must divide high - low ({high - low:g}) into whole steps, so that high is a value the trials can draw")
     return out
 
 

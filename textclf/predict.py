@@ -132,6 +132,11 @@ def load_fold_models(run_dir, folds="all", trust_remote_code=False, calibrated=T
         if spec is not None and (fold_spec.labels, fold_spec.tokenization) != (spec.labels, spec.tokenization):
             raise UserError(f"fold {fold} of {run_dir} has other labels or tokenization than fold "
                             f"{checkpoints[0]['fold']}; the run's folds must come from one config")
+        if calibrated and spec is not None and fold_spec.head.temperature != spec.head.temperature:
+            raise UserError(f"fold {fold} of {run_dir} is calibrated with temperature {fold_spec.head.temperature:g} "
+                            f"and fold {checkpoints[0]['fold']} with {spec.head.temperature:g} (a fold was trained "
+                            f"again after the run was calibrated); finish the run (python train.py train.resume="
+                            f"{run_dir}) to calibrate it again, or predict with eval.calibrated=false")
         spec = fold_spec
         models.append(model.eval())
         checkpoints.append({"fold": fold, "path": str(best), "sha256": sha256_file(best / "model.safetensors")})

@@ -465,7 +465,9 @@ def shrink(name, layers, dest="premodels", new_name=None, trust_remote_code=Fals
         raise UserError(f"{target} exists; pass --name for another folder, or remove it yourself")
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     loader = AutoModelForCausalLM if causal else AutoModel
-    model = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, dtype="auto")
+    model, info = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, dtype="auto",
+                                         output_loading_info=True)
+    absent = set(info.get("missing_keys") or ())  # made up at load (a pooler the checkpoint lacks): not saved
     found = _layer_list(model, total)
     if found is None:
         raise UserError(f"{source}: no list of {total} layers found in the model, so textclf cannot cut it; "
@@ -481,7 +483,7 @@ def shrink(name, layers, dest="premodels", new_name=None, trust_remote_code=Fals
             setattr(model.config, key, value[:layers])
     tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict={k: v for k, v in model.state_dict().items() if k not in absent})
         tokenizer.save_pretrained(tmp)
         reloaded = loader.from_pretrained(str(tmp), trust_remote_code=trust_remote_code)
         if _layer_list(reloaded, layers) is None:

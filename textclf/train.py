@@ -104,8 +104,8 @@ def _run(config, lock, on_eval=None):
     job.stop.install()
 
     for fold_plan in plan.folds:
-        try:
-            outcome = train_fold(job, fold_plan)
+        try:  # a pruner's stop at a fold's last evaluation stops the run before the next fold
+            outcome = "pruned" if job.stop.pruned else train_fold(job, fold_plan)
         except UserError:  # refused before this new run trained anything (a model that will not load):
             if not resuming and accelerator.is_main_process and not trained_anything(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-made is left behind
@@ -128,8 +128,7 @@ def _run(config, lock, on_eval=None):
                               plan.spec.labels.names)
         say(accelerator, "train: out-of-fold " + " ".join(f"{k} {v:.4f}" for k, v in score_oof.items())
             + f" -> {run_dir / 'oof'}")
-        if train_cfg.calibrate:
-            calibrate_run(job, plan.fold_numbers)
+        calibrate_run(job, plan.fold_numbers)
         finish_run(job, plan.fold_numbers, score_oof, plan.meta)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -385,11 +384,23 @@ def finish_fold(job, fold, state):
 def calibrate_run(job, folds):
     """train.calibrate: one temperature fitted on the run's out-of-fold rows (calibration.py), kept in
     every fold's best/head.json (the models divide their logits by it from now on) and in
-    calibration.json, with the reliability diagram before and after."""
+    calibration.json, with the reliability diagram before and after. Not for texts read as sliding
+    windows: the models' temperature would act on each window before their probabilities are
+    aggregated, and the out-of-fold rows are the aggregated texts. Without calibration every fold's
+    temperature is 1 (a fold trained again, or calibration turned off on resume, leaves none stale)."""
     oof = job.run_dir / "oof"
     problem = job.spec.labels.problem
-    fitted = calibration.calibrate(np.load(oof / "probs.npy"), np.load(oof / "labels.npy"), problem)  # None: regression
+    windows = bool(job.spec.tokenization.window_stride)
+    fitted = None
+    if job.config.train.calibrate and not windows:
+        fitted = calibration.calibrate(np.load(oof / "probs.npy"), np.load(oof / "labels.npy"), problem)  # None: regression
     if fitted is None:
+        set_temperature(job.run_dir, folds, 1.0)
+        for name in ("calibration.json", "reliability.png"):
+            (job.run_dir / name).unlink(missing_ok=True)
+        if job.config.train.calibrate and windows:
+            say(job.accelerator, "train: not calibrated: texts are read as sliding windows, whose probabilities are "
+                                 "aggregated after the model (a temperature would act before)")
         return
     temperature, record, calibrated = fitted
     if "not_fitted" in record:

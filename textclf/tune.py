@@ -29,6 +29,8 @@ import copy
 import csv
 import io
 import math
+import os
+import re
 import socket
 import sys
 import time
@@ -36,9 +38,9 @@ import typing
 
 from .config import coerce, field_types, parse_args, resolve_path, validate
 from .errors import UserError, run_cli
-from .fileio import OutputLock, atomic_write_text, made_by_textclf, write_json, write_marker
+from .fileio import atomic_write_text, made_by_textclf, write_json, write_marker
 
-RUN_ATTR, HOST_ATTR, RETRY_ATTR = "run", "host", "retry_of"
+RUN_ATTR, HOST_ATTR, PID_ATTR, RETRY_ATTR = "run", "host", "pid", "retry_of"
 
 
 def say(message):
@@ -62,6 +64,9 @@ def run(config, on_trial=None):
     if not name:
         raise UserError("tune.study is not set (nor train.run or data.name); name the study, e.g. tune.study=sst2-lr")
     folder = resolve_path(config.train.output_dir) / f"{name}-tune"
+    if config.train.max_time:
+        raise UserError("train.max_time stops a run before it finishes, and a trial is scored when its run finishes; "
+                        "leave train.max_time at 0 and give the study tune.timeout")
     check_space(config)
     direction = metric_direction(config)
     if folder.exists() and not made_by_textclf(folder, "tune"):
@@ -70,13 +75,21 @@ def run(config, on_trial=None):
     write_marker(folder, "tune")
     with opening(folder):  # two processes creating one SQLite study at once would race on its tables
         study = open_study(optuna, config, name, folder, direction)
-    recover_dead_trials(optuna, study, config)
+    with alive(folder):  # held while this process runs trials: recovery elsewhere knows it is not dead
+        return run_study(optuna, study, config, folder, name, direction, on_trial)
+
+
+def run_study(optuna, study, config, folder, name, direction, on_trial):
+    tune_cfg = config.tune
+    recover_dead_trials(optuna, study, folder)
     finished = count_finished(optuna, study)
     say(f"tune: study {name} ({tune_cfg.storage or folder / 'study.db'}): {finished} of {tune_cfg.trials} "
               f"trials finished, {direction} {config.train.metric}")
     if finished < tune_cfg.trials:
         objective = Objective(optuna, config, name, on_trial)
-        study.optimize(objective, timeout=tune_cfg.timeout or None, catch=(UserError,), gc_after_trial=True,
+        # a trial refused (UserError) ends the study with that one line: trials are settings check_space passed,
+        # so a refusal is about the data or the machine, and every later trial would meet it too
+        study.optimize(objective, timeout=tune_cfg.timeout or None, gc_after_trial=True,
                        callbacks=[optuna.study.MaxTrialsCallback(tune_cfg.trials, states=(
                            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
     write_results(optuna, study, config, folder, name)
@@ -90,7 +103,7 @@ def _optuna():
         raise UserError("tuning needs Optuna: pip install 'textclf[tune]' (or optuna>=5.1)") from None
     import warnings
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's traceback: textclf says it in one line
     # heartbeats and the matplotlib figures are marked experimental; they are what tune uses
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
@@ -100,11 +113,12 @@ def _optuna():
 
 
 def check_space(config):
-    """Every key of tune.space at both ends of its range (each choice) gives a valid config, and
-    the base config passes everything train.py checks before it writes, so that no trial is
-    refused for what could be known now."""
+    """Every key of tune.space at both ends of its range (each choice) gives a config that passes
+    everything train.py checks before it writes (the base config too), so that no trial is refused
+    for what could be known now."""
     from . import train
 
+    train.check(copy.deepcopy(config))
     for section, key_name, spec in config.tune.parameters():
         values = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
         for value in values:
@@ -113,10 +127,10 @@ def check_space(config):
                     coerce(value, field_types(section)[key_name], f"tune.space.{section}.{key_name}"))
             try:
                 validate(trial_config)
+                train.check(trial_config)
             except UserError as err:
                 raise UserError(f"tune.space.{section}.{key_name}={value!r} would be refused by every trial that "
                                 f"draws it: {err}") from None
-    train.check(copy.deepcopy(config))
 
 
 def metric_direction(config):
@@ -205,13 +219,14 @@ def run_folder(config, run_name):
     return resolve_path(config.train.output_dir) / run_name
 
 
-def recover_dead_trials(optuna, study, config):
-    """A trial left running by a process that died on this machine (its run folder is not locked)
-    is failed and queued again with the same settings; the new trial resumes its run folder."""
+def recover_dead_trials(optuna, study, folder):
+    """A trial left running by a process that died on this machine (its process no longer holds its
+    mark, see `alive`) is failed and queued again with the same settings; the new trial resumes
+    its run folder."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        run_name = trial.user_attrs.get(RUN_ATTR)
-        if trial.user_attrs.get(HOST_ATTR) != host or not run_name or locked(run_folder(config, run_name)):
+        run_name, pid = trial.user_attrs.get(RUN_ATTR), trial.user_attrs.get(PID_ATTR)
+        if trial.user_attrs.get(HOST_ATTR) != host or not run_name or still_alive(folder, pid):
             continue
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={RUN_ATTR: run_name, RETRY_ATTR: trial.number},
@@ -219,13 +234,46 @@ def recover_dead_trials(optuna, study, config):
         say(f"tune: trial {trial.number} was cut off (its process ended); it runs again and resumes {run_name}")
 
 
-def locked(folder):
-    """Whether a process holds the run folder's lock (fileio.OutputLock)."""
-    with OutputLock() as probe:
+def mark_path(folder, pid):
+    host = re.sub(r"[^\w.-]", "_", socket.gethostname())[:64]
+    return folder / f".process-{host}-{pid}.lock"
+
+
+@contextlib.contextmanager
+def alive(folder):
+    """A lock this process holds for as long as it runs trials (released by the system however the
+    process ends): a trial whose process holds none is dead."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; a killed trial stays running in the study
+        yield
+        return
+    path = mark_path(folder, os.getpid())
+    with open(path, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            probe.take(folder, "run", "")
-        except UserError:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            path.unlink(missing_ok=True)
+
+
+def still_alive(folder, pid):
+    """Whether the process that ran a trial still holds its mark (see `alive`)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    path = mark_path(folder, pid)
+    if not isinstance(pid, int) or not path.is_file():
+        return False
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    path.unlink(missing_ok=True)
     return False
 
 
@@ -242,23 +290,24 @@ class Objective:
         run_name = config.train.run
         trial.set_user_attr(RUN_ATTR, run_name)
         trial.set_user_attr(HOST_ATTR, socket.gethostname())
+        trial.set_user_attr(PID_ATTR, os.getpid())
         if self.on_trial:
             self.on_trial(trial.number)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         say(f"tune: trial {trial.number} ({shown}) -> run {run_name}"
                   + (" (resumed)" if config.train.resume else ""))
-        pruning = Pruning(trial)
+        pruning = Pruning(trial, evaluations_logged(run_folder(config, run_name)))
         started = time.time()
         try:
             run_dir = train.run(config, on_eval=pruning)
         finally:
             reset_accelerate()
         trial.set_user_attr("seconds", round(time.time() - started, 1))
-        if pruning.pruned:
+        summary = run_dir / "summary.json"
+        if pruning.pruned and not summary.is_file():
             say(f"tune: trial {trial.number} pruned at its evaluation {pruning.count} (run {run_dir} stays "
                       f"resumable)")
             raise self.optuna.TrialPruned()
-        summary = run_dir / "summary.json"
         if not summary.is_file():
             raise UserError(f"trial {trial.number}: run {run_dir} stopped before it finished (train.max_time?); "
                             f"resume it with train.resume={run_dir}")
@@ -275,21 +324,35 @@ class Objective:
             setattr(getattr(config, section), key_name, value)
             config.explicit.add(f"{section}.{key_name}")
         validate(config)
-        origin = trial.user_attrs.get(RETRY_ATTR, trial.number)
-        run_name = trial.user_attrs.get(RUN_ATTR) or f"{self.name}-t{origin:03d}"
+        retry = trial.user_attrs.get(RUN_ATTR)  # a trial run again (cut off here, or silent elsewhere): its run
+        run_name = retry or f"{self.name}-t{trial.number:03d}"
         folder = run_folder(config, run_name)
+        if not retry and (folder.exists() or folder.is_symlink()):
+            raise UserError(f"{folder} exists, and trial {trial.number} of study {self.name} is new: it is an earlier "
+                            f"study's run (its study.db removed, or another tune.storage); choose another tune.study, "
+                            f"or move the old runs away")
         config.train.run, config.train.overwrite = run_name, False
         config.program = "python train.py"  # what a message about the run names to continue it
         config.train.resume = str(folder) if (folder / "run.json").is_file() else None
         return config
 
 
-class Pruning:
-    """Each evaluation's metric reported to the trial (step: the run's evaluation count); True
-    stops the run through its stop path when the pruner says so."""
+def evaluations_logged(run_dir):
+    """The evaluations a run folder's log holds (a resumed trial counts on from there)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    from .checkpoint import read_log
 
-    def __init__(self, trial):
-        self.trial, self.count, self.pruned = trial, 0, False
+    return len({(r.get("fold"), r.get("step")) for r in read_log(path) if r.get("type") == "eval"})
+
+
+class Pruning:
+    """Each evaluation's metric reported to the trial (step: the run's evaluation count, across its
+    folds); True stops the run through its stop path when the pruner says so."""
+
+    def __init__(self, trial, start=0):
+        self.trial, self.count, self.pruned = trial, start, False
 
     def __call__(self, fold, step, value):
         if not math.isfinite(value):
