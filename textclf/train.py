@@ -393,7 +393,8 @@ def calibrate_run(job, folds):
     windows = bool(job.spec.tokenization.window_stride)
     fitted = None
     if job.config.train.calibrate and not windows:
-        fitted = calibration.calibrate(np.load(oof / "probs.npy"), np.load(oof / "labels.npy"), problem)  # None: regression
+        # None for a regression
+        fitted = calibration.calibrate(np.load(oof / "probs.npy"), np.load(oof / "labels.npy"), problem)
     if fitted is None:
         set_temperature(job.run_dir, folds, 1.0)
         for name in ("calibration.json", "reliability.png"):
