@@ -93,6 +93,22 @@ def test_distillation_loss_equals_a_hand_computation():
                                         problem)) < 1e-6
 
 
+def test_the_soft_loss_gradient_through_a_tiny_model_is_the_textbook_one():
+    """d/dz T^2 KL(q_T || softmax(z / T)) = T (softmax(z / T) - q_T), per row, over the batch."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x = torch.randn(4, 5)
+    teacher = torch.softmax(torch.randn(4, 3), -1)
+    t = 3.0
+    logits = model(x)
+    logits.retain_grad()
+    distillation.soft_loss(logits, teacher, t, PROBLEMS["single_label"]).backward()
+    q_t = torch.softmax(teacher.log() / t, -1)
+    want = t * (torch.softmax(logits.detach() / t, -1) - q_t) / len(x)
+    torch.testing.assert_close(logits.grad, want, atol=1e-6, rtol=1e-5)
+    assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()
+
+
 def test_multi_label_distillation_is_each_class_binary_kl():
     logits = torch.tensor([[1.0, -2.0]])
     teacher = torch.tensor([[0.8, 0.3]])

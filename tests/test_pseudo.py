@@ -298,6 +298,7 @@ def test_a_blend_is_calibrated_and_abstains_only_where_the_sample_allows_it(sets
     summary = json.loads((tmp / "subs" / "blend.json").read_text())
     record = summary["calibration"]
     assert record["temperature"] > 0 and record["ece_after"] <= record["ece_before"] + 1e-9
+    assert (tmp / "subs" / record["diagram"]).is_file() and record["diagram"] == "blend-reliability.png"
     result = run_stage("ensemble_and_submit", *common, preds, f"ensemble.output_dir={tmp_path}", "ensemble.name=x",
                        "ensemble.abstain_below=0.9", "ensemble.output=labels")
     assert result.code == 2 and "no sample submission was given" in result.err

@@ -181,6 +181,9 @@ def run(config):
     csv.writer(buf, lineterminator="\n").writerows(rows)
     target = next_version(resolve_path(ecfg.output_dir), ecfg.name, ".csv", also=(".json",))  # the summary beside it
     atomic_write_text(target, buf.getvalue())
+    diagram = reliability_figure(summary.pop("_reliability", None), target)
+    if diagram:
+        summary["calibration"]["diagram"] = diagram.name
     summary.update(rows=len(rows) - 1, submission=str(target), predictions=[str(f) for f, _ in sets],
                    test_score=test_score)
     write_json(target.with_suffix(".json"), summary)
@@ -189,6 +192,19 @@ def run(config):
     print(f"ensemble: wrote {target} ({len(rows) - 1} rows, {layout.kind}: {', '.join(layout.header[1:])})",
           flush=True)
     return target
+
+
+def reliability_figure(tables, target):
+    """<name>-reliability.png beside the submission: the blend's reliability before and after its
+    calibration, on the out-of-fold rows (None without calibration or matplotlib)."""
+    if tables is None:
+        return None
+    try:
+        from .figures import reliability_diagram
+    except ImportError:
+        return None
+    path = target.with_name(f"{target.stem}-reliability.png")
+    return reliability_diagram(*tables, path, f"{target.stem}: the blend's out-of-fold rows")
 
 
 def check_abstention(ecfg, sample, layout, problem):
@@ -235,8 +251,12 @@ def fit_blend(ecfg, sets, problem, metric, layout):
         blend_score = score(normalise(blend(members, weights, ecfg.method), problem), labels, problem, metric)
     blended = normalise(blend(members, weights, ecfg.method), problem)
     if ecfg.calibrate and ecfg.method != "rank" and not problem.regression:
+        before = blended
         temperature, summary["calibration"], blended = calibration.calibrate(blended, labels, problem)
         record = summary["calibration"]
+        # drawn beside the submission once its name is known (run)
+        summary["_reliability"] = ((calibration.reliability(before, labels, problem), record["ece_before"]),
+                                   (calibration.reliability(blended, labels, problem), record["ece_after"]))
         print(f"blend calibrated on the {tune_split} rows: temperature {temperature:.3f}, expected calibration "
               f"error {record['ece_before']:.4f} -> {record['ece_after']:.4f}"
               + (f" (not fitted: {record['not_fitted']})" if "not_fitted" in record else ""), flush=True)
