@@ -128,8 +128,8 @@ def _run(config, lock, on_eval=None):
                               plan.spec.labels.names)
         say(accelerator, "train: out-of-fold " + " ".join(f"{k} {v:.4f}" for k, v in score_oof.items())
             + f" -> {run_dir / 'oof'}")
-        calibrate_run(job, plan.fold_numbers)
-        finish_run(job, plan.fold_numbers, score_oof, plan.meta)
+        calibrated = calibrate_run(job, plan.fold_numbers)
+        finish_run(job, plan.fold_numbers, score_oof, plan.meta, calibrated)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
@@ -402,7 +402,7 @@ def calibrate_run(job, folds):
         if job.config.train.calibrate and windows:
             say(job.accelerator, "train: not calibrated: texts are read as sliding windows, whose probabilities are "
                                  "aggregated after the model (a temperature would act before)")
-        return
+        return None
     temperature, record, calibrated = fitted
     if "not_fitted" in record:
         say(job.accelerator, f"train: not calibrated: {record['not_fitted']} (calibration.MIN_ROWS); the temperature "
@@ -424,12 +424,18 @@ def calibrate_run(job, folds):
                          f"calibration error {record['ece_before']:.4f} -> {record['ece_after']:.4f}, log loss "
                          f"{record['log_loss_before']:.4f} -> {record['log_loss_after']:.4f} -> "
                          f"{job.run_dir / 'calibration.json'}")
+    return record
 
 
-def finish_run(job, folds, oof_score, meta):
+def finish_run(job, folds, oof_score, meta, calibrated=None):
     """The end of a run (main process): the labelled test split and eval.texts predicted by the
-    fold mean, the training curves as a PNG, wall times; all of it in summary.json."""
+    fold mean (calibrated, where the run is), the training curves as a PNG, wall times; all of it
+    in summary.json ("oof": the out-of-fold rows as trained; "calibration": what the temperature
+    did to them)."""
     summary = {"oof": oof_score, "fold_seconds": {}, "test": None, "texts": None}
+    if calibrated:
+        summary["calibration"] = {k: calibrated[k] for k in ("temperature", "ece_before", "ece_after",
+                                                            "log_loss_before", "log_loss_after") if k in calibrated}
     for fold in folds:
         done = load_json(job.run_dir / f"fold{fold}" / "done.json", "a fold's done.json", "train the fold again")
         summary["fold_seconds"][str(fold)] = done.get("seconds")
