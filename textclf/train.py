@@ -392,9 +392,9 @@ def calibrate_run(job, folds):
     problem = job.spec.labels.problem
     windows = bool(job.spec.tokenization.window_stride)
     fitted = None
+    raw, labels = np.load(oof / "probs.npy"), np.load(oof / "labels.npy")
     if job.config.train.calibrate and not windows:
-        # None for a regression
-        fitted = calibration.calibrate(np.load(oof / "probs.npy"), np.load(oof / "labels.npy"), problem)
+        fitted = calibration.calibrate(raw, labels, problem)  # None for a regression
     if fitted is None:
         set_temperature(job.run_dir, folds, 1.0)
         for name in ("calibration.json", "reliability.png"):
@@ -408,7 +408,6 @@ def calibrate_run(job, folds):
         say(job.accelerator, f"train: not calibrated: {record['not_fitted']} (calibration.MIN_ROWS); the temperature "
                              f"stays 1")
     set_temperature(job.run_dir, folds, temperature)
-    labels, raw = np.load(oof / "labels.npy"), np.load(oof / "probs.npy")
     diagram = job.run_dir / "reliability.png"
     try:
         from .figures import reliability_diagram
