@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv test demo bench clean-outputs
+.PHONY: venv test demo bench clean-outputs browser docs
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q tests
+
+# The page tests (explanations.html, the docs site) open pages in headless Chromium: Debian's package,
+# installed where the machine lets us (root with apt); elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1)); } \
+	  || echo "chromium not installed: the page tests will skip"
 
 demo: $(VENV)/.installed
 	$(PY) -m textclf.premodels minilm
@@ -26,3 +34,7 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/sst2_accuracy.py
+
+# the documentation site: docs/ -> site/ (mkdocs serve for a live preview)
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict

@@ -8,7 +8,9 @@
    and the floor for any pipeline on this tokenizer: one batch call of the tokenizer on all
    the rows, nothing else.
 2. data_process.py on 10k, 100k and 1M synthetic rows: time and peak RSS for each, every
-   size in a fresh process.
+   size in a fresh process, read as CSV and as Parquet (one row group of every row, pyarrow's
+   default up to 1M rows: the case where a reader that loads a row group at once would grow).
+   `--formats csv` for CSV only.
 Writes bench/results/data_throughput.json. A benchmark, not a test.
 """
 
@@ -51,6 +53,18 @@ def write_rows(path, n, real):
             else:
                 text, label = " ".join(rng.choice(words) for _ in range(rng.randint(5, 30))), str(i % 3)
             writer.writerow([text, label])
+    return path
+
+
+def to_parquet(csv_file):
+    """The same rows as one Parquet file (written in this parent process; the child only reads it)."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    table = pyarrow.csv.read_csv(csv_file, convert_options=pyarrow.csv.ConvertOptions(
+        column_types={"text": "string", "label": "string"}))
+    path = csv_file.with_suffix(".parquet")
+    pyarrow.parquet.write_table(table, path, row_group_size=max(len(table), 1))
     return path
 
 
@@ -115,6 +129,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--compare-rows", type=int, default=100_000)
     parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--formats", default="csv,parquet", help="csv, parquet or both (comma-separated)")
+    parser.add_argument("--skip-compare", action="store_true", help="only the scaling runs")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -127,7 +143,7 @@ def main():
         return
 
     results = _common.record("data_throughput", "none (tokenization only)", max_len=MAX_LEN)
-    if SST2.is_file():
+    if SST2.is_file() and not args.skip_compare:
         n = args.compare_rows
         train_file = write_rows(WORK / f"real-{n}.csv", n, real=True)
         ours = run_child("compare", train_file)
@@ -141,20 +157,29 @@ def main():
               f"-> {results['compare']['speedup']}x; the tokenizer's batch call alone takes {floor['seconds']:.1f} s "
               f"(a ceiling of {results['compare']['speedup_ceiling']}x)", flush=True)
     else:
-        print(f"comparison skipped ({SST2} not found)")
-    scaling = {}
+        print("comparison skipped" + ("" if args.skip_compare else f" ({SST2} not found)"))
+    formats = args.formats.split(",")
+    scaling = {fmt: {} for fmt in formats}
     for size in map(int, args.sizes.split(",")):
-        train_file = write_rows(WORK / f"synthetic-{size}.csv", size, real=False)
-        r = run_child(f"synthetic{size}", train_file)
-        r["rows_per_s"] = round(size / r["seconds"])
-        scaling[str(size)] = r
-        print(f"{size:>9} synthetic rows: {r['seconds']:7.1f} s  {r['rows_per_s']:>8} rows/s  peak RSS {r['peak_rss_mb']:.0f} MB",
-              flush=True)
-        train_file.unlink()
-    sizes = sorted(scaling, key=int)
-    if len(sizes) >= 2:
-        results["rss_ratio_largest_to_smallest"] = round(scaling[sizes[-1]]["peak_rss_mb"] / scaling[sizes[0]]["peak_rss_mb"], 2)
-    results["scaling"] = scaling
+        csv_file = write_rows(WORK / f"synthetic-{size}.csv", size, real=False)
+        for fmt in formats:
+            train_file = to_parquet(csv_file) if fmt == "parquet" else csv_file
+            r = run_child(f"synthetic{size}-{fmt}", train_file)
+            r["rows_per_s"] = round(size / r["seconds"])
+            scaling[fmt][str(size)] = r
+            print(f"{size:>9} synthetic rows, {fmt:>7}: {r['seconds']:7.1f} s  {r['rows_per_s']:>8} rows/s  "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            if train_file != csv_file:
+                train_file.unlink()
+        csv_file.unlink()
+    for fmt in formats:
+        sizes = sorted(scaling[fmt], key=int)
+        if len(sizes) >= 2:
+            ratio = round(scaling[fmt][sizes[-1]]["peak_rss_mb"] / scaling[fmt][sizes[0]]["peak_rss_mb"], 2)
+            results["rss_ratio_largest_to_smallest" + ("" if fmt == "csv" else f"_{fmt}")] = ratio
+    results["scaling"] = scaling.get("csv", {})
+    if "parquet" in scaling:
+        results["scaling_parquet"] = scaling["parquet"]
     _common.save(results)
 
 

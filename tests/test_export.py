@@ -155,6 +155,50 @@ def test_export_refuses_before_writing(toy_run, capsys):
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "already exists" in err
 
 
+def test_every_export_carries_a_model_card(toy_run):
+    """README.md in every exported folder: hub metadata, the labels, the run's own metrics, the data's
+    fingerprint, the training config and the precision, each read back from the run's records."""
+    import yaml
+
+    run = toy_run / "ck" / "two"
+    summary = json.loads((run / "summary.json").read_text())
+    run_json = json.loads((run / "run.json").read_text())
+    meta = json.loads((toy_run / "data" / "toy" / "meta.json").read_text())
+    for fmt, fold, folders in (("hf", "mean", ["."]), ("onnx", "each", ["fold0", "fold1"])):
+        out = toy_run / f"card-{fmt}"
+        export.export(run, fmt, out, fold=fold)
+        for folder in folders:
+            text = (out / folder / "README.md").read_text()
+            front = yaml.safe_load(text.split("---")[1])
+            assert front["pipeline_tag"] == "text-classification"
+            assert front["library_name"] == ("transformers" if fmt == "hf" else "onnx")
+            assert "`neg`, `pos` (2)" in text
+            for name, value in summary["oof"].items():
+                assert f"| out-of-fold (validation) | {name} | {value:.4f} |" in text
+            assert run_json["data_meta_sha256"] in text
+            assert meta["splits"]["train"]["source_sha256"][:16] in text
+            config = yaml.safe_load(text.split("```yaml")[1].split("```")[0])
+            assert config["train"] == yaml.safe_load((run / "config.yaml").read_text())["train"]
+            assert run_json["precision"]["precision"] == "no" and "Trained in fp32 on" in text
+            assert "## Intended use" in text
+        if fmt == "onnx":
+            assert "fold 1: `model.safetensors`" in (out / "fold1" / "README.md").read_text()
+
+
+def test_push_to_hub_offline_is_one_line_and_writes_nothing(toy_run, capsys):
+    out = toy_run / "pushed"
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1"):
+        export.export(toy_run / "ck" / "two", "hf", out, push_to_hub="me/toy")
+    with pytest.raises(UserError, match="name a hub repository"):
+        export.export(toy_run / "ck" / "two", "hf", out, push_to_hub="a/b/c")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(export.main, ["--run", str(toy_run / "ck" / "two"), "--format", "onnx", "--out", str(out),
+                              "--push-to-hub", "me/toy"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "upload the folder from a machine" in err
+    assert not out.exists() and not list(toy_run.glob(".pushed*"))
+
+
 # ---------------------------------------------------------------------------- every head and family
 
 

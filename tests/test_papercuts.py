@@ -1,6 +1,6 @@
 """Small things a new user trips over, each held by a test: a closed pipe, a missing package's
 advice, curves of short folds, out-of-fold figures, the banner's LR, multi-label checkpoints, the
-thresholds' digits, windows called truncated, the README's offline wheel and its export advice."""
+thresholds' digits, windows called truncated, the docs' offline wheel builds and their export advice."""
 
 import json
 import re
@@ -101,13 +101,14 @@ def test_texts_read_as_windows_are_not_called_truncated(stage, premodels, tmp_pa
     assert "lost tokens between the windows data.max_windows keeps" in result.out
 
 
-def test_the_readmes_wheel_builds_work_offline():
-    """pip's build isolation downloads setuptools: every wheel build the README shows skips it."""
-    builds = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip wheel")]
+def test_the_docs_wheel_builds_work_offline():
+    """pip's build isolation downloads setuptools: every wheel build the README and the docs show skips it."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    builds = [line for page in pages for line in page.read_text().splitlines() if line.startswith("pip wheel")]
     assert builds and all("--no-build-isolation" in line for line in builds), builds
 
 
-def test_a_fold_mean_pooler_export_needs_remote_code_and_the_readme_says_so(stage, premodels, tmp_path):
+def test_a_fold_mean_pooler_export_needs_remote_code_and_the_docs_say_so(stage, premodels, tmp_path):
     from textclf import export
 
     base = make_data(stage, premodels, tmp_path, toy_rows(24), extra=("data.n_folds=2",))
@@ -117,5 +118,5 @@ def test_a_fold_mean_pooler_export_needs_remote_code_and_the_readme_says_so(stag
     mean = export.export(tmp_path / "ck" / "toy", "hf", tmp_path / "mean")["folders"][0]["class"]
     one = export.export(tmp_path / "ck" / "toy", "hf", tmp_path / "one", fold="0")["folders"][0]["class"]
     assert "trust_remote_code" in mean and one == "BertForSequenceClassification"
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "The default fold mean of several folds, and every other head" in readme
+    page = " ".join((ROOT / "docs" / "stages" / "export.md").read_text().split())
+    assert "The default fold mean of several folds, and every other head" in page

@@ -9,4 +9,8 @@ def __getattr__(name):
         from .predict import Predictor
 
         return Predictor
+    if name == "process":  # data_process from Python, tables (pandas, pyarrow) or files: data.process_tables
+        from .data import process_tables
+
+        return process_tables
     raise AttributeError(f"module 'textclf' has no attribute {name!r}")

@@ -6,6 +6,7 @@
     textclf-submit   --config configs/demo.yaml                      # = python ensemble_and_submit.py ...
     textclf-pseudo   --config configs/x.yaml pseudo.name=x-pseudo pseudo.predictions=[...]  # = python -m textclf.pseudo ...
     textclf-export   --run checkpoints/sst2 --format onnx --out exported/sst2-onnx   # = python -m textclf.export ...
+    textclf-select   --predictions model_predictions/r8 --k 100 --out to_label.csv  # = python -m textclf.select ...
     textclf-premodels random bert                                    # = python -m textclf.premodels ...
     textclf-tune     --config configs/sst2.yaml tune.trials=8        # = python -m textclf.tune ...
 
@@ -65,6 +66,12 @@ def tune(argv, prog="textclf-tune"):
     main(argv, prog)
 
 
+def select(argv):
+    from .select import main
+
+    main(argv)
+
+
 def premodels(argv):
     from .premodels import main
 
@@ -98,6 +105,10 @@ def export_entry():
 
 def tune_entry():
     run_cli(tune)
+
+
+def select_entry():
+    run_cli(select)
 
 
 def premodels_entry():

@@ -8,7 +8,7 @@ here it becomes a float). Unknown keys are an error that names the closest valid
 A bare `key=value` is accepted when exactly one section has that key.
 
 Each section is a dataclass: its keys, each with a default and a one-line description
-(`--help`, and the key list in the README), the facts other stages need about a key as field
+(`--help`, and the key reference of the docs site), the facts other stages need about a key as field
 metadata (see `key`), and right under the keys the section's own `check()`: what a type alone
 does not say. A new key touches one class.
 """
@@ -17,6 +17,7 @@ import codecs
 import copy
 import dataclasses
 import difflib
+import html
 import math
 import re
 import types
@@ -110,6 +111,7 @@ def check_seed(seed, key_name):
 
 
 TRUNCATIONS = ("head", "tail", "head_tail")
+FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "feather", "datasets", "hub")
 WINDOW_AGGREGATES = ("mean", "max", "first_last")
 HEADS = ("cls", "mean", "pooler", "fusion", "last")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -121,7 +123,8 @@ BLEND_METHODS = ("mean", "weighted", "geometric", "rank")
 class DataConfig:
     name: str = key("", "output folder models_input_files/<name>; default: the config file's stem",
                     free_on_resume=True, locates_input=True)
-    train_file: str = key("", "the labelled train file (csv, tsv or jsonl)", fixed=True, describes_file=True)
+    train_file: str = key("", "the labelled train file (csv, tsv, jsonl, parquet, feather), a datasets "
+                          "folder, or hub:NAME[:split]", fixed=True, describes_file=True)
     valid_file: str | None = key(None, "a validation file; without one, a held-out split or K folds of train",
                                  fixed=True, describes_file=True)
     test_file: str | None = key(None, "a test file, labelled or not (a blank label column is unlabelled)",
@@ -130,8 +133,9 @@ class DataConfig:
                           locates_input=True)
     overwrite: bool = key(False, "replace an existing models_input_files/<name> that data_process.py made",
                           free_on_resume=True)
-    format: Literal["auto", "csv", "tsv", "jsonl"] = key("auto", "file format; auto: from the file extension",
-                                                         fixed=True, describes_file=True)
+    format: Literal[FORMATS] = key("auto", "csv, tsv, jsonl, parquet, feather (Arrow IPC), datasets (a save_to_disk "
+                                   "folder) or hub (a hub dataset name); auto: the extension, a folder, or hub:NAME",
+                                   fixed=True, describes_file=True)
     delimiter: str | None = key(None, "override the csv/tsv delimiter ('\\t' for a tab)", fixed=True,
                                 describes_file=True)
     quoting: Literal["auto", "minimal", "none"] = key("auto", "csv/tsv quoting; auto: csv minimal, tsv none",
@@ -509,7 +513,8 @@ class EvalConfig:
     embeddings: bool = key(False, "also write each row's pooled vector (the head's input), keyed by id")
     hidden_states: bool = key(False, "also the last hidden layer, (rows, max_len, hidden) with lengths (and the "
                               "embeddings)")
-    input: str | None = key(None, "a raw csv/tsv/jsonl file to classify (and score, where it has the labels)")
+    input: str | None = key(None, "a raw file to classify (and score, where it has the labels), in any format "
+                            "data.format reads")
     read_labels: Literal["auto", "always", "never"] = key("auto", "eval.input's labels: auto scores the file where it "
                                                           "has them, always refuses one without, never only predicts")
     data: str = key("", "another processed data set (models_input_files/<name>, tokenized as the run's) to predict "
@@ -519,6 +524,12 @@ class EvalConfig:
     abstain_below: float = key(0.0, "> 0: answer eval.abstain_label where the top probability is below this "
                                "(single-label); labelled splits report coverage and accuracy on the rows answered")
     abstain_label: str = key("abstain", "the answer of a row that abstains")
+    explain: bool = key(False, "write explanations.html: each asked row's words shaded by their attribution "
+                        "(integrated gradients) to the predicted label, with the true label and probabilities")
+    explain_ids: list[str] | None = key(None, "the row ids to explain; default: the first eval.explain_rows rows of "
+                                        "each split predicted")
+    explain_rows: int = key(20, "rows explained per split when eval.explain_ids is not set")
+    explain_steps: int = key(64, "integrated-gradient steps per row (more: attributions closer to completeness)")
 
     def check(self):
         need(self.splits and distinct(self.splits), "eval.splits", self.splits,
@@ -534,6 +545,11 @@ class EvalConfig:
              "must be a probability from 0 (never abstain) to 1")
         need(self.abstain_label.strip() != "" and "\n" not in self.abstain_label, "eval.abstain_label",
              self.abstain_label, "must be a non-empty label on one line")
+        check_count(self.explain_rows, "eval.explain_rows")
+        check_count(self.explain_steps, "eval.explain_steps")
+        if self.explain_ids is not None:
+            need(self.explain_ids and distinct(self.explain_ids), "eval.explain_ids", self.explain_ids,
+                 "must list distinct row ids")
 
 
 @dataclass
@@ -798,16 +814,21 @@ def key_list():
 
 
 def keys_markdown():
-    """The key list as the README shows it: one table per section, from the schema."""
-    lines = []
+    """The key reference: one table per section (key, type = default, what it does), from the schema.
+    The docs site's reference/keys page is this text (docs/hooks.py); `python -m textclf.config` prints it."""
+    def cell(text):  # plain text in a table cell: escaped, and neither a column bar nor an attribute list
+        return html.escape(text, quote=False).replace("|", "&#124;").replace("{", "&#123;").replace("}", "&#125;")
+
+    keys = key_list()
+    lines = [f"{len(keys)} keys in {len(SECTIONS)} sections, made from `textclf/config.py` when this site was built "
+             f"(`python -m textclf.config` prints the same list)."]
     for section in SECTIONS:
-        lines += ["", f"**{section}**", "", "| key | type = default | what it does |", "|---|---|---|"]
-        for name, tp, default, text in key_list():
+        lines += ["", f"## {section}", "", "| key | type = default | what it does |", "|---|---|---|"]
+        for name, tp, default, text in keys:
             if name.startswith(section + "."):
-                cell = f"{tp} = {default!r}".replace("|", "\\|")
-                text = text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-                lines.append(f"| `{name}` | `{cell}` | {text} |")
-    return "\n".join(lines[1:])
+                lines.append(f'| <code id="{name}">{name}</code> | <code>{cell(f"{tp} = {default!r}")}</code> | '
+                             f'{cell(text)} |')
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- reading YAML and overrides
@@ -1064,6 +1085,15 @@ def _apply_override(cfg, arg):
     cfg.explicit.add(f"{section}.{name}")
 
 
+def with_overrides(cfg, args):
+    """A copy of a Config with `key=value` overrides applied, then validated (the Python API's path)."""
+    cfg = copy.deepcopy(cfg)
+    for arg in args:
+        _apply_override(cfg, arg)
+    validate(cfg)
+    return cfg
+
+
 def help_text(prog):
     """--help: the usage line, then every key with its type, default and description (from the schema)."""
     command = f"python {prog}" if prog.endswith(".py") else prog  # a script, or an installed textclf-* command
@@ -1126,5 +1156,5 @@ def parse_args(argv, prog="stage.py"):
     return cfg
 
 
-if __name__ == "__main__":  # python -m textclf.config: the README's key list, made from the schema
+if __name__ == "__main__":  # python -m textclf.config: the key reference, made from the schema
     print(keys_markdown())

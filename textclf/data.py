@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import resolve_path
+from .config import Config, parse_args, resolve_path, with_overrides
 from .datadir import FORMAT_VERSION
 from .errors import UserError
-from .fileio import (atomic_dir, atomic_write_text, made_by_textclf, remove_dead_temporaries, sha256_file, write_json,
+from .fileio import (atomic_dir, atomic_write_text, made_by_textclf, remove_dead_temporaries, write_json,
                      write_marker)
 from .premodels import load_tokenizer, resolve_model_dir, vocab_hash
-from .rawdata import RawFile, RowReader, label_array, same_number_labels, scan_rows
+from .rawdata import RawFile, RowReader, label_array, locate, same_number_labels, scan_rows
+from .tables import is_table
 from . import prompts
 from .tokenization import TextTokenizer
 
@@ -122,7 +123,7 @@ def _write_split(folder, reader, cfg, scan, encoder, label_index, multi_label, p
     cut_rows = cut[cut > 0]
     entry = dict(
         source_file=str(reader.raw.path),
-        source_sha256=sha256_file(reader.raw.path),
+        source_sha256=reader.raw.sha256(),
         rows=n_texts,
         dropped_empty=scan["dropped"],
         **({"texts_in_train": scan["texts_in_train"]} if "texts_in_train" in scan else {}),
@@ -357,16 +358,18 @@ def _decide_labels(cfg, train_counts, multi_label):
     return _int_sorted(train_counts)
 
 
-def process(config):
-    """Run data_process for a resolved Config; return the output folder."""
+def process(config, tables=None):
+    """Run data_process for a resolved Config; return the output folder. `tables`: {split: a pandas
+    DataFrame or pyarrow Table} read instead of that split's file (textclf.process)."""
     cfg = config.data
     out = output_folder(cfg)
     model_dir, tokenizer, encoder = open_tokenizer(config)
     # Open every file and check its columns before reading any rows.
     readers = {}
+    tables = tables or {}
     for split, path in (("train", cfg.train_file), ("valid", cfg.valid_file), ("test", cfg.test_file)):
-        if path:
-            raw = RawFile(resolve_path(path), cfg, split)
+        if split in tables or path:
+            raw = RawFile(tables[split] if split in tables else locate(path), cfg, split)
             readers[split] = RowReader(raw, cfg, need_labels=split != "test")
     regression = cfg.task == "regression"
     multi_label = not regression and bool(cfg.label_columns or cfg.label_delimiter)
@@ -421,6 +424,26 @@ def process(config):
     what = f"{len(label_names)} numeric target(s)" if regression else f"{len(label_names)} labels"
     print(f"data_process: wrote {out} ({what}, {total} rows, {elapsed:.1f}s)", flush=True)
     return out
+
+
+def process_tables(train, config=None, valid=None, test=None, overrides=()):
+    """data_process from Python: `train`, `valid`, `test` each a pandas DataFrame, a pyarrow Table or a
+    file path; `config` a YAML path, a Config, or None (the defaults); `overrides` "key=value" strings
+    or a {key: value} dict, as on the command line (data.name is needed without a config file).
+    The tables go through the same checks as a file. Returns the output folder."""
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    given = {"train": train, "valid": valid, "test": test}
+    tables = {split: v for split, v in given.items() if is_table(v)}
+    files = [f"data.{split}_file={v}" for split, v in given.items() if v is not None and split not in tables]
+    # a table's split is named in the config (its file setting), so the config's own checks see it
+    placeholders = [f"data.{split}_file=<{split} table>" for split in tables]
+    if isinstance(config, Config):
+        config = with_overrides(config, [*files, *placeholders, *overrides])
+    else:
+        argv = ["--config", str(config)] if config is not None else []
+        config = parse_args([*argv, *files, *placeholders, *list(overrides)], prog="textclf.process")
+    return process(config, tables)
 
 
 def output_folder(cfg):

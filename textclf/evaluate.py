@@ -5,7 +5,7 @@
     python evaluate.py --config configs/sst2.yaml eval.input=new_rows.csv
 
 Layout of model_predictions/<run>/ (a new version folder if it exists):
-    manifest.json, config.yaml
+    manifest.json, config.yaml, explanations.html (eval.explain: the rows asked, words shaded by attribution)
     <split>/ids.npy, probs.npy (fold mean), fold<k>.npy, labels.npy + metrics.json,
             report.txt, confusion.txt, confusion.png (labelled splits), roc_pr.png (labelled binary)
             embeddings.npy (eval.embeddings: the first fold's pooled vectors, row order as ids.npy),
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration
+from . import calibration, explain
 from .calibration import check_abstain
 from .checkpoint import load_run_json
 from .config import file_reading_keys, resolve_path
@@ -39,11 +39,12 @@ from .loader import SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import write_metrics
 from .model import ModelSpec
 from .precision import resolve_shared
+from .premodels import load_tokenizer
 from .predict import (Predictor, features_of, hidden_of, load_fold_models, predict_logits, predict_rows,
                       recover_best, run_folds)
-from .rawdata import RawFile, RowReader, label_array, scan_rows
+from .rawdata import RawFile, RowReader, label_array, locate, scan_rows
 from .text_rules import check_texts
-from .tokenization import fold_texts, per_text
+from .tokenization import TextTokenizer, fold_texts, per_text
 
 
 def find_run(config):
@@ -180,13 +181,31 @@ def run(config):
         say(accelerator, f"evaluate: embeddings from fold {sources.checkpoints[0]['fold']}")
         vectors = {s: embed_split(accelerator, accelerator.unwrap_model(fold_models[0]), sources.data_dir, s,
                                   config.eval.batch_size, config.eval.hidden_states) for s in splits}
+    page = explain_page(config, accelerator, fold_models, sources, splits)
     if not main:
         accelerator.wait_for_everyone()
         return None
-    out = write_predictions(config, sources, results, vectors, choice)
+    out = write_predictions(config, sources, results, vectors, choice, page)
     print(f"evaluate: wrote {out}", flush=True)
     accelerator.wait_for_everyone()
     return out
+
+
+def explain_page(config, accelerator, fold_models, sources, splits):
+    """explanations.html (eval.explain) for the rows asked of the splits predicted, made on the main
+    process; every process refuses an unknown eval.explain_ids alike. None without eval.explain."""
+    if not config.eval.explain:
+        return None
+    chosen = explain.split_rows(config.eval, sources.data_dir, splits)
+    if not accelerator.is_main_process:
+        return None
+    say(accelerator, f"evaluate: explaining {sum(map(len, chosen.values()))} rows ({config.eval.explain_steps} steps)")
+    tokenizer = TextTokenizer.for_spec(load_tokenizer(sources.checkpoints[0]["path"], config.model.trust_remote_code),
+                                       sources.spec.tokenization)
+    # without the autocast wrapper prepare() put on them: attributions are computed in fp32
+    models = [accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval() for model in fold_models]
+    return explain.split_page(config.eval, models, sources.spec, tokenizer, sources.data_dir, chosen,
+                              f"Explanations: {sources.run_dir.name} ({sources.data_dir.name})")
 
 
 def open_run(config, run_dir, main):
@@ -229,7 +248,7 @@ def other_data(config, trained_on):
     return folder
 
 
-def write_predictions(config, sources, results, vectors, choice):
+def write_predictions(config, sources, results, vectors, choice, page=None):
     """model_predictions/<run>/ (a new version folder; <run>-<data> for another data set): each
     split's fold and mean probabilities keyed by id, metrics where labelled, embeddings, the run's
     out-of-fold rows, the manifest."""
@@ -246,6 +265,8 @@ def write_predictions(config, sources, results, vectors, choice):
     remove_dead_temporaries(out.parent)  # what a killed evaluate.py left
     with atomic_dir(out) as tmp:
         write_marker(tmp, "predictions")
+        if page is not None:
+            atomic_write_text(tmp / "explanations.html", page)
         for split, fold_probs in results.items():
             manifest["splits"][split] = write_split(tmp / split, sources, split, fold_probs, vectors.get(split),
                                                     config.eval)
@@ -325,7 +346,7 @@ def read_texts(config, spec):
         return texts, [str(i) for i in range(len(texts))], None, None
     data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
-    raw = RawFile(resolve_path(config.eval.input), data_cfg, "input")
+    raw = RawFile(locate(config.eval.input), data_cfg, "input")
     reader, unscored = labelled_reader(raw, data_cfg, spec, config.eval.read_labels)
     if reader is None:  # read without labels: its rows checked here (a labelled reader's scan checked them)
         reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)
@@ -419,11 +440,14 @@ def predict_raw(config, run_dir):
             print(f"{label!s:>12}  p={probs.max():.3f}  {shown(text)}", flush=True)
     if len(texts) > 50:
         print(f"... {len(texts) - 50} more rows", flush=True)
+    page = explain.texts_page(config.eval, predictor, texts, ids, pairs, labels) if config.eval.explain else None
     target = next_version(resolve_path(config.eval.output_dir), f"{run_dir.name}-texts")
     remove_dead_temporaries(target.parent)
     with atomic_dir(target) as tmp:
         write_marker(tmp, "predictions")
         atomic_write_text(tmp / "predictions.csv", buf.getvalue())
+        if page is not None:
+            atomic_write_text(tmp / "explanations.html", page)
         np.save(tmp / "probs.npy", out["probs"])
         metrics = None
         if labels is not None:  # a labelled eval.input: scored as a split is

@@ -20,7 +20,9 @@ mean as one model, which is exact: the model averages the folds' probabilities, 
 does. --fold each writes one folder per fold (out/fold<k>).
 
 Every export is checked before it is moved into place: its probabilities are compared with
-textclf's own on random token rows of every length up to max_len, with padding.
+textclf's own on random token rows of every length up to max_len, with padding. Every exported
+folder carries a model card (README.md: labels, metrics, intended use, precision, the training
+data's fingerprint and config); --push-to-hub REPO uploads the export for users who are online.
 
 Regression runs export the same way: the config says problem_type "regression" with num_labels
 = the number of targets, the logits (ONNX: the `predictions` output) are the predictions, and
@@ -34,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import lora
+from . import lora, modelcard
 from .checkpoint import load_run_json
 from .config import resolve_path
 from .datadir import fold_rows, load_meta
 from .errors import UserError, run_cli
-from .fileio import atomic_dir, made_by_textclf, remove_dead_temporaries, write_json, write_marker
+from .fileio import atomic_dir, atomic_write_text, made_by_textclf, remove_dead_temporaries, write_json, write_marker
 from .loader import Windows
 from .metrics import compute
 from .model import hf_config, read_encoder_config, write_hf_config
@@ -351,8 +353,10 @@ def choose_folds(run_dir, fold):
     return [k]
 
 
-def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_remote_code=False):
-    """Export a run's fold (or the fold mean, or each fold) to `out`; returns the report in export.json."""
+def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_remote_code=False, push_to_hub=None):
+    """Export a run's fold (or the fold mean, or each fold) to `out`, each folder with its model card
+    (README.md); returns the report in export.json. push_to_hub=REPO: then upload `out` to the hub
+    (checked to be reachable before anything is written)."""
     run_dir = resolve_path(run_dir)
     out = resolve_path(out)
     if fmt not in ("hf", "onnx"):
@@ -367,6 +371,7 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} is inside the run {run_dir}; export somewhere else")
     folds = choose_folds(run_dir, fold)
+    hub = modelcard.check_push(push_to_hub) if push_to_hub else None
     recover_best(run_dir)
     models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
     merged = [lora.merge(m, spec) for m in models]  # LoRA: the adapters merged into the base weights
@@ -392,9 +397,14 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
                                                entry["folds"]))
             report["folders"].append(entry)
         report["notes"] = notes(spec)
+        for entry in report["folders"]:
+            folder = tmp / entry["folder"]
+            atomic_write_text(folder / "README.md", modelcard.card(run_dir, {**report, **entry}, spec))
         report["seconds"] = round(time.time() - started, 1)
         write_json(tmp / "export.json", report)
         write_marker(tmp, "export")
+    if hub is not None:
+        report["pushed"] = modelcard.upload(hub, out, push_to_hub)
     return report
 
 
@@ -452,8 +462,11 @@ def main(argv):
     parser.add_argument("--int8", action="store_true", help="onnx: also write a dynamically quantised model.int8.onnx")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="then upload the export to this hub repository "
+                        "(online; checked before anything is written)")
     args = parser.parse_args(argv)
-    report = export(args.run, args.format, args.out, args.fold, args.int8, args.overwrite, args.trust_remote_code)
+    report = export(args.run, args.format, args.out, args.fold, args.int8, args.overwrite, args.trust_remote_code,
+                    args.push_to_hub)
     for entry in report["folders"]:
         where = Path(args.out) / entry["folder"]
         what = entry.get("class", "ONNX graph + tokenizer")
@@ -468,6 +481,8 @@ def main(argv):
             print(f"  int8: {entry['int8']}", flush=True)
     for note in report["notes"]:
         print(f"note: {note}", flush=True)
+    if report.get("pushed"):
+        print(f"pushed to the hub: {report['pushed']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import explain
 from .calibration import abstain, check_abstain
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
@@ -25,6 +26,8 @@ from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier
 from .precision import autocast, resolve as resolve_precision
 from .premodels import load_tokenizer
+from .rawdata import table_inputs
+from .tables import is_table
 from .tokenization import TextTokenizer, aggregate_windows, fold_mean, predict_inputs
 
 
@@ -201,7 +204,7 @@ class Predictor:
         fold number of the run, default the first one loaded): {"embeddings": (rows, dim),
         "fold": k}, and with hidden_states=True also "hidden_states" (rows, max_len, hidden),
         zero beyond each row's "lengths"."""
-        texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
+        texts, pairs = self.inputs(texts, pairs)
         if not texts:
             raise UserError("embed got no texts; pass at least one")
         folds = [c["fold"] for c in self.checkpoints] or list(range(len(self.models)))
@@ -232,13 +235,24 @@ class Predictor:
                                                     compute=hidden_of, width=input_ids.shape[1]).numpy()
         return out
 
+    def inputs(self, texts, pairs=None):
+        """What predict / embed were given -> (rows, second segments or None). A pandas DataFrame or
+        pyarrow Table is read by the run's own columns (text_columns, data.template's fields, the pair
+        column), as data_process read its file."""
+        if is_table(texts):
+            if pairs is not None:
+                raise UserError("a table carries its second segments in the run's pair column; drop pairs=")
+            texts, pairs = table_inputs(texts, self.spec.tokenization)
+        return predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
+
     def predict(self, texts, pairs=None, abstain_below=0.0, abstain_label="abstain"):
-        """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs).
+        """Labels and fold-mean probabilities for raw texts (and second segments, if the run used pairs),
+        or the rows of a pandas DataFrame / pyarrow Table.
         Regression: "predictions" (rows, targets), the same array as "probs", and "labels" the values.
         abstain_below=p: a row whose top probability is below p is answered `abstain_label`
         ("abstained" marks those rows)."""
         check_abstain(abstain_below, self.problem)
-        texts, pairs = predict_inputs(texts, pairs, bool(self.spec.tokenization.text_pair_column))
+        texts, pairs = self.inputs(texts, pairs)
         if not texts:
             return self.problem.result(np.zeros((0, len(self.label_names)), dtype=np.float32), self.label_names)
         # data.template filled and a too-long row cut inside its fields, as data_process.py did
@@ -253,3 +267,17 @@ class Predictor:
     def decide(self, probs, threshold=0.5):
         """Each row's answer from probabilities (threshold: the multi-label cut)."""
         return self.problem.labels(probs, self.label_names, threshold)
+
+    def explain(self, texts, label=None, pairs=None, steps=64):
+        """Which words drove each text's prediction: integrated gradients towards `label`'s score
+        (default: the predicted label), averaged over the fold models (explain.py). One dict per
+        text, or with sliding windows per window of each text in order: "text" (its index),
+        "window" (k, or None), "words" and "attributions" (per word), "tokens" and
+        "token_attributions", "label" (explained), "prediction", "probabilities" {label: p} (the
+        text's; regression: the predictions), "score" and "baseline_score", and "delta" (the
+        completeness error: the attributions sum to score - baseline_score + delta). `texts` may be
+        a pandas DataFrame, as for predict."""
+        if is_table(texts):  # a DataFrame's rows, read by the run's columns
+            texts, pairs = self.inputs(texts, pairs)
+        return explain.Explainer(self.models, self.spec, self.tokenizer, steps, self.batch_size).texts(texts, pairs,
+                                                                                                        label)

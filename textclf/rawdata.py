@@ -1,4 +1,5 @@
-"""Reading raw CSV / TSV / JSONL files as a stream of rows, with errors people can act on.
+"""Reading raw CSV / TSV / JSONL files (and, through tables.py, Parquet, Feather, datasets folders, hub
+datasets and DataFrames) as a stream of rows, with errors people can act on.
 
 Rows come out as (line_number, values) in the order of `RawFile.columns`; nothing is held
 in memory beyond one row, so files of any size stream through. `scan_rows` checks every row of
@@ -16,13 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DataConfig, resolve_path
 from .errors import UserError
+from .fileio import sha256_file
+from .tables import cell_kind, is_hub_name, is_table, open_source
 from .text_rules import clean_text, fill_template, plain_number, template_fields, unescape_delimiter
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
-               ".ndjson": "jsonl"}
+               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".feather": "feather", ".arrow": "feather",
+               ".arrows": "feather", ".ipc": "feather"}
+COLUMNAR = ("parquet", "feather", "datasets", "hub", "frame")  # read through tables.py, cells typed like JSON's
 
 
 def detect_format(path, fmt):
@@ -30,8 +36,14 @@ def detect_format(path, fmt):
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _EXTENSIONS:
-        raise UserError(f"cannot tell the format of {path} from its extension; set data.format=csv, tsv or jsonl")
+        raise UserError(f"cannot tell the format of {path} from its extension; set data.format=csv, tsv, jsonl, "
+                        f"parquet or feather")
     return _EXTENSIONS[suffix]
+
+
+def locate(path):
+    """A data file setting as RawFile takes it: a hub name (hub:NAME) or a table as given, a path resolved."""
+    return path if is_hub_name(path) or is_table(path) else resolve_path(path)
 
 
 def _first_bad_line(path, encoding):
@@ -49,17 +61,50 @@ class RawFile:
     """One raw data file. `columns` are its column names; `rows()` streams its records."""
 
     def __init__(self, path, cfg, role):
-        self.path = Path(path)
+        """`path`: a file (csv, tsv, jsonl, parquet, feather), a datasets folder, a hub name (hub:NAME) or
+        a pandas DataFrame / pyarrow Table."""
         self.cfg = cfg
         self.role = role  # train | valid | test | input
-        if not self.path.is_file():
-            key = "eval.input" if role == "input" else f"data.{role}_file"
-            raise UserError(f"{role} file {self.path} not found; check {key}")
-        if self.path.stat().st_size == 0:
-            raise UserError(f"{role} file {self.path} is empty; point data.{role}_file at a file with rows")
-        self.format = detect_format(self.path, cfg.format)
+        self.source = None  # the columnar formats' reader (tables.py)
+        key = "eval.input" if role == "input" else f"data.{role}_file"
+        if is_table(path):
+            self.format, self.source = "frame", open_source("frame", path, role)
+            self.path = Path(self.source.shown)
+        elif is_hub_name(path) or cfg.format == "hub":
+            self.format, self.source = "hub", open_source("hub", str(path), role)
+            self.path = Path(self.source.shown)
+        else:
+            self.path = Path(path)
+            if self.path.is_dir():
+                if cfg.format not in ("auto", "datasets"):
+                    raise UserError(f"{role} file {self.path} is a folder, not a {cfg.format} file; check {key}")
+                self.format = "datasets"
+            elif not self.path.is_file():
+                raise UserError(f"{role} file {self.path} not found; check {key}")
+            elif self.path.stat().st_size == 0:
+                raise UserError(f"{role} file {self.path} is empty; point {key} at a file with rows")
+            elif cfg.format == "datasets":
+                raise UserError(f"{role} file {self.path} is a file, and data.format=datasets reads a folder that "
+                                f"datasets' save_to_disk wrote; check {key} or data.format")
+            else:
+                self.format = detect_format(self.path, cfg.format)
+            if self.format in COLUMNAR:
+                self.source = open_source(self.format, self.path, role)
         self.encoding = "utf-8-sig" if cfg.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else cfg.encoding
         self.columns = self._read_columns()
+
+    def where(self, number):
+        """Where a row is, in the words of its format: a line of a text file, a row of a table."""
+        return f"{'row' if self.source else 'line'} {number} of {self.path}"
+
+    def describe(self, value):
+        """A cell's type for a message: 'a JSON array', 'a Parquet binary'."""
+        return f"{'an' if self.source and self.source.kind[0] in 'AE' else 'a'} " \
+               f"{self.source.kind if self.source else 'JSON'} {cell_kind(value)}"
+
+    def sha256(self):
+        """The fingerprint of the content read: a file's sha256, a folder's or a table's."""
+        return self.source.fingerprint() if self.source else sha256_file(self.path)
 
     # -- csv / tsv
     def _dialect(self):
@@ -84,6 +129,8 @@ class RawFile:
         )
 
     def _read_columns(self):
+        if self.source is not None:
+            return self._table_columns()
         try:
             if self.format == "jsonl":
                 return self._jsonl_columns()
@@ -127,6 +174,16 @@ class RawFile:
                     )
         return header
 
+    def _table_columns(self):
+        columns = [str(c).strip() for c in self.source.columns()]
+        if not columns:
+            raise UserError(f"{self.role} file {self.path} has no columns; it needs at least a text column")
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise UserError(f"{self.role} file {self.path} has the column '{repeated[0]}' more than once; give every "
+                            f"column its own name")
+        return columns
+
     def _jsonl_columns(self):
         with self._open_text() as fh:
             for number, line in enumerate(fh, 1):
@@ -154,6 +211,9 @@ class RawFile:
 
     def rows(self):
         """Yield (line_number, values) with values ordered like `self.columns`."""
+        if self.source is not None:
+            yield from self.source.rows()
+            return
         try:
             if self.format == "jsonl":
                 yield from self._jsonl_rows()
@@ -194,13 +254,6 @@ class RawFile:
                         f"give every record the same keys"
                     )
                 yield number, [record[c] for c in self.columns]
-
-
-def _json_kind(value):
-    """A parsed JSON value's type in JSON's own words."""
-    if isinstance(value, bool):
-        return "boolean"
-    return {dict: "object", list: "array", int: "number", float: "number"}.get(type(value), type(value).__name__)
 
 
 def same_number_labels(names):
@@ -267,7 +320,7 @@ class RowReader:
         self.group_idx = index(cfg.group_column, "data.group_column") if cfg.group_column and train else None
 
     def where(self, line):
-        return f"line {line} of {self.raw.path}"
+        return self.raw.where(line)
 
     def label_cells_blank(self, values):
         """Whether every label (or target) cell of a row is empty."""
@@ -286,8 +339,8 @@ class RowReader:
     def _text_cell(self, values, index, line, key):
         value = values[index]
         if value is not None and not isinstance(value, str):
-            raise UserError(f"{self.where(line)}: {key} '{self.raw.columns[index]}' is a JSON {_json_kind(value)}, "
-                            f"not a string; write the text as a JSON string")
+            raise UserError(f"{self.where(line)}: {key} '{self.raw.columns[index]}' is {self.raw.describe(value)}, "
+                            f"not a string; write the text as a {'' if self.raw.source else 'JSON '}string")
         return clean_text(value or "")
 
     def fields(self, values, line=None):
@@ -295,8 +348,8 @@ class RowReader:
         out = {}
         for name, i in zip(self.template_fields, self.text_idx):
             value = values[i]
-            if isinstance(value, (list, dict)):
-                raise UserError(f"{self.where(line)}: column '{name}' (data.template) is a JSON {_json_kind(value)}; "
+            if isinstance(value, (list, dict, bytes)):
+                raise UserError(f"{self.where(line)}: column '{name}' (data.template) is {self.raw.describe(value)}; "
                                 f"template fields take strings or numbers")
             out[name] = clean_text(self._as_text(value))
         return out
@@ -334,8 +387,8 @@ class RowReader:
             return out
         value = values[self.label_idx]
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
-            kind = _json_kind(value) if isinstance(value, dict) else "array holding arrays or objects"
-            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is a JSON {kind}; a label is "
+            kind = self.raw.describe(value) + ("" if isinstance(value, dict) else " holding arrays or objects")
+            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is {kind}; a label is "
                             f"a string, a number, or (multi-label) an array of them")
         if self.cfg.label_delimiter is not None or isinstance(value, list):
             items = value if isinstance(value, list) else self._as_text(value).split(self.cfg.label_delimiter)
@@ -353,7 +406,7 @@ class RowReader:
         text = "" if isinstance(value, (bool, list, dict)) else self._as_text(value).strip()
         number = plain_number(text)
         if number is None or not number.is_integer() or not -1 <= number <= 32767:
-            shown = _json_kind(value) if isinstance(value, (bool, list, dict)) else repr(text[:40])
+            shown = cell_kind(value) if isinstance(value, (bool, list, dict)) else repr(text[:40])
             raise UserError(f"{self.where(line)}: the fold ('{self.cfg.fold_column}') is {shown}; data.fold_column "
                             f"holds fold numbers 0, 1, ... (or -1 for a row that is never held out)")
         return int(number)
@@ -362,7 +415,7 @@ class RowReader:
         """The row's group (data.group_column) as text; rows of one group always share a fold."""
         value = values[self.group_idx]
         if isinstance(value, (list, dict)):
-            raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is a JSON {_json_kind(value)}; "
+            raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is {self.raw.describe(value)}; "
                             f"a group is a string or a number")
         text = self._as_text(value).strip()
         if not text:
@@ -381,7 +434,7 @@ class RowReader:
         for name, i in cells:
             value = values[i]
             if isinstance(value, (bool, list, dict)):
-                raise UserError(f"{self.where(line)}: target '{name}' is a JSON {_json_kind(value)}; data.task="
+                raise UserError(f"{self.where(line)}: target '{name}' is {self.raw.describe(value)}; data.task="
                                 f"regression needs a number in every target cell")
             text = self._as_text(value).strip()
             if not text:
@@ -461,7 +514,8 @@ def scan_rows(reader, cfg, split, known_labels):
     if blank_lines:
         reader.labelled = False  # a blank placeholder column: the test rows are unlabelled
     if rows == 0:
-        raise UserError(f"{split} file {reader.raw.path} has a header but no data rows; add rows")
+        raise UserError(f"{split} file {reader.raw.path} has {'columns' if reader.raw.source else 'a header'} but no "
+                        f"data rows; add rows")
     hashes = np.concatenate(hashes + [np.asarray(pending, dtype=np.int64)])
     _check_duplicate_ids(reader, cfg, hashes)
     return dict(rows=rows, dropped=dropped, counts=counts, id_len=id_len,
@@ -519,7 +573,22 @@ def _check_duplicate_ids(reader, cfg, hashes):
         if hash(row_id) in target:
             if row_id in seen:
                 raise UserError(
-                    f"{reader.raw.role} file {reader.raw.path}: id '{row_id}' ({cfg.id_column}) occurs at lines "
-                    f"{seen[row_id]} and {line}; ids must be unique"
+                    f"{reader.raw.role} file {reader.raw.path}: id '{row_id}' ({cfg.id_column}) occurs at "
+                    f"{'rows' if reader.raw.source else 'lines'} {seen[row_id]} and {line}; ids must be unique"
                 )
             seen[row_id] = line
+
+
+def table_inputs(table, tokenization):
+    """A pandas DataFrame's (or pyarrow Table's) rows as Predictor inputs, read by the run's columns as
+    data_process read its files: (texts, or data.template's fields per row; second segments or None)."""
+    cfg = DataConfig(text_columns=list(tokenization.text_columns), template=tokenization.template,
+                     text_pair_column=tokenization.text_pair_column, label_column=None)
+    raw = RawFile(table, cfg, "input")
+    reader = RowReader(raw, cfg, need_labels=False, read_labels=False)
+    texts, pairs = [], [] if reader.pair_idx is not None else None
+    for line, values in raw.rows():
+        texts.append(reader.fields(values, line) if cfg.template else reader.text(values, line))
+        if pairs is not None:
+            pairs.append(reader.pair(values, line))
+    return texts, pairs
