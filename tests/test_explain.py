@@ -158,6 +158,11 @@ def test_an_unknown_explain_id_is_refused_before_anything_is_written(run, tmp_pa
     assert result.code == 2 and "'nope'" in result.err and "eval.explain_ids" in result.err, result
     assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
     assert not out.exists() or not any(out.iterdir())
+    result = run_stage("evaluate", *run["common"], f"eval.run={run['run']}", f"eval.output_dir={out}",
+                       "eval.explain=true", "eval.explain_ids=[nope]", 'eval.texts=["a fine film"]')
+    assert result.code == 2 and "eval.input's id column" in result.err, result
+    assert "p=" not in result.out, "refused before any row is predicted"
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_bad_arguments_are_refused_with_one_line(run):

@@ -178,7 +178,10 @@ def test_every_export_carries_a_model_card(toy_run):
             assert run_json["data_meta_sha256"] in text
             assert meta["splits"]["train"]["source_sha256"][:16] in text
             config = yaml.safe_load(text.split("```yaml")[1].split("```")[0])
-            assert config["train"] == yaml.safe_load((run / "config.yaml").read_text())["train"]
+            trained = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["train"] == {k: v for k, v in trained["train"].items() if k not in ("output_dir", "resume",
+                                                                                                "teacher")}
+            assert config["model"]["name"] == "random-bert" and str(toy_run) not in text.split("```yaml")[1]
             assert run_json["precision"]["precision"] == "no" and "Trained in fp32 on" in text
             assert "## Intended use" in text
         if fmt == "onnx":
@@ -189,8 +192,9 @@ def test_push_to_hub_offline_is_one_line_and_writes_nothing(toy_run, capsys):
     out = toy_run / "pushed"
     with pytest.raises(UserError, match="HF_HUB_OFFLINE=1"):
         export.export(toy_run / "ck" / "two", "hf", out, push_to_hub="me/toy")
-    with pytest.raises(UserError, match="name a hub repository"):
-        export.export(toy_run / "ck" / "two", "hf", out, push_to_hub="a/b/c")
+    for bad in ("a/b/c", "", "two words"):
+        with pytest.raises(UserError, match="name a hub repository"):
+            export.export(toy_run / "ck" / "two", "hf", out, push_to_hub=bad)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(export.main, ["--run", str(toy_run / "ck" / "two"), "--format", "onnx", "--out", str(out),
                               "--push-to-hub", "me/toy"])

@@ -286,6 +286,10 @@ def test_a_dataframe_run_predicts_dataframes_and_parquet_inputs(stage, premodels
     assert predictor.embed(new)["embeddings"].shape[0] == 5
     with pytest.raises(UserError, match="no column 'title'"):
         predictor.predict(new.drop(columns=["title"]))
+    with pytest.raises(UserError, match="row 2 of .*empty or missing"):
+        predictor.predict(new.assign(text=["fine", None, "x", "y", "z"], title=["a", None, "c", "d", "e"]))
+    explained = predictor.explain(new.iloc[:1], steps=4)
+    assert len(explained) == 1 and explained[0]["words"]
     new.to_csv(tmp_path / "new.csv", index=False)
     new.to_parquet(tmp_path / "new.parquet")
     outputs = []
@@ -305,3 +309,42 @@ def test_a_dataframe_run_predicts_dataframes_and_parquet_inputs(stage, premodels
     back = textclf.process(ROWS, None, test=str(tmp_path / "l.csv"),
                            overrides=[*base, template, "data.id_column=id", "data.name=back"])
     assert json.loads((back / "meta.json").read_text())["splits"]["test"]["rows"] == 3
+
+
+def test_list_cells_class_label_lists_and_binary_labels(stage, premodels, tmp_path):
+    """A list label cell: multi-label with data.label_delimiter (missing items dropped; a Sequence of
+    ClassLabel read as names), refused without it; a binary label refused."""
+    texts = [f"words {i} {'xyz'[i % 3]}" for i in range(12)]
+    lists = [["x", None] if i % 2 else ["y", "z"] for i in range(12)]
+    pd.DataFrame({"text": texts, "label": lists}).to_parquet(tmp_path / "l.parquet")
+    expect_refusal(data_process(stage, premodels, tmp_path, f"data.train_file={tmp_path / 'l.parquet'}"),
+                   "row 1", "a list of labels", "data.label_delimiter")
+    data_process_ok(stage, premodels, tmp_path, "ml", f"data.train_file={tmp_path / 'l.parquet'}",
+                    "data.label_delimiter=|")
+    assert json.loads((tmp_path / "out" / "ml" / "meta.json").read_text())["label_names"] == ["x", "y", "z"]
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "labels": datasets.Sequence(datasets.ClassLabel(names=["p", "q", "r"]))})
+    datasets.Dataset.from_dict({"text": texts, "labels": [[i % 3] if i % 2 else [0, 2] for i in range(12)]},
+                               features=features).save_to_disk(str(tmp_path / "seq.ds"))
+    data_process_ok(stage, premodels, tmp_path, "seq", f"data.train_file={tmp_path / 'seq.ds'}",
+                    "data.label_column=labels", "data.label_delimiter=|")
+    assert json.loads((tmp_path / "out" / "seq" / "meta.json").read_text())["label_names"] == ["p", "q", "r"]
+    pd.DataFrame({"text": texts, "label": [b"a", b"b"] * 6}).to_parquet(tmp_path / "b.parquet")
+    expect_refusal(data_process(stage, premodels, tmp_path, f"data.train_file={tmp_path / 'b.parquet'}"),
+                   "row 1", "Parquet binary", "decode")
+
+
+def test_python_and_format_mistakes_are_one_line(stage, premodels, tmp_path):
+    base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp_path / 'out'}", "data.name=x"]
+    with pytest.raises(UserError, match="train is a Series; pass a pandas DataFrame"):
+        textclf.process(ROWS["text"], None, overrides=base)
+    doubled = pd.concat([ROWS[["text"]], ROWS[["text", "label"]]], axis=1)
+    with pytest.raises(UserError, match="column 'text' more than once"):
+        textclf.process(doubled, None, overrides=base)
+    ROWS.to_parquet(tmp_path / "t.parquet")
+    expect_refusal(data_process(stage, premodels, tmp_path, f"data.train_file={tmp_path / 't.parquet'}",
+                                "data.format=csv"), "is a parquet file read as csv", "data.format=parquet")
+    # data.format=hub: the name is a hub name, never a path of the project
+    expect_refusal(data_process(stage, premodels, tmp_path, "data.train_file=someone/data", "data.format=hub"),
+                   "hub:someone/data", "HF_HUB_OFFLINE=1")
+    assert not (tmp_path / "out" / "x").exists()

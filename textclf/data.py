@@ -369,7 +369,7 @@ def process(config, tables=None):
     tables = tables or {}
     for split, path in (("train", cfg.train_file), ("valid", cfg.valid_file), ("test", cfg.test_file)):
         if split in tables or path:
-            raw = RawFile(tables[split] if split in tables else locate(path), cfg, split)
+            raw = RawFile(tables[split] if split in tables else locate(path, cfg.format), cfg, split)
             readers[split] = RowReader(raw, cfg, need_labels=split != "test")
     regression = cfg.task == "regression"
     multi_label = not regression and bool(cfg.label_columns or cfg.label_delimiter)
@@ -434,6 +434,10 @@ def process_tables(train, config=None, valid=None, test=None, overrides=()):
     if isinstance(overrides, dict):
         overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
     given = {"train": train, "valid": valid, "test": test}
+    for split, value in given.items():
+        if not (value is None or is_table(value) or isinstance(value, (str, os.PathLike))):
+            raise UserError(f"textclf.process: {split} is a {type(value).__name__}; pass a pandas DataFrame, a pyarrow "
+                            f"Table or a file path (a Series: series.to_frame('text'))")
     tables = {split: v for split, v in given.items() if is_table(v)}
     files = [f"data.{split}_file={v}" for split, v in given.items() if v is not None and split not in tables]
     # a table's split is named in the config (its file setting), so the config's own checks see it

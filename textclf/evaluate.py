@@ -174,6 +174,8 @@ def run(config):
     if config.eval.hidden_states and meta.get("windows"):
         raise UserError("eval.hidden_states writes one row of token states per text, and this data reads texts as "
                         "sliding windows; drop eval.hidden_states (eval.embeddings gives each text's mean window vector)")
+    # eval.explain_ids checked before any row is predicted
+    chosen = explain.split_rows(config.eval, sources.data_dir, splits) if config.eval.explain else None
     results = {s: predict_split(accelerator, fold_models, sources.data_dir, s, config.eval.batch_size,
                                 spec.labels.problem, spec.tokenization.window_aggregate) for s in splits}
     vectors = {}
@@ -181,7 +183,7 @@ def run(config):
         say(accelerator, f"evaluate: embeddings from fold {sources.checkpoints[0]['fold']}")
         vectors = {s: embed_split(accelerator, accelerator.unwrap_model(fold_models[0]), sources.data_dir, s,
                                   config.eval.batch_size, config.eval.hidden_states) for s in splits}
-    page = explain_page(config, accelerator, fold_models, sources, splits)
+    page = explain_page(config, accelerator, fold_models, sources, chosen)
     if not main:
         accelerator.wait_for_everyone()
         return None
@@ -191,12 +193,11 @@ def run(config):
     return out
 
 
-def explain_page(config, accelerator, fold_models, sources, splits):
-    """explanations.html (eval.explain) for the rows asked of the splits predicted, made on the main
-    process; every process refuses an unknown eval.explain_ids alike. None without eval.explain."""
-    if not config.eval.explain:
+def explain_page(config, accelerator, fold_models, sources, chosen):
+    """explanations.html (eval.explain) for the rows `chosen` of the splits predicted, made on the main
+    process. None without eval.explain."""
+    if chosen is None:
         return None
-    chosen = explain.split_rows(config.eval, sources.data_dir, splits)
     if not accelerator.is_main_process:
         return None
     say(accelerator, f"evaluate: explaining {sum(map(len, chosen.values()))} rows ({config.eval.explain_steps} steps)")
@@ -346,7 +347,7 @@ def read_texts(config, spec):
         return texts, [str(i) for i in range(len(texts))], None, None
     data_cfg = dataclasses.replace(config.data, text_columns=tokenization.text_columns, template=tokenization.template,
                                    text_pair_column=tokenization.text_pair_column)
-    raw = RawFile(locate(config.eval.input), data_cfg, "input")
+    raw = RawFile(locate(config.eval.input, data_cfg.format), data_cfg, "input")
     reader, unscored = labelled_reader(raw, data_cfg, spec, config.eval.read_labels)
     if reader is None:  # read without labels: its rows checked here (a labelled reader's scan checked them)
         reader = RowReader(raw, data_cfg, need_labels=False, read_labels=False)
@@ -406,6 +407,8 @@ def predict_raw(config, run_dir):
     spec = ModelSpec.from_json(load_json(folds[0][1] / "head.json", "a textclf head.json", "retrain this fold"),
                                folds[0][1] / "head.json")
     texts, ids, pairs, labels = read_texts(config, spec)
+    if config.eval.explain:  # eval.explain_ids checked before any row is predicted
+        explain.chosen_rows(config.eval, {"input": ids})
     predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
                                    precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code,
                                    calibrated=config.eval.calibrated)

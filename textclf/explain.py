@@ -296,6 +296,10 @@ def chosen_rows(eval_cfg, split_ids):
     missing = [i for i in wanted if i not in found]
     if missing:
         first = next((str(ids[0]) for ids in split_ids.values() if len(ids)), "")
+        if list(split_ids) == ["input"]:
+            raise UserError(f"eval.explain_ids: no row of the texts predicted has id {missing[0]!r}; pass ids of "
+                            f"eval.input's id column (data.id_column; without one the row numbers 0, 1, ...), e.g. "
+                            f"{first!r}")
         raise UserError(f"eval.explain_ids: no row of the split(s) predicted ({', '.join(split_ids)}) has id "
                         f"{missing[0]!r}; pass ids from their id column (e.g. {first!r}), or predict the split that "
                         f"holds it with eval.splits")

@@ -371,7 +371,7 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} is inside the run {run_dir}; export somewhere else")
     folds = choose_folds(run_dir, fold)
-    hub = modelcard.check_push(push_to_hub) if push_to_hub else None
+    hub = modelcard.check_push(push_to_hub) if push_to_hub is not None else None
     recover_best(run_dir)
     models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code)
     merged = [lora.merge(m, spec) for m in models]  # LoRA: the adapters merged into the base weights
@@ -403,7 +403,7 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
         report["seconds"] = round(time.time() - started, 1)
         write_json(tmp / "export.json", report)
         write_marker(tmp, "export")
-    if hub is not None:
+    if hub is not None:  # after the export is in place: a failed upload leaves it whole
         report["pushed"] = modelcard.upload(hub, out, push_to_hub)
     return report
 

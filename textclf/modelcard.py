@@ -22,11 +22,12 @@ INTENDED_USE = ("Text classification of texts like the training data below: the 
 
 def _metrics_table(summary):
     rows = [(split, name, value) for split in ("oof", "test")
-            for name, value in sorted((summary.get(split) or {}).items()) if isinstance(value, (int, float))]
+            for name, value in sorted((summary.get(split) or {}).items()) if isinstance(value, float)]  # not counts
     if not rows:
         return "No labelled rows were scored (no out-of-fold rows or labelled test split).\n"
     words = {"oof": "out-of-fold (validation)", "test": "test"}
-    lines = ["| rows | metric | value |", "|---|---|---|"]
+    lines = ["The whole run's (every fold's out-of-fold rows; the test split by the fold mean).", "",
+             "| rows | metric | value |", "|---|---|---|"]
     lines += [f"| {words[split]} | {name} | {value:.4f} |" for split, name, value in rows]
     return "\n".join(lines) + "\n"
 
@@ -39,9 +40,21 @@ def _data_lines(meta, run):
              f"{meta.get('max_len')}, truncation {meta.get('truncation')}:", ""]
     lines += ["| split | source | rows | sha256 |", "|---|---|---|---|"]
     for split, entry in (meta.get("splits") or {}).items():
-        lines.append(f"| {split} | {Path(str(entry.get('source_file', ''))).name} | {entry.get('rows')} | "
+        lines.append(f"| {split} | `{Path(str(entry.get('source_file', ''))).name}` | {entry.get('rows')} | "
                      f"`{str(entry.get('source_sha256', ''))[:16]}` |")
     return lines
+
+
+LOCAL_KEYS = ("output_dir", "premodels_dir", "resume", "teacher")  # this machine's folders: not for a shared card
+
+
+def shareable(config):
+    """The run's model and train sections without this machine's paths (the model by its folder name)."""
+    keep = {section: {k: v for k, v in (config.get(section) or {}).items() if k not in LOCAL_KEYS}
+            for section in ("model", "train") if section in config}
+    if isinstance(keep.get("model", {}).get("name"), str):
+        keep["model"]["name"] = Path(keep["model"]["name"]).name
+    return keep
 
 
 def card(run_dir, report, spec, weights_precision="float32"):
@@ -54,7 +67,7 @@ def card(run_dir, report, spec, weights_precision="float32"):
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
     config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
     trained = yaml.safe_load(config) or {} if config else {}
-    keep = {k: trained[k] for k in ("model", "train") if k in trained}
+    keep = shareable(trained)
     labels = list(run.get("label_names") or spec.labels.names)
     precision = (run.get("precision") or {}).get("precision", "unknown")
     precision = {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}.get(precision, precision)

@@ -41,9 +41,10 @@ def detect_format(path, fmt):
     return _EXTENSIONS[suffix]
 
 
-def locate(path):
-    """A data file setting as RawFile takes it: a hub name (hub:NAME) or a table as given, a path resolved."""
-    return path if is_hub_name(path) or is_table(path) else resolve_path(path)
+def locate(path, fmt="auto"):
+    """A data file setting as RawFile takes it: a hub name (hub:NAME, or any name with data.format=hub) or
+    a table as given, a path resolved."""
+    return path if is_hub_name(path) or is_table(path) or fmt == "hub" else resolve_path(path)
 
 
 def _first_bad_line(path, encoding):
@@ -121,6 +122,12 @@ class RawFile:
         return open(self.path, encoding=self.encoding, newline="")
 
     def _decode_error(self):
+        with open(self.path, "rb") as fh:
+            magic = fh.read(6)
+        for start, fmt in ((b"PAR1", "parquet"), (b"ARROW1", "feather")):
+            if magic.startswith(start):
+                return UserError(f"{self.role} file {self.path} is a {fmt} file read as {self.format}; set "
+                                 f"data.format={fmt} (or auto, with a .{fmt} name)")
         line = _first_bad_line(self.path, self.encoding.replace("-sig", ""))
         where = f" at line {line}" if line else ""
         return UserError(
@@ -371,8 +378,11 @@ class RowReader:
     def row_id(self, values, row_number):
         if self.id_idx is None:
             return str(row_number)
-        value = self._as_text(values[self.id_idx]).strip()
-        return value
+        value = values[self.id_idx]
+        if isinstance(value, (bytes, bytearray, list, dict)):
+            raise UserError(f"row {row_number + 1} of {self.raw.path}: the id "
+                            f"('{self.cfg.id_column}') is {self.raw.describe(value)}; ids are strings or numbers")
+        return self._as_text(value).strip()
 
     def labels(self, values, line):
         """The row's label names: one for single-label, a list for multi-label."""
@@ -386,6 +396,14 @@ class RowReader:
                     raise UserError(f"{self.where(line)}: column '{name}' is {flag!r}; multi-label columns hold 0 or 1")
             return out
         value = values[self.label_idx]
+        if isinstance(value, (bytes, bytearray)) or isinstance(value, list) and any(
+                isinstance(v, (bytes, bytearray)) for v in value):
+            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is {self.raw.describe(value)}; "
+                            f"a label is a string or a number: decode the column first")
+        if isinstance(value, list) and self.cfg.label_delimiter is None:
+            raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is "
+                            f"{self.raw.describe(value)}, a list of labels: for multi-label set data.label_delimiter "
+                            f"(any one, e.g. '|'; a list cell is read as its items), else give one label a row")
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
             kind = self.raw.describe(value) + ("" if isinstance(value, dict) else " holding arrays or objects")
             raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is {kind}; a label is "
@@ -414,7 +432,7 @@ class RowReader:
     def group(self, values, line):
         """The row's group (data.group_column) as text; rows of one group always share a fold."""
         value = values[self.group_idx]
-        if isinstance(value, (list, dict)):
+        if isinstance(value, (list, dict, bytes)):
             raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is {self.raw.describe(value)}; "
                             f"a group is a string or a number")
         text = self._as_text(value).strip()
@@ -588,7 +606,11 @@ def table_inputs(table, tokenization):
     reader = RowReader(raw, cfg, need_labels=False, read_labels=False)
     texts, pairs = [], [] if reader.pair_idx is not None else None
     for line, values in raw.rows():
-        texts.append(reader.fields(values, line) if cfg.template else reader.text(values, line))
+        text = reader.text(values, line)
+        if not text:
+            raise UserError(f"{reader.where(line)}: the text ({', '.join(reader.template_fields or cfg.text_columns)}) "
+                            f"is empty or missing; fill it in or drop the row")
+        texts.append(reader.fields(values, line) if cfg.template else text)
         if pairs is not None:
             pairs.append(reader.pair(values, line))
     return texts, pairs

@@ -402,6 +402,7 @@ def check_out(path, overwrite, rows):
     if out.resolve() == rows.raw_path.resolve():
         raise UserError(f"--out {path} is the raw file the rows come from; write the labelling file elsewhere")
     owned = [rows.folder] + ([Path(rows.manifest["data_dir"])] if rows.split else [])
+    owned += [Path(rows.manifest["run"])] if isinstance(rows.manifest.get("run"), str) else []  # the run's folder
     for folder in owned:
         if out.resolve().is_relative_to(folder.resolve()):
             raise UserError(f"--out {path} is inside {folder}, a textclf output; write the labelling file outside it")

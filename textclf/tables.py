@@ -87,12 +87,21 @@ class Source:
         names = self.label_names.get(name)
         out = []
         for v in values:
-            if isinstance(v, float) and math.isnan(v):
-                v = None  # a missing cell (pandas writes NaN) reads as empty, as in a CSV
-            elif names is not None and isinstance(v, int) and not isinstance(v, bool):
-                v = names[v] if 0 <= v < len(names) else None  # ClassLabel: -1 is "no label"
+            if isinstance(v, list):  # a list cell (multi-label): its missing items dropped, names mapped
+                v = [self._value(item, names) for item in v]
+                v = [item for item in v if item is not None]
+            else:
+                v = self._value(v, names)
             out.append(v)
         return out
+
+    @staticmethod
+    def _value(v, names):
+        if isinstance(v, float) and math.isnan(v):
+            return None  # a missing cell (pandas writes NaN) reads as empty, as in a CSV
+        if names is not None and isinstance(v, int) and not isinstance(v, bool):
+            return names[v] if 0 <= v < len(names) else None  # ClassLabel: -1 is "no label"
+        return v
 
     def _checked(self, batches):
         """Arrow's read errors as one line naming the source."""
@@ -110,11 +119,9 @@ class ParquetSource(Source):
     def __init__(self, path, role):
         super().__init__(role)
         self.path, self.shown = Path(path), str(path)
-        pq = _pyarrow_part("parquet", "a Parquet file")
         try:
-            # buffered column chunks: a row group of a million rows is read a page at a time
-            self.file = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
-            self.schema = self.file.schema_arrow
+            with self.open() as file:
+                self.schema, self.rows_in_file = file.schema_arrow, file.metadata.num_rows
         except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
             raise UserError(f"{role} file {self.path} is not a readable Parquet file "
                             f"({str(err).splitlines()[0][:200]}); "
@@ -123,10 +130,16 @@ class ParquetSource(Source):
     def columns(self):
         return list(self.schema.names)
 
+    def open(self):
+        pq = _pyarrow_part("parquet", "a Parquet file")
+        # buffered column chunks: a row group of a million rows is read a page at a time
+        return pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
+
     def batches(self):
-        if self.file.metadata.num_rows == 0:
-            return iter(())
-        return self.file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
+        if self.rows_in_file == 0:
+            return
+        with self.open() as file:  # one pass, and the file closed after it (or when a refusal stops it)
+            yield from file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
 
     def fingerprint(self):
         return sha256_file(self.path)
@@ -177,14 +190,17 @@ class FeatherSource(Source):
 class DatasetSource(Source):
     """A `datasets` Dataset: a folder saved with save_to_disk, or a hub dataset loaded by name."""
 
-    kind = "datasets"
+    kind = "Arrow"  # a datasets folder holds Arrow files; its cells are named as Arrow's
 
     def __init__(self, dataset, shown, role, fingerprint):
         super().__init__(role)
         self.dataset, self.shown, self._fingerprint = dataset, shown, fingerprint
         datasets = need_module("datasets", "a datasets folder")
-        self.label_names = {name: list(feature.names) for name, feature in dataset.features.items()
-                            if isinstance(feature, datasets.ClassLabel)}
+        self.label_names = {}
+        for name, feature in dataset.features.items():
+            inner = getattr(feature, "feature", None)  # Sequence / List of ClassLabel: a multi-label column
+            if isinstance(feature, datasets.ClassLabel) or isinstance(inner, datasets.ClassLabel):
+                self.label_names[name] = list((feature if inner is None else inner).names)
 
     @classmethod
     def from_folder(cls, path, role):
@@ -223,11 +239,15 @@ class DatasetSource(Source):
             try:
                 dataset = datasets.load_dataset(dataset_name, split=candidate)
                 return cls(dataset, name if split else f"{name}:{candidate}", role, dataset._fingerprint)
-            except ValueError as err:  # an unknown split: try the next name
-                last = err
+            except ValueError as err:
+                if "split" not in str(err).lower():
+                    raise UserError(f"{role} file {name}: the hub dataset {dataset_name} could not be loaded "
+                                    f"({str(err).splitlines()[0][:200]}); check the name") from None
+                last = err  # an unknown split: try the next name
             except Exception as err:
-                why = "HF_HUB_OFFLINE=1 and it is not in the local cache" if offline else \
-                    f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else 'no detail'}"
+                why = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else 'no detail'}"
+                if offline:
+                    why = f"HF_HUB_OFFLINE=1, so only the local cache is read; {why}"
                 raise UserError(f"{role} file {name}: the hub dataset {dataset_name} could not be loaded ({why}); "
                                 f"on a machine that is online, save it with datasets' save_to_disk and set the file "
                                 f"to that folder") from None
@@ -254,9 +274,13 @@ class TableSource(Source):
         super().__init__(role)
         pa = need_module("pyarrow", "a DataFrame")
         kind = "DataFrame" if type(table).__module__.startswith("pandas") else "Table"
-        self.shown = f"<the {role} {kind}>"
+        self.shown, self.kind = f"<the {role} {kind}>", kind
         if kind == "DataFrame":
             names = [str(c) for c in table.columns]
+            repeated = sorted({c for c in names if names.count(c) > 1})
+            if repeated:
+                raise UserError(f"the {role} DataFrame has the column '{repeated[0]}' more than once; give every "
+                                f"column its own name")
             try:
                 table = pa.Table.from_pandas(table, preserve_index=False)
             except (pa.ArrowException, TypeError, ValueError) as err:
@@ -274,13 +298,9 @@ class TableSource(Source):
         return self.table.to_batches(max_chunksize=BATCH_ROWS)
 
     def fingerprint(self):
-        pa = need_module("pyarrow", "a DataFrame")
-        h = hashlib.sha256()
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, self.table.schema) as writer:
-            for batch in self.table.to_batches(max_chunksize=BATCH_ROWS):
-                writer.write_batch(batch)
-        h.update(sink.getvalue().to_pybytes())
+        h = hashlib.sha256(self.table.schema.serialize())
+        for batch in self.table.to_batches(max_chunksize=BATCH_ROWS):  # one batch's bytes at a time
+            h.update(memoryview(batch.serialize()))
         return h.hexdigest()
 
 
