@@ -15,6 +15,7 @@ runs each (median reported):
     (c) Trainer.predict with its default (sequential) sampler and DataCollatorWithPadding
     (d) textclf.onnx_predict.OnnxPredictor, fp32 graph
     (e) the same with the int8 (dynamically quantised) graph
+    (f) textclf Predictor.from_run(..., precision="int8"): torch's dynamic int8 on the CPU (quantize.py)
 Accuracy of every contender on SST-2 dev (872 sentences) is measured in the same children.
 Writes bench/results/predict_throughput.json (predict_throughput-bs<B>.json for another batch
 size). A benchmark, not a test.
@@ -89,10 +90,11 @@ def child(contender, n, batch_size, precision):
     data = texts(n)
     dev, dev_labels = sst2("dev.tsv")
     run, hf_dir = WORK / "ck" / "bench-sst2", WORK / "export-hf"
-    if contender == "a":
+    if contender in ("a", "f"):
         from textclf import Predictor
 
-        predictor = Predictor.from_run(run, batch_size=batch_size, device="cpu", precision=precision)
+        predictor = Predictor.from_run(run, batch_size=batch_size, device="cpu",
+                                       precision="int8" if contender == "f" else precision)
         started = time.time()
         out = predictor.predict(data)
         seconds = time.time() - started
@@ -172,7 +174,7 @@ def main():
     print(f"precision {choice.describe()}", flush=True)
     prepare()
     names = {"a": "textclf Predictor", "b": "transformers pipeline", "c": "Trainer.predict",
-             "d": "textclf OnnxPredictor fp32", "e": "textclf OnnxPredictor int8"}
+             "d": "textclf OnnxPredictor fp32", "e": "textclf OnnxPredictor int8", "f": "textclf Predictor int8"}
     runs = {c: [] for c in names}
     accuracy = {}
     for _ in range(args.repeats):
@@ -195,7 +197,7 @@ def main():
         print(f"{names[contender]:28} {args.n / median:8.1f} samples/s   SST-2 dev accuracy {accuracy[contender]:.4f}",
               flush=True)
     c = results["contenders"]
-    for ours in ("a", "d", "e"):
+    for ours in ("a", "d", "e", "f"):
         for peer in ("b", "c"):
             if ours in c and peer in c:
                 c[ours][f"speedup_vs_{peer}"] = round(c[ours]["samples_per_s"] / c[peer]["samples_per_s"], 2)
@@ -206,6 +208,15 @@ def main():
                                            target=">= 3x pipeline at <= 0.5 point accuracy loss on SST-2 dev")
         print(f"ONNX int8: {c['e']['speedup_vs_b']:.2f}x pipeline, accuracy loss {loss:.2f} points "
               f"({'met' if results['target_onnx_int8']['met'] else 'MISSED'})", flush=True)
+    if "f" in c and "b" in c and "a" in c:
+        loss = (c["a"]["sst2_dev_accuracy"] - c["f"]["sst2_dev_accuracy"]) * 100
+        results["target_predictor_int8"] = dict(speedup_vs_pipeline=c["f"]["speedup_vs_b"],
+                                                accuracy_loss_points=round(loss, 2),
+                                                met=c["f"]["speedup_vs_b"] >= 3 and loss <= 0.5,
+                                                target=">= 3x pipeline at <= 0.5 point accuracy loss on SST-2 dev")
+        print(f"Predictor int8: {c['f']['speedup_vs_b']:.2f}x pipeline, accuracy loss {loss:.2f} points against "
+              f"the Predictor in {choice.precision} ({'met' if results['target_predictor_int8']['met'] else 'MISSED'})",
+              flush=True)
     _common.save(results, "" if args.batch_size == 64 else f"-bs{args.batch_size}")
 
 

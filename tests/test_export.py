@@ -188,6 +188,22 @@ def test_every_export_carries_a_model_card(toy_run):
             assert "fold 1: `model.safetensors`" in (out / "fold1" / "README.md").read_text()
 
 
+def test_an_int8_predictor_quantises_the_backbone_and_keeps_the_head(toy_run):
+    run = toy_run / "ck" / "two"
+    exact = predictor(run).predict(TEXTS)["probs"]
+    q8 = Predictor.from_run(run, device="cpu", precision="int8")
+    layers = [m for m in q8.models[0].backbone.modules() if "quantized" in type(m).__module__]
+    assert layers and not any(type(m) is torch.nn.Linear for m in q8.models[0].backbone.modules())
+    assert all(type(m.fc) is torch.nn.Linear for m in q8.models)  # the head stays fp32
+    got = q8.predict(TEXTS)["probs"]
+    assert 0 < np.abs(got - exact).max() < 0.05, np.abs(got - exact).max()
+    assert q8.temperature == predictor(run).temperature  # the run's calibration still applies
+    with pytest.raises(UserError, match="int8 layers have none"):
+        q8.explain(TEXTS[:1])
+    with pytest.raises(UserError, match="runs on the CPU"):
+        Predictor.from_run(run, device="cuda", precision="int8")
+
+
 def test_push_to_hub_offline_is_one_line_and_writes_nothing(toy_run, capsys):
     out = toy_run / "pushed"
     with pytest.raises(UserError, match="HF_HUB_OFFLINE=1"):

@@ -33,10 +33,12 @@ PRECISIONS = ("no", "fp16", "bf16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
-# The CPU instruction sets that decide a precision's speed; recorded with every decision and benchmark.
+# The CPU instruction sets that decide a precision's speed (int8's too: VNNI, AMX-INT8); recorded with
+# every decision and benchmark.
 CPU_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16",
-             "avx_ne_convert", "bf16", "sve", "sve2", "i8mm")
-_FLAG_ALIASES = {"avx512f": "avx512_f", "amx-bf16": "amx_bf16", "amx-tile": "amx_tile", "amx-fp16": "amx_fp16"}
+             "avx_ne_convert", "bf16", "sve", "sve2", "i8mm", "avx512_vnni", "avx_vnni", "amx_int8")
+_FLAG_ALIASES = {"avx512f": "avx512_f", "amx-bf16": "amx_bf16", "amx-tile": "amx_tile", "amx-fp16": "amx_fp16",
+                 "amx-int8": "amx_int8", "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni"}
 
 FASTER = 1.25  # a precision must be this much faster than fp32 in the probe to be picked
 SLOWER = 1.5  # an explicit precision this much slower than fp32 is refused

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import explain
+from . import explain, quantize
 from .calibration import abstain, check_abstain
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
@@ -148,9 +148,17 @@ def load_fold_models(run_dir, folds="all", trust_remote_code=False, calibrated=T
 
 class Predictor:
     """Fold-mean predictions of a run's best models on raw texts. `precision` is auto (the fastest
-    exact one on the device, as train.precision=auto picks), no, fp16 or bf16."""
+    exact one on the device, as train.precision=auto picks), no, fp16 or bf16, or int8 on the CPU
+    (quantize.py: the backbone's matmuls in dynamic int8, the head in fp32; not exact: measured in
+    bench/predict_throughput.py)."""
 
     def __init__(self, models, spec, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto"):
+        self.int8 = precision == "int8"  # the backbone's matmuls in int8 (quantize.py), activations fp32 around them
+        if self.int8:
+            quantize.check(device)
+            pairs = [quantize.quantize(m, spec) for m in models]
+            models, spec = [m for m, _ in pairs], pairs[0][1] if pairs else spec
+            precision = "no"
         self.models = models
         # the run's fitted calibration, which the models apply (1.0: none, or loaded with calibrated=False)
         self.temperature = float(getattr(models[0], "temperature", 1.0)) if models else 1.0
@@ -178,9 +186,11 @@ class Predictor:
             raise UserError(f"folds={folds!r}: pass all, a fold number, or a list of distinct fold numbers, e.g. [0, 2]")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size={batch_size!r}: pass a positive whole number")
-        if precision not in ("auto", "no", "bf16", "fp16"):
-            raise UserError(f"precision={precision!r}: use auto, no, bf16 or fp16")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if precision not in ("auto", "no", "bf16", "fp16", "int8"):
+            raise UserError(f"precision={precision!r}: use auto, no, bf16, fp16 or int8 (CPU prediction)")
+        device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
+        if precision == "int8":
+            quantize.check(device)
         recover_best(run_dir)
         models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code, calibrated)
         tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
@@ -277,6 +287,9 @@ class Predictor:
         text's; regression: the predictions), "score" and "baseline_score", and "delta" (the
         completeness error: the attributions sum to score - baseline_score + delta). `texts` may be
         a pandas DataFrame, as for predict."""
+        if self.int8:
+            raise UserError("explain needs the model's gradients, and int8 layers have none; load the Predictor "
+                            "without precision='int8' to explain")
         if is_table(texts):  # a DataFrame's rows, read by the run's columns
             texts, pairs = self.inputs(texts, pairs)
         return explain.Explainer(self.models, self.spec, self.tokenizer, steps, self.batch_size).texts(texts, pairs,
