@@ -5,6 +5,7 @@ parent writes its table to bench/results/<name>.json."""
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +31,25 @@ def run_child(script, *args, label=""):
         print(f"{label or ' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}", flush=True)
         return None
     return json.loads(line[len(PREFIX):])
+
+
+def run_logged(cmd, log):
+    """Run a command from the checkout with its output appended to `log`; its wall seconds. A failure
+    stops the benchmark, naming the log."""
+    started = time.time()
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        fh.flush()
+        proc = subprocess.run(list(map(str, cmd)), cwd=RESULTS.parent.parent, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd[:4]))} failed; see {log}")
+    return time.time() - started
+
+
+def mean_sd(values):
+    """{mean, sd, values} of a few seeds' figures, rounded to 4 places (sd 0 for one value)."""
+    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1
+            else 0.0, "values": [round(v, 4) for v in values]}
 
 
 def machine():

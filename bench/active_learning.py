@@ -25,8 +25,6 @@ import json
 import os
 import random
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _common  # noqa: E402
+from _common import mean_sd, run_logged  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "active_learning"
 MODEL = "all-MiniLM-L6-v2"
@@ -82,17 +81,6 @@ def write_csv(path, rows, labelled=True):
 # ---------------------------------------------------------------------------- running things
 
 
-def run(cmd, log):
-    started = time.time()
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        fh.flush()
-        proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd[:4]))} failed; see {log}")
-    return time.time() - started
-
-
 class Cache:
     """Each round's result on disk, so that a killed benchmark goes on where it stopped."""
 
@@ -120,11 +108,11 @@ def train_round(args, labels, name, labelled, test_csv, seed, log):
     train_csv = write_csv(folder / "labelled.csv", labelled)
     data = [f"data.name={name}", f"data.train_file={train_csv}", f"data.test_file={test_csv}", "data.id_column=id",
             f"data.max_len={args.max_len}", f"data.labels=[{','.join(labels)}]", "data.overwrite=true"]
-    seconds = run([sys.executable, ROOT / "data_process.py", *common(folder), *data], log)
-    seconds += run([sys.executable, ROOT / "train.py", *common(folder), f"data.name={name}", f"train.run={name}",
-                    "train.overwrite=true", f"train.seed={seed}", f"train.epochs={args.epochs}", "train.batch_size=32",
-                    "train.lr=2e-4", "train.warmup=0.1", f"model.freeze_layers={args.freeze_layers}",
-                    "model.head=mean"], log)
+    seconds = run_logged([sys.executable, ROOT / "data_process.py", *common(folder), *data], log)
+    seconds += run_logged([sys.executable, ROOT / "train.py", *common(folder), f"data.name={name}", f"train.run={name}",
+                           "train.overwrite=true", f"train.seed={seed}", f"train.epochs={args.epochs}",
+                           "train.batch_size=32", "train.lr=2e-4", "train.warmup=0.1",
+                           f"model.freeze_layers={args.freeze_layers}", "model.head=mean"], log)
     summary = json.loads((WORK / "runs" / name / "summary.json").read_text())
     return {"labelled": len(labelled), "accuracy": summary["test"]["accuracy"], "f1_macro": summary["test"]["f1_macro"],
             "seconds": round(seconds, 1)}
@@ -138,12 +126,13 @@ def pick(args, name, pool, strategy, seed, log):
     folder = WORK / f"{name}-{strategy.replace('+', '-')}"
     pool_csv = write_csv(folder / "pool.csv", pool, labelled=False)
     shutil.rmtree(folder / "preds", ignore_errors=True)  # a killed round's set: select reads this round's only
-    seconds = run([sys.executable, ROOT / "evaluate.py", *common(folder), f"data.name={name}",
-                   f"eval.run={WORK / 'runs' / name}", f"eval.input={pool_csv}", "eval.embeddings=true"], log)
+    seconds = run_logged([sys.executable, ROOT / "evaluate.py", *common(folder), f"data.name={name}",
+                          f"eval.run={WORK / 'runs' / name}", f"eval.input={pool_csv}", "eval.embeddings=true"], log)
     out = folder / "to_label.csv"
     diversity = ["--diversity", "kmeans", "--seed", str(seed)] if strategy.endswith("+kmeans") else []
-    seconds += run([sys.executable, "-m", "textclf.select", "--predictions", folder / "preds" / f"{name}-texts",
-                    "--k", k, "--strategy", strategy.split("+")[0], *diversity, "--out", out, "--overwrite"], log)
+    seconds += run_logged([sys.executable, "-m", "textclf.select", "--predictions", folder / "preds" / f"{name}-texts",
+                           "--k", k, "--strategy", strategy.split("+")[0], *diversity, "--out", out, "--overwrite"],
+                          log)
     with open(out, encoding="utf-8", newline="") as fh:
         return [row["id"] for row in csv.DictReader(fh)], seconds
 
@@ -178,17 +167,12 @@ def loop(args, train, test_csv, labels, strategy, seed, cache):
 # ---------------------------------------------------------------------------- the table
 
 
-def stats(values):
-    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1
-            else 0.0, "values": [round(v, 4) for v in values]}
-
-
 def summarise(runs, rounds):
     table = {}
     for strategy, by_seed in runs.items():
-        table[strategy] = [{"round": r, "labelled": stats([s[r]["labelled"] for s in by_seed]),
-                            "accuracy": stats([s[r]["accuracy"] for s in by_seed]),
-                            "f1_macro": stats([s[r]["f1_macro"] for s in by_seed])} for r in range(rounds + 1)]
+        table[strategy] = [{"round": r, "labelled": mean_sd([s[r]["labelled"] for s in by_seed]),
+                            "accuracy": mean_sd([s[r]["accuracy"] for s in by_seed]),
+                            "f1_macro": mean_sd([s[r]["f1_macro"] for s in by_seed])} for r in range(rounds + 1)]
     return table
 
 
@@ -220,7 +204,7 @@ def main():
         raise SystemExit(f"--strategies: {unknown[0]} is not one of {', '.join(STRATEGIES)}")
     WORK.mkdir(parents=True, exist_ok=True)
     if not (ROOT / "premodels" / MODEL).is_dir():
-        run([sys.executable, "-m", "textclf.premodels", "minilm"], WORK / "premodels.log")
+        run_logged([sys.executable, "-m", "textclf.premodels", "minilm"], WORK / "premodels.log")
     train, test = read_r8()
     if args.train_rows:
         train = stratified(train, args.train_rows, 0)

@@ -29,8 +29,6 @@ import csv
 import json
 import os
 import random
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _common  # noqa: E402
+from _common import mean_sd, run_logged  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "quality"
 SHARED = ROOT.parent / "shared" / "data"
@@ -124,17 +123,6 @@ def write_csv(path, rows, prefix):
 # ---------------------------------------------------------------------------- running things
 
 
-def run(cmd, log):
-    started = time.time()
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        fh.flush()
-        proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd[:4]))} failed; see {log}")
-    return time.time() - started
-
-
 def common(name):
     return [f"model.name={MODEL}", f"data.output_dir={WORK / 'data'}", f"train.output_dir={WORK / 'runs'}",
             f"eval.output_dir={WORK / 'preds'}", "train.report_to=none", "train.metric=f1_macro",
@@ -142,7 +130,7 @@ def common(name):
 
 
 def stage(script, *args, log):
-    return run([sys.executable, ROOT / script, *args], log)
+    return run_logged([sys.executable, ROOT / script, *args], log)
 
 
 def test_metrics(run_dir):
@@ -285,8 +273,9 @@ def one_set(name, args, cache):
     study = f"{name}-study"
 
     def tune_study():
-        seconds = run([sys.executable, "-m", "textclf.tune", *base, f"data.name={tune_data}", f"tune.study={study}",
-                       f"tune.trials={args.trials}", "tune.startup_trials=3", SPACE, "tune.heartbeat=0"], log)
+        seconds = run_logged([sys.executable, "-m", "textclf.tune", *base, f"data.name={tune_data}",
+                              f"tune.study={study}", f"tune.trials={args.trials}", "tune.startup_trials=3", SPACE,
+                              "tune.heartbeat=0"], log)
         record = json.loads((WORK / "runs" / f"{study}-tune" / "tune.json").read_text())
         return {"seconds": round(seconds, 1), "best": record["best"], "trials": record["trials"]}
 
@@ -318,15 +307,10 @@ def one_set(name, args, cache):
 # ---------------------------------------------------------------------------- the table
 
 
-def stats(values):
-    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1
-            else 0.0, "values": [round(v, 4) for v in values]}
-
-
 def summarise(name, out):
     arms = {}
     for arm in ("a", "b", "b'", "c", "e"):
-        arms[arm] = {m: stats([r[m] for r in out[arm]]) for m in ("f1_macro", "accuracy", "seconds")}
+        arms[arm] = {m: mean_sd([r[m] for r in out[arm]]) for m in ("f1_macro", "accuracy", "seconds")}
     arms["d"] = {m: out["d"][m] for m in ("f1_macro", "accuracy", "seconds")}
     a, c, d, e = (arms[k]["f1_macro"]["mean"] if k != "d" else arms["d"]["f1_macro"] for k in ("a", "c", "d", "e"))
     peer = max(arms["b"]["f1_macro"]["mean"], arms["b'"]["f1_macro"]["mean"])
@@ -372,7 +356,7 @@ def main():
         return
     WORK.mkdir(parents=True, exist_ok=True)
     if not (ROOT / "premodels" / MODEL).is_dir():
-        run([sys.executable, "-m", "textclf.premodels", "minilm"], WORK / "premodels.log")
+        run_logged([sys.executable, "-m", "textclf.premodels", "minilm"], WORK / "premodels.log")
     cache = Cache(WORK / "cache.json")
     results = _common.record("quality", "auto (train.precision / eval.precision default)", model=MODEL,
                              seeds=args.seeds, trials=args.trials, sets={})

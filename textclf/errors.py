@@ -11,6 +11,12 @@ class UserError(Exception):
     """
 
 
+def first_line(err, limit=200):
+    """An exception's message cut to its first line (for the middle of a one-line error)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else "no detail"
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)`; turn a UserError into one line on stderr and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv

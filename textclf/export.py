@@ -397,9 +397,9 @@ def export(run_dir, fmt, out, fold="mean", int8=False, overwrite=False, trust_re
                                                entry["folds"]))
             report["folders"].append(entry)
         report["notes"] = notes(spec)
+        records = modelcard.read_records(run_dir)
         for entry in report["folders"]:
-            folder = tmp / entry["folder"]
-            atomic_write_text(folder / "README.md", modelcard.card(run_dir, {**report, **entry}, spec))
+            atomic_write_text(tmp / entry["folder"] / "README.md", modelcard.card(records, {**report, **entry}, spec))
         report["seconds"] = round(time.time() - started, 1)
         write_json(tmp / "export.json", report)
         write_marker(tmp, "export")

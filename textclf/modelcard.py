@@ -7,13 +7,14 @@ sha256), the precision it trained in, the calibration temperature, and the notes
 read its texts. `upload` pushes an export folder to the hub for users who are online.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
 import yaml
 
-from .errors import UserError
-from .fileio import load_json
+from .checkpoint import load_run_json
+from .errors import UserError, first_line
 
 INTENDED_USE = ("Text classification of texts like the training data below: the same language, domain and "
                 "length, the labels listed. It was not evaluated on anything else; check it on your own rows "
@@ -57,17 +58,33 @@ def shareable(config):
     return keep
 
 
-def card(run_dir, report, spec, weights_precision="float32"):
-    """The README.md text of an export of `run_dir` (report: export.json's content so far)."""
+@dataclasses.dataclass
+class Records:
+    """What a card says about a run, read once for every folder of an export."""
+
+    run_dir: Path
+    run: dict  # run.json
+    summary: dict  # summary.json ({} before the run finished)
+    meta: dict | None  # the data's meta.json (None: the data folder is gone)
+    trained: dict  # config.yaml
+
+
+def read_records(run_dir):
     run_dir = Path(run_dir)
-    run = load_json(run_dir / "run.json", "a textclf run.json", "train the run again")
+    run = load_run_json(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")) \
         if (run_dir / "summary.json").is_file() else {}
     meta_path = Path(str(run.get("data_dir", ""))) / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
     config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
-    trained = yaml.safe_load(config) or {} if config else {}
-    keep = shareable(trained)
+    return Records(run_dir, run, summary, meta, yaml.safe_load(config) or {} if config else {})
+
+
+def card(records, report, spec, weights_precision="float32"):
+    """The README.md text of one folder of an export (report: export.json's content so far, with the
+    folder's entry)."""
+    run_dir, run, summary, meta = records.run_dir, records.run, records.summary, records.meta
+    keep = shareable(records.trained)
     labels = list(run.get("label_names") or spec.labels.names)
     precision = (run.get("precision") or {}).get("precision", "unknown")
     precision = {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}.get(precision, precision)
@@ -127,7 +144,7 @@ def check_push(repo):
         api.create_repo(repo, exist_ok=True)
     except Exception as err:
         raise UserError(f"--push-to-hub {repo}: the repository could not be created or reached "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else 'no detail'}); check "
+                        f"({type(err).__name__}: {first_line(err, 160)}); check "
                         f"the network and `hf auth login`, or export without --push-to-hub") from None
     return api
 
@@ -138,6 +155,6 @@ def upload(api, folder, repo):
         info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="textclf export")
     except Exception as err:
         raise UserError(f"--push-to-hub {repo}: the upload failed ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:160] if str(err) else 'no detail'}); the export is complete in "
+                        f"{first_line(err, 160)}); the export is complete in "
                         f"{folder}: upload it again with huggingface_hub's upload_folder") from None
     return str(getattr(info, "commit_url", info))

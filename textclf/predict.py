@@ -290,7 +290,6 @@ class Predictor:
         if self.int8:
             raise UserError("explain needs the model's gradients, and int8 layers have none; load the Predictor "
                             "without precision='int8' to explain")
-        if is_table(texts):  # a DataFrame's rows, read by the run's columns
-            texts, pairs = self.inputs(texts, pairs)
+        texts, pairs = self.inputs(texts, pairs)
         return explain.Explainer(self.models, self.spec, self.tokenizer, steps, self.batch_size).texts(texts, pairs,
                                                                                                         label)

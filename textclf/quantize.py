@@ -32,6 +32,3 @@ def quantize(model, spec):
         warnings.simplefilter("ignore")
         return quantize_dynamic(model.float().eval(), layers, dtype=torch.qint8), spec
 
-
-def describe(count):
-    return f"int8 (dynamic, per-channel weights; {count} backbone Linear layers), the head in fp32"

@@ -279,6 +279,15 @@ def same_number_labels(names):
     return clashes
 
 
+def as_text(value):
+    """A cell as text: CSV cells are text already; JSON (and Arrow) numbers and booleans as JSON writes them."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
 class RowReader:
     """Pulls text, text pair, label(s) and id out of the rows of one RawFile."""
 
@@ -332,16 +341,7 @@ class RowReader:
     def label_cells_blank(self, values):
         """Whether every label (or target) cell of a row is empty."""
         cells = self.multi_columns if self.multi_columns is not None else [self.label_idx]
-        return all(self._as_text(values[i]).strip() == "" for i in cells)
-
-    @staticmethod
-    def _as_text(value):
-        """A cell as text: CSV cells are text already; JSON numbers and booleans as JSON writes them."""
-        if value is None:
-            return ""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return value if isinstance(value, str) else str(value)
+        return all(as_text(values[i]).strip() == "" for i in cells)
 
     def _text_cell(self, values, index, line, key):
         value = values[index]
@@ -358,7 +358,7 @@ class RowReader:
             if isinstance(value, (list, dict, bytes)):
                 raise UserError(f"{self.where(line)}: column '{name}' (data.template) is {self.raw.describe(value)}; "
                                 f"template fields take strings or numbers")
-            out[name] = clean_text(self._as_text(value))
+            out[name] = clean_text(as_text(value))
         return out
 
     def text(self, values, line=None):
@@ -382,14 +382,14 @@ class RowReader:
         if isinstance(value, (bytes, bytearray, list, dict)):
             raise UserError(f"row {row_number + 1} of {self.raw.path}: the id "
                             f"('{self.cfg.id_column}') is {self.raw.describe(value)}; ids are strings or numbers")
-        return self._as_text(value).strip()
+        return as_text(value).strip()
 
     def labels(self, values, line):
         """The row's label names: one for single-label, a list for multi-label."""
         if self.multi_columns is not None:
             out = []
             for name, i in zip(self.cfg.label_columns, self.multi_columns):
-                flag = self._as_text(values[i]).strip().lower()
+                flag = as_text(values[i]).strip().lower()
                 if flag in ("1", "1.0", "true"):
                     out.append(name)
                 elif flag not in ("0", "0.0", "false"):
@@ -409,9 +409,9 @@ class RowReader:
             raise UserError(f"{self.where(line)}: the label ('{self.cfg.label_column}') is {kind}; a label is "
                             f"a string, a number, or (multi-label) an array of them")
         if self.cfg.label_delimiter is not None or isinstance(value, list):
-            items = value if isinstance(value, list) else self._as_text(value).split(self.cfg.label_delimiter)
-            return sorted({self._as_text(v).strip() for v in items if self._as_text(v).strip()})
-        name = self._as_text(value).strip()
+            items = value if isinstance(value, list) else as_text(value).split(self.cfg.label_delimiter)
+            return sorted({as_text(v).strip() for v in items if as_text(v).strip()})
+        name = as_text(value).strip()
         if not name:
             raise UserError(
                 f"{self.where(line)}: the label ('{self.cfg.label_column}') is empty; fill it in or remove the row"
@@ -421,7 +421,7 @@ class RowReader:
     def fold(self, values, line):
         """The row's given fold number (data.fold_column): an integer 0..32767, or -1 for never held out."""
         value = values[self.fold_idx]
-        text = "" if isinstance(value, (bool, list, dict)) else self._as_text(value).strip()
+        text = "" if isinstance(value, (bool, list, dict)) else as_text(value).strip()
         number = plain_number(text)
         if number is None or not number.is_integer() or not -1 <= number <= 32767:
             shown = cell_kind(value) if isinstance(value, (bool, list, dict)) else repr(text[:40])
@@ -435,7 +435,7 @@ class RowReader:
         if isinstance(value, (list, dict, bytes)):
             raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is {self.raw.describe(value)}; "
                             f"a group is a string or a number")
-        text = self._as_text(value).strip()
+        text = as_text(value).strip()
         if not text:
             raise UserError(f"{self.where(line)}: the group ('{self.cfg.group_column}') is empty; give every row a "
                             f"group (a row alone can have its own id as its group)")
@@ -454,7 +454,7 @@ class RowReader:
             if isinstance(value, (bool, list, dict)):
                 raise UserError(f"{self.where(line)}: target '{name}' is {self.raw.describe(value)}; data.task="
                                 f"regression needs a number in every target cell")
-            text = self._as_text(value).strip()
+            text = as_text(value).strip()
             if not text:
                 raise UserError(f"{self.where(line)}: target '{name}' is empty; fill in a number or remove the row")
             number = plain_number(text)

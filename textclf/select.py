@@ -60,11 +60,11 @@ import yaml
 
 from .config import DataConfig, resolve_path
 from .datadir import load_meta
-from .errors import UserError, run_cli
+from .errors import UserError, first_line, run_cli
 from .fileio import atomic_write_text, ids_sha256, load_json, sha256_file
 from .predsets import load_array
 from .problem import problem_type
-from .rawdata import RawFile, RowReader, locate
+from .rawdata import RawFile, RowReader, as_text, locate
 from .tables import is_hub_name
 
 STRATEGIES = ("least_confidence", "margin", "entropy", "disagreement")
@@ -245,7 +245,7 @@ def open_input_rows(folder, manifest, split):
     try:
         probs = np.load(folder / "probs.npy", allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise UserError(f"{folder / 'probs.npy'} cannot be read ({str(err).splitlines()[0]}); {fix}") from None
+        raise UserError(f"{folder / 'probs.npy'} cannot be read ({first_line(err)}); {fix}") from None
     ids = read_ids(folder)
     width = len(manifest["label_names"])
     if probs.ndim != 2 or probs.shape != (len(ids), width) or not np.isfinite(probs).all():
@@ -332,7 +332,7 @@ def cell(value):
     """A raw value as CSV text (JSON numbers and booleans as JSON writes them, arrays and objects as JSON)."""
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
-    return RowReader._as_text(value)
+    return as_text(value)
 
 
 def label_columns(cfg):

@@ -12,25 +12,26 @@ hub names, pandas only for DataFrames.
 """
 
 import hashlib
+import importlib
 import json
 import math
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import sha256_file
 
 BATCH_ROWS = 4096  # rows converted to Python values at a time
 HUB_PREFIX = "hub:"
 ROLE_SPLITS = {"train": ("train",), "valid": ("validation", "valid", "dev"), "test": ("test",), "input": ("test",)}
-KINDS = {"parquet": "Parquet", "feather": "Arrow", "datasets": "datasets", "hub": "datasets", "frame": "table"}
 
 
 def need_module(name, what):
+    """The module `name` (a package or one of its modules), or one line saying what to install."""
     try:
-        return __import__(name)
+        return importlib.import_module(name)
     except ImportError:
-        raise UserError(f"{what} needs the {name} package, which is not installed; pip install 'textclf[data]'"
-                        ) from None
+        raise UserError(f"{what} needs the {name.split('.')[0]} package, which is not installed; pip install "
+                        f"'textclf[data]'") from None
 
 
 def is_table(obj):
@@ -110,28 +111,42 @@ class Source:
             yield from batches
         except (pa.ArrowException, OSError) as err:
             raise UserError(f"{self.role} file {self.shown} could not be read as {self.kind} "
-                            f"({str(err).splitlines()[0][:200]}); re-save it") from None
+                            f"({first_line(err)}); re-save it") from None
 
 
-class ParquetSource(Source):
-    kind = "Parquet"
+class FileSource(Source):
+    """A file of one columnar format: its schema read when opened (`read_schema`, a refusal naming the
+    format and how to re-save it where that fails), its fingerprint the file's sha256."""
+
+    format_name = resave = ""  # the format's name and how to write it again, for the refusal
 
     def __init__(self, path, role):
         super().__init__(role)
         self.path, self.shown = Path(path), str(path)
         try:
-            with self.open() as file:
-                self.schema, self.rows_in_file = file.schema_arrow, file.metadata.num_rows
+            self.schema = self.read_schema()
         except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
-            raise UserError(f"{role} file {self.path} is not a readable Parquet file "
-                            f"({str(err).splitlines()[0][:200]}); "
-                            f"re-save it (pandas: df.to_parquet(path)) or set data.format") from None
+            raise UserError(f"{role} file {self.path} is not a readable {self.format_name} file ({first_line(err)}); "
+                            f"re-save it ({self.resave}) or set data.format") from None
 
     def columns(self):
         return list(self.schema.names)
 
+    def fingerprint(self):
+        return sha256_file(self.path)
+
+
+class ParquetSource(FileSource):
+    kind = format_name = "Parquet"
+    resave = "pandas: df.to_parquet(path)"
+
+    def read_schema(self):
+        with self.open() as file:
+            self.rows_in_file = file.metadata.num_rows
+            return file.schema_arrow
+
     def open(self):
-        pq = _pyarrow_part("parquet", "a Parquet file")
+        pq = need_module("pyarrow.parquet", "a Parquet file")
         # buffered column chunks: a row group of a million rows is read a page at a time
         return pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
 
@@ -141,50 +156,30 @@ class ParquetSource(Source):
         with self.open() as file:  # one pass, and the file closed after it (or when a refusal stops it)
             yield from file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
 
-    def fingerprint(self):
-        return sha256_file(self.path)
 
-
-class FeatherSource(Source):
+class FeatherSource(FileSource):
     """Feather v2 / Arrow IPC, as a file (random access) or a stream; batches read one at a time."""
 
-    kind = "Arrow"
+    kind, format_name, resave = "Arrow", "Feather / Arrow IPC", "pandas: df.to_feather(path)"
+    stream = False
 
-    def __init__(self, path, role):
-        super().__init__(role)
-        self.path, self.shown = Path(path), str(path)
-        pa = need_module("pyarrow", "a Feather / Arrow file")
-        ipc = _pyarrow_part("ipc", "a Feather / Arrow file")
+    def read_schema(self):
+        pa, ipc = need_module("pyarrow", "a Feather / Arrow file"), need_module("pyarrow.ipc", "a Feather / Arrow file")
         try:
             with pa.OSFile(str(self.path)) as fh:
-                self.schema = ipc.open_file(fh).schema
-            self.stream = False
-        except Exception:
-            try:
-                with pa.OSFile(str(self.path)) as fh:
-                    self.schema = ipc.open_stream(fh).schema
-                self.stream = True
-            except Exception as err:
-                raise UserError(f"{role} file {self.path} is not a readable Feather / Arrow IPC file "
-                                f"({str(err).splitlines()[0][:200]}); re-save it (pandas: df.to_feather(path)) or "
-                                f"set data.format") from None
-
-    def columns(self):
-        return list(self.schema.names)
+                return ipc.open_file(fh).schema
+        except pa.ArrowException:  # not the file format: the stream format, or neither
+            self.stream = True
+            with pa.OSFile(str(self.path)) as fh:
+                return ipc.open_stream(fh).schema
 
     def batches(self):
-        pa = need_module("pyarrow", "a Feather / Arrow file")
-        ipc = _pyarrow_part("ipc", "a Feather / Arrow file")
+        pa, ipc = need_module("pyarrow", "a Feather / Arrow file"), need_module("pyarrow.ipc", "a Feather / Arrow file")
         with pa.OSFile(str(self.path)) as fh:
-            if self.stream:
-                yield from _split(ipc.open_stream(fh))
-            else:
-                reader = ipc.open_file(fh)
-                for i in range(reader.num_record_batches):
-                    yield from _split([reader.get_batch(i)])
-
-    def fingerprint(self):
-        return sha256_file(self.path)
+            reader = ipc.open_stream(fh) if self.stream else ipc.open_file(fh)
+            batches = reader if self.stream else (reader.get_batch(i) for i in range(reader.num_record_batches))
+            for batch in batches:  # a writer's batch may be large: handed on BATCH_ROWS rows at a time
+                yield from (batch.slice(start, BATCH_ROWS) for start in range(0, batch.num_rows, BATCH_ROWS))
 
 
 class DatasetSource(Source):
@@ -219,7 +214,7 @@ class DatasetSource(Source):
                 dataset = datasets.load_from_disk(str(path))
         except Exception as err:
             raise UserError(f"{role} file {path} is not a folder that datasets' save_to_disk wrote "
-                            f"({str(err).splitlines()[0][:200]}); save it with Dataset.save_to_disk") from None
+                            f"({first_line(err)}); save it with Dataset.save_to_disk") from None
         parts = [(path / "state.json").read_bytes() if (path / "state.json").is_file() else b""]
         parts += [sha256_file(Path(f["filename"])).encode() for f in dataset.cache_files]
         return cls(dataset, str(path), role, hashlib.sha256(b"".join(parts)).hexdigest())
@@ -242,17 +237,17 @@ class DatasetSource(Source):
             except ValueError as err:
                 if "split" not in str(err).lower():
                     raise UserError(f"{role} file {name}: the hub dataset {dataset_name} could not be loaded "
-                                    f"({str(err).splitlines()[0][:200]}); check the name") from None
+                                    f"({first_line(err)}); check the name") from None
                 last = err  # an unknown split: try the next name
             except Exception as err:
-                why = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else 'no detail'}"
+                why = f"{type(err).__name__}: {first_line(err, 160)}"
                 if offline:
                     why = f"HF_HUB_OFFLINE=1, so only the local cache is read; {why}"
                 raise UserError(f"{role} file {name}: the hub dataset {dataset_name} could not be loaded ({why}); "
                                 f"on a machine that is online, save it with datasets' save_to_disk and set the file "
                                 f"to that folder") from None
         raise UserError(f"{role} file {name}: the hub dataset {dataset_name} has no split "
-                        f"{' or '.join(ROLE_SPLITS[role])} ({str(last).splitlines()[0][:160]}); name one: "
+                        f"{' or '.join(ROLE_SPLITS[role])} ({first_line(last, 160)}); name one: "
                         f"{name}:<split>")
 
     def columns(self):
@@ -285,7 +280,7 @@ class TableSource(Source):
                 table = pa.Table.from_pandas(table, preserve_index=False)
             except (pa.ArrowException, TypeError, ValueError) as err:
                 raise UserError(f"the {role} DataFrame could not be read as a table "
-                                f"({str(err).splitlines()[0][:200]}); give every column one type") from None
+                                f"({first_line(err)}); give every column one type") from None
             table = table.rename_columns(names)
         elif isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
@@ -315,19 +310,6 @@ def _empty_dataset(datasets, path):
         return None
     features = datasets.Features.from_dict(info["features"])
     return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-
-
-def _pyarrow_part(part, what):
-    need_module("pyarrow", what)
-    import importlib
-
-    return importlib.import_module(f"pyarrow.{part}")
-
-
-def _split(batches):
-    for batch in batches:
-        yield from batch.to_batches(max_chunksize=BATCH_ROWS) if hasattr(batch, "to_batches") else (
-            [batch.slice(i, BATCH_ROWS) for i in range(0, batch.num_rows, BATCH_ROWS)])
 
 
 def open_source(fmt, location, role):
