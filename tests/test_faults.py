@@ -209,3 +209,29 @@ def test_the_printed_resume_command_resumes_the_run_with_its_settings(toy, stage
     # a changed setting on the command line is still refused, and the refusal names a command that works
     again = stage("train", words[2], "train.lr=0.5", "train.resume=" + str(out / "toy"))
     assert again.code == 2 and f"python train.py train.resume={out / 'toy'}" in again.err
+
+
+CLAIM = """
+import sys, time
+from textclf.fileio import claim_folder
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+print(claim_folder(sys.argv[1], "tune"))
+"""
+
+
+def test_processes_claiming_one_folder_at_once_all_find_it_theirs(tmp_path):
+    """A shared output folder (a study) claimed by several processes at the same instant: each sees it
+    absent or made with its marker, never a bare folder it would refuse as someone else's."""
+    for attempt in range(3):
+        folder = tmp_path / f"s{attempt}-tune"
+        start = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, "-c", CLAIM, str(folder), str(start)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        assert [p.communicate(timeout=60)[0].strip() for p in procs] == ["True"] * 6
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine")
+    from textclf.fileio import claim_folder
+    assert claim_folder(tmp_path / "user", "tune") is False and (tmp_path / "user" / "notes.txt").read_text() == "mine"

@@ -57,6 +57,24 @@ def made_by_textclf(folder, kind):
         return False
 
 
+def claim_folder(folder, kind):
+    """Make `folder` with its marker in one step, or join it where textclf made it as a `kind`; whether it is
+    ours. Several processes may claim one folder at once: each sees it absent or marked, never half made."""
+    folder = Path(folder)
+    if not folder.exists():
+        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            write_marker(tmp, kind)
+            os.rename(tmp, folder)  # fails where another process's marked folder won the race
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not folder.is_dir():
+                raise UserError(_explain_os_error(err, folder.parent)) from None
+    return made_by_textclf(folder, kind)
+
+
 def replace_own_output(path, kind, key):
     """Remove `path` for `overwrite=true`, only if textclf made it as a `kind`; else refuse."""
     path = Path(path)

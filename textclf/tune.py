@@ -38,7 +38,7 @@ import typing
 
 from .config import coerce, field_types, parse_args, resolve_path, validate
 from .errors import UserError, run_cli
-from .fileio import atomic_write_text, made_by_textclf, write_json, write_marker
+from .fileio import atomic_write_text, claim_folder, write_json
 
 RUN_ATTR, HOST_ATTR, PID_ATTR, RETRY_ATTR = "run", "host", "pid", "retry_of"
 
@@ -69,10 +69,8 @@ def run(config, on_trial=None):
                         "leave train.max_time at 0 and give the study tune.timeout")
     check_space(config)
     direction = metric_direction(config)
-    if folder.exists() and not made_by_textclf(folder, "tune"):
+    if not claim_folder(folder, "tune"):
         raise UserError(f"{folder} exists and was not made by textclf as a study; choose another tune.study")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_marker(folder, "tune")
     with opening(folder):  # two processes creating one SQLite study at once would race on its tables
         study = open_study(optuna, config, name, folder, direction)
     with alive(folder):  # held while this process runs trials: recovery elsewhere knows it is not dead
