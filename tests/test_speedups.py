@@ -122,3 +122,33 @@ def test_fast_embedding_gradient_equals_nn_embedding_across_steps():
     fast.eval()
     with torch.no_grad():
         assert torch.equal(fast(torch.tensor([[1, 2]])), stock(torch.tensor([[1, 2]])))
+
+
+THP = """
+import os, sys
+import textclf.train
+from textclf import speedups
+if sys.argv[1] == "call":
+    speedups.huge_pages()
+import torch
+block = torch.empty(2 ** 23 + 5, dtype=torch.uint8)
+print(block.data_ptr() % 4096 == 0, speedups.huge_pages_on())
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_huge_pages_are_asked_for_before_the_first_tensor_and_a_users_setting_wins():
+    import os
+    import subprocess
+    import sys
+
+    def run(arg, **env):
+        environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        out = subprocess.run([sys.executable, "-c", THP, arg], env={**environ, **env}, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", out[1] == "True"
+
+    thp_kernel = "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    assert run("call") == (True, thp_kernel)  # 8 MB blocks page-aligned: torch madvises them for huge pages
+    assert run("none") == (False, False)
+    assert run("call", THP_MEM_ALLOC_ENABLE="0") == (False, False)

@@ -40,7 +40,7 @@ from .model import build_classifier, freeze, init_verbalizer
 from .optim import describe as describe_optimizer, make_optimizer, make_scheduler
 from .precision import resolve_shared
 from .predict import Predictor, load_fold_models
-from .speedups import apply as apply_speedups
+from .speedups import apply as apply_speedups, huge_pages
 from .tokenization import fold_mean
 from .trackers import accelerator_kwargs as tracker_kwargs, flat as flat_config
 
@@ -60,6 +60,8 @@ def run(config, on_eval=None):
 def _run(config, lock, on_eval=None):
     started = time.time()
     train_cfg = config.train
+    if train_cfg.cpu_speedups:  # before the first tensor: torch's allocator reads it once (speedups.py)
+        huge_pages()
     replaced = []  # keys a resumed run takes from its config.yaml, not from the config file
     if train_cfg.resume:  # a resumed run goes on with its recorded settings, the command line's aside
         run_dir, resuming = choose_run_dir(train_cfg, config.data.name, train_cfg.resume)
