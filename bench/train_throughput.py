@@ -11,7 +11,11 @@ of samples, each contender trains one epoch in its own process (so its peak RSS 
     (b) HF Trainer with its defaults (random sampler, DataCollatorWithPadding);
     (c) HF Trainer with train_sampling_strategy="group_by_length";
     (d) the classic competition loop: every row padded to max_len, plain AdamW, loss.item()
-        every step.
+        every step;
+    (e) (a) with train.compile=true (torch.compile, bucketed widths; its compiling is in the time);
+    (f) (c) with torch_compile=True (inductor; compiling in the time).
+Compiled contenders start with an empty inductor cache (a first run's compiling, as a user's
+first run meets it); `--contenders a,c,e,f` picks the contenders.
 Reports samples/s, real (unpadded) tokens/s, the ratio of (a) to each peer, peak RSS, and
 useful FLOP/s (6 x non-embedding parameters x real tokens + the attention term) as a share of
 a matmul peak measured in the same run at the same dtype. `--precision auto` resolves once, as
@@ -83,8 +87,9 @@ def real_lengths(tokenizer, texts, max_len):
 # ---------------------------------------------------------------------------- contenders (child side)
 
 
-def run_textclf(args, train_file):
-    """(a): the real data_process.py + train.py, timed from the log's start record to the last step."""
+def run_textclf(args, train_file, extra=()):
+    """(a): the real data_process.py + train.py, timed from the log's start record to the last step
+    ((e): with train.compile=true, its compiling inside the timed span)."""
     name = f"{args.dataset}-bench"
     common = [f"model.name={install_minilm()}", f"data.output_dir={WORK / 'data'}", f"data.name={name}",
               f"train.output_dir={WORK / 'ck'}", "train.overwrite=true"]
@@ -94,7 +99,7 @@ def run_textclf(args, train_file):
                    check=True, capture_output=True)
     subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "train.epochs=1", f"train.batch_size={batch}",
                     f"train.lr={LR}", f"train.precision={args.precision}", "train.log_every_steps=1000000",
-                    "eval.precision=no"],
+                    "eval.precision=no", *extra],
                    check=True, capture_output=True)
     log = [json.loads(line) for line in (WORK / "ck" / name / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in log if r["type"] == "start")
@@ -105,8 +110,8 @@ def run_textclf(args, train_file):
                 dev_rows=int((ids == 0).sum()))
 
 
-def run_trainer(args, texts, labels, grouped):
-    """(b) / (c): HF Trainer, defaults or group_by_length."""
+def run_trainer(args, texts, labels, grouped, compiled=False):
+    """(b) / (c): HF Trainer, defaults or group_by_length; (f): (c) with torch_compile=True."""
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
@@ -123,7 +128,8 @@ def run_trainer(args, texts, labels, grouped):
     targs = TrainingArguments(output_dir=str(WORK / "trainer"), per_device_train_batch_size=batch, num_train_epochs=1,
                               learning_rate=LR, bf16=args.precision == "bf16", use_cpu=True, report_to=[],
                               save_strategy="no", eval_strategy="no", logging_steps=1000000, seed=0,
-                              disable_tqdm=True, train_sampling_strategy="group_by_length" if grouped else "random")
+                              disable_tqdm=True, train_sampling_strategy="group_by_length" if grouped else "random",
+                              torch_compile=compiled)
     trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
     started = time.time()
     trainer.train()
@@ -160,8 +166,9 @@ def run_classic(args, texts, labels):
 
 def child(args):
     train_file = WORK / args.dataset / "train.csv"
-    if args.contender == "a":
-        result = run_textclf(args, train_file)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(WORK / "inductor" / f"{os.getpid()}")  # empty: a first run's compiling
+    if args.contender in ("a", "e"):
+        result = run_textclf(args, train_file, ["train.compile=true"] if args.contender == "e" else [])
         texts, labels = load_rows(train_file)
         folds = __import__("numpy").load(WORK / "data" / f"{args.dataset}-bench" / "train" / "folds.npy")
         texts = [t for t, f in zip(texts, folds) if f != 0]
@@ -169,8 +176,8 @@ def child(args):
         texts, labels = load_rows(train_file)
         if args.contender == "b":
             result = run_trainer(args, texts, labels, grouped=False)
-        elif args.contender == "c":
-            result = run_trainer(args, texts, labels, grouped=True)
+        elif args.contender in ("c", "f"):
+            result = run_trainer(args, texts, labels, grouped=True, compiled=args.contender == "f")
         else:
             result = run_classic(args, texts, labels)
     from transformers import AutoTokenizer
@@ -178,7 +185,7 @@ def child(args):
     lengths = real_lengths(AutoTokenizer.from_pretrained(install_minilm()), texts, DATASETS[args.dataset][4])
     result.update(real_tokens=sum(lengths), attention_units=sum(l * l for l in lengths),
                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-    if args.contender == "a":  # the children (data_process, train) did the work
+    if args.contender in ("a", "e"):  # the children (data_process, train) did the work
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     _common.report(result)
 
@@ -242,7 +249,8 @@ def main():
     non_embedding, layers, hidden = model_shape()
     peaks = [matmul_peak(args.precision)]  # measured again before every round: the machine's speed drifts
     names = {"a": "textclf (default)", "b": "HF Trainer defaults", "c": "HF Trainer group_by_length",
-             "d": "classic loop (pad to max_len)"}
+             "d": "classic loop (pad to max_len)", "e": "textclf train.compile=true",
+             "f": "HF Trainer group_by_length, torch_compile"}
     results = _common.record("train_throughput", choice, datasets={})
     for name in args.datasets.split(","):
         source = DATASETS[name][0]
@@ -279,10 +287,10 @@ def main():
             rows[contender] = r
             print(f"{name:5} {names[contender]:32} {r['samples_per_s']:8.1f} samples/s {r['real_tokens_per_s']:9.0f} "
                   f"tokens/s  {r['peak_rss_mb']:7.0f} MB  {100 * r['share_of_matmul_peak']:5.1f}% of peak", flush=True)
-        if "a" in rows:
-            for peer in ("b", "c", "d"):
-                if peer in rows:
-                    rows["a"][f"speedup_vs_{peer}"] = round(rows["a"]["samples_per_s"] / rows[peer]["samples_per_s"], 2)
+        for own in ("a", "e"):
+            for peer in ("b", "c", "d", "f"):
+                if own in rows and peer in rows:
+                    rows[own][f"speedup_vs_{peer}"] = round(rows[own]["samples_per_s"] / rows[peer]["samples_per_s"], 2)
         results["datasets"][name] = dict(rows=n, max_len=DATASETS[name][4], batch_size=DATASETS[name][5],
                                          contenders=rows)
     results["matmul_peak_gflops"] = round(max(peaks) / 1e9, 1)

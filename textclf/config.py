@@ -393,6 +393,9 @@ class TrainConfig:
     pad_to_multiple: int = key(1, "round batch widths up to a multiple (8 measured slower on CPU; try on GPU)")
     cpu_speedups: bool = key(True, "on a CPU: fast dropout and attention, embedding-gradient buffer, freed memory kept "
                              "(textclf/speedups.py)")
+    compile: bool | Literal["auto"] = key("auto", "torch.compile the model, batch widths bucketed; auto: where it was "
+                                          "measured to pay (textclf/compiling.py)", free_on_resume=True,
+                                          sticky=True)
     eval_every_steps: int = key(0, "evaluate every this many optimizer steps; 0: once per epoch")
     metric: str = key("auto", "what best/ is chosen by: auto (accuracy; rmse for regression), "
                       + ", ".join(TRAIN_METRICS))
@@ -509,6 +512,7 @@ class EvalConfig:
     folds: list[int] | Literal["all"] = key("all", "the run's folds to predict with; all of them must be finished")
     batch_size: int = key(128, "rows per batch")
     precision: Literal[PRECISIONS] = key("auto", "as train.precision, for prediction")
+    compile: bool | Literal["auto"] = key("auto", "as train.compile, for prediction")
     texts: list[str] | None = key(None, "raw texts to classify (train.py also predicts them at its end)")
     embeddings: bool = key(False, "also write each row's pooled vector (the head's input), keyed by id")
     hidden_states: bool = key(False, "also the last hidden layer, (rows, max_len, hidden) with lengths (and the "
@@ -620,8 +624,8 @@ class PseudoConfig:
 TUNABLE_SECTIONS = ("train", "model")
 # keys that say what a run is scored by, where its inputs are, or how fast it goes, not how the model learns
 NOT_TUNABLE = ("train.folds", "train.teacher", "train.seed", "train.metric", "train.metric_mode", "train.calibrate",
-               "train.eval_batch_size", "train.cpu_speedups", "train.pad_to_multiple", "train.max_nonfinite",
-               "model.name", "model.problem_type", "model.trust_remote_code")
+               "train.eval_batch_size", "train.cpu_speedups", "train.compile", "train.pad_to_multiple",
+               "train.max_nonfinite", "model.name", "model.problem_type", "model.trust_remote_code")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .datadir import check_data_keys, load_meta
 from .errors import UserError
 from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, next_version, number_text,
                      remove_dead_temporaries, sha256_file, versions, write_json, write_marker)
+from .compiling import compile_model, resolve as resolve_compile
 from .loader import SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import write_metrics
 from .model import ModelSpec
@@ -105,10 +106,10 @@ def text_owner(data_dir, split, aggregate="mean"):
     return windows, windows.owner(n_texts), n_texts
 
 
-def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem, aggregate="mean"):
+def predict_split(accelerator, fold_models, data_dir, split, batch_size, problem, aggregate="mean", buckets=False):
     """Fold probabilities for a whole split: (folds, rows, classes), one row per text in row
-    order (sliding windows aggregated by `aggregate`)."""
-    dataset = SplitArrays(data_dir / split, with_labels=False)
+    order (sliding windows aggregated by `aggregate`; widths bucketed for compiled models)."""
+    dataset = SplitArrays(data_dir / split, with_labels=False, buckets=buckets)
     windows, owner, n_texts = text_owner(data_dir, split, aggregate)
     loader = make_loader(dataset, SortedBatches(dataset.lengths(), batch_size))
     loader = accelerator.prepare(loader)
@@ -155,12 +156,14 @@ def run(config):
     choice = resolve_shared(config.eval.precision, key="eval.precision")
     accelerator = Accelerator(mixed_precision=choice.precision)  # prepared models predict under its autocast
     main = accelerator.is_main_process
-    say(accelerator, f"evaluate: {accelerator.device}, precision {choice.describe()}")
+    compiled = resolve_compile(config.eval.compile, accelerator.device.type)  # eval.compile (compiling.py)
+    say(accelerator, f"evaluate: {accelerator.device}, precision {choice.describe()}"
+        + (f", compiled {compiled.describe()}" if compiled.on else ""))
     if main:
         recover_best(run_dir)
     accelerator.wait_for_everyone()
     sources, models = open_run(config, run_dir, main)
-    fold_models = [accelerator.prepare(model) for model in models]
+    fold_models = [accelerator.prepare(compile_model(model) if compiled.on else model) for model in models]
     meta, spec = sources.meta, sources.spec
     splits = [s for s in config.eval.splits if s in meta["splits"]]
     missing = [s for s in config.eval.splits if s not in meta["splits"]]
@@ -177,7 +180,7 @@ def run(config):
     # eval.explain_ids checked before any row is predicted
     chosen = explain.split_rows(config.eval, sources.data_dir, splits) if config.eval.explain else None
     results = {s: predict_split(accelerator, fold_models, sources.data_dir, s, config.eval.batch_size,
-                                spec.labels.problem, spec.tokenization.window_aggregate) for s in splits}
+                                spec.labels.problem, spec.tokenization.window_aggregate, compiled.on) for s in splits}
     vectors = {}
     if config.eval.embeddings:  # from the first fold's model: each fold's vectors live in a space of their own
         say(accelerator, f"evaluate: embeddings from fold {sources.checkpoints[0]['fold']}")
@@ -411,9 +414,10 @@ def predict_raw(config, run_dir):
         explain.chosen_rows(config.eval, {"input": ids})
     predictor = Predictor.from_run(run_dir, config.eval.folds, batch_size=config.eval.batch_size,
                                    precision=config.eval.precision, trust_remote_code=config.model.trust_remote_code,
-                                   calibrated=config.eval.calibrated)
+                                   calibrated=config.eval.calibrated, compile=config.eval.compile)
     check_abstain(config.eval.abstain_below, predictor.problem)
-    print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}", flush=True)
+    print(f"evaluate: {predictor.device}, precision {predictor.precision.describe()}"
+          + (f", compiled {predictor.compiled.describe()}" if predictor.compiled.on else ""), flush=True)
     out = predictor.predict(texts, pairs, config.eval.abstain_below, config.eval.abstain_label)
     if config.eval.abstain_below:
         print(f"evaluate: {int(out['abstained'].sum())} of {len(texts)} rows abstain (top probability below "

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .compiling import bucket
 from .errors import UserError
 
 ARRAYS = ("input_ids", "attention_mask", "token_type_ids", "lengths")
@@ -20,9 +21,10 @@ ARRAYS = ("input_ids", "attention_mask", "token_type_ids", "lengths")
 class SplitArrays(Dataset):
     """Rows `rows` of one split folder. Indexing by a list of positions returns a whole batch."""
 
-    def __init__(self, split_dir, rows=None, with_labels=True, pad_to_multiple=1):
+    def __init__(self, split_dir, rows=None, with_labels=True, pad_to_multiple=1, buckets=False):
         self.split_dir = Path(split_dir)
         self.pad_to_multiple = max(1, int(pad_to_multiple))
+        self.buckets = buckets  # widths rounded up to compiling.bucket: a compiled model meets a few shapes
         for name in ARRAYS + (("labels",) if with_labels else ()):
             if not (self.split_dir / f"{name}.npy").is_file():
                 raise UserError(f"{self.split_dir / (name + '.npy')} is missing; run data_process.py again")
@@ -32,10 +34,10 @@ class SplitArrays(Dataset):
         self._arrays = None
 
     @classmethod
-    def in_memory(cls, arrays):
+    def in_memory(cls, arrays, buckets=False):
         """Rows held in memory (raw texts just tokenized), batched like a split folder's rows."""
         dataset = cls.__new__(cls)
-        dataset.split_dir, dataset.pad_to_multiple = None, 1
+        dataset.split_dir, dataset.pad_to_multiple, dataset.buckets = None, 1, buckets
         dataset.with_labels = "labels" in arrays
         dataset.rows = np.arange(len(arrays["lengths"]))
         dataset._arrays = arrays
@@ -76,6 +78,8 @@ class SplitArrays(Dataset):
         # Rounding widths up makes batch shapes repeat, so the CPU/GPU kernels chosen for a
         # shape are reused instead of being set up again for nearly every batch.
         width = min(-(-width // self.pad_to_multiple) * self.pad_to_multiple, arrays["input_ids"].shape[1])
+        if self.buckets:
+            width = bucket(width, arrays["input_ids"].shape[1])
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         batch = {

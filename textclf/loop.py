@@ -37,6 +37,7 @@ class Job:
     config: object  # config.Config
     accelerator: object
     precision: object  # precision.Choice
+    compiled: object  # compiling.Decision (train.compile)
     data_dir: Path
     model_dir: Path
     tokenizer: object

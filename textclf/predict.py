@@ -22,6 +22,7 @@ from .calibration import abstain, check_abstain
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
 from .hf_remote.modeling_textclf import backbone_inputs
+from .compiling import compile_model, resolve as resolve_compile
 from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier
 from .precision import autocast, resolve as resolve_precision
@@ -150,9 +151,11 @@ class Predictor:
     """Fold-mean predictions of a run's best models on raw texts. `precision` is auto (the fastest
     exact one on the device, as train.precision=auto picks), no, fp16 or bf16, or int8 on the CPU
     (quantize.py: the backbone's matmuls in dynamic int8, the head in fp32; not exact: measured in
-    bench/predict_throughput.py)."""
+    bench/predict_throughput.py). `compile`: True, False or auto (compiling.py: torch.compile, widths
+    bucketed; auto where it was measured to pay)."""
 
-    def __init__(self, models, spec, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto"):
+    def __init__(self, models, spec, tokenizer, device="cpu", batch_size=64, checkpoints=None, precision="auto",
+                 compile="auto"):
         self.int8 = precision == "int8"  # the backbone's matmuls in int8 (quantize.py), activations fp32 around them
         if self.int8:
             quantize.check(device)
@@ -165,6 +168,12 @@ class Predictor:
         self.spec = spec
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device, key="precision", via_accelerate=False)
+        self.compiled = resolve_compile(compile, self.device.type)
+        if self.compiled.on and self.int8:
+            raise UserError("precision int8 runs eagerly (dynamic int8 matmuls); pass compile=False with it")
+        if self.compiled.on:
+            for model in models:
+                compile_model(model)
         self.batch_size = batch_size
         self.label_names = spec.labels.names
         self.problem = spec.labels.problem
@@ -175,7 +184,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir, folds="all", device=None, batch_size=64, trust_remote_code=False, precision="auto",
-                 calibrated=True):
+                 calibrated=True, compile="auto"):
         """The best model of each fold of a run (`folds`: all, which must be finished, a fold
         number, or a list of distinct fold numbers). calibrated=False: the probabilities as
         trained, without the temperature the run fitted on its out-of-fold rows."""
@@ -188,19 +197,21 @@ class Predictor:
             raise UserError(f"batch_size={batch_size!r}: pass a positive whole number")
         if precision not in ("auto", "no", "bf16", "fp16", "int8"):
             raise UserError(f"precision={precision!r}: use auto, no, bf16, fp16 or int8 (CPU prediction)")
+        if compile not in (True, False, "auto"):
+            raise UserError(f"compile={compile!r}: use True, False or auto")
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         if precision == "int8":
             quantize.check(device)
         recover_best(run_dir)
         models, spec, checkpoints = load_fold_models(run_dir, folds, trust_remote_code, calibrated)
         tokenizer = load_tokenizer(checkpoints[0]["path"], trust_remote_code)
-        return cls([m.to(device) for m in models], spec, tokenizer, device, batch_size, checkpoints, precision)
+        return cls([m.to(device) for m in models], spec, tokenizer, device, batch_size, checkpoints, precision, compile)
 
     def fold_probs(self, input_ids, attention_mask, token_type_ids, lengths):
         """Probabilities of every fold model: (folds, rows, classes), rows in the given order.
         Rows are batched longest-first and each batch is cut to its longest row."""
         dataset = SplitArrays.in_memory({"input_ids": input_ids, "attention_mask": attention_mask,
-                                         "token_type_ids": token_type_ids, "lengths": lengths})
+                                         "token_type_ids": token_type_ids, "lengths": lengths}, self.compiled.on)
         loader = make_loader(dataset, SortedBatches(lengths, self.batch_size))
         out = np.zeros((len(self.models), len(lengths), len(self.label_names)), dtype=np.float32)
         for k, model in enumerate(self.models):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import adversarial, averaging, calibration, distillation, preflight
+from .compiling import compile_model, graphs_compiled, resolve as resolve_compile
 from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, drop_states, footprint, load_state,
                          load_weights, merge_oof, named_state, read_log, resume_state_dir, set_temperature, sharding,
                          write_fold_oof)
@@ -80,6 +81,7 @@ def _run(config, lock, on_eval=None):
         raise UserError(f"{run_dir} exists and was not made by textclf as a run, so train.overwrite=true will not "
                         f"replace it; choose another train.run, or move it away yourself")
     accelerator, choice = make_accelerator(config, run_dir, recorded)
+    compiled = resolve_compile(train_cfg.compile, accelerator.device.type)  # train.compile (compiling.py)
     preflight.check_sharded(train_cfg, sharding(accelerator))
     accelerator.wait_for_everyone()
     if resuming:
@@ -94,13 +96,13 @@ def _run(config, lock, on_eval=None):
                 write_json(run_dir / "run.json", {**run_info, "precision": choice.record()})
     made_parent = not run_dir.parent.exists()  # removed again with the run if the run is refused untrained
     if not resuming and accelerator.is_main_process:
-        start_run_folder(config, run_dir, plan, choice)
+        start_run_folder(config, run_dir, plan, choice, compiled)
         say(accelerator, f"train: run folder {run_dir}")
     accelerator.wait_for_everyone()
     # Trackers start with the first log record, once every check of the resumed state has passed.
     log = Log(accelerator, run_dir, start_trackers=lambda: accelerator.init_trackers(
         run_dir.name, config=flat_config(config.to_dict())))
-    job = Job(config=config, accelerator=accelerator, precision=choice, data_dir=plan.data_dir,
+    job = Job(config=config, accelerator=accelerator, precision=choice, compiled=compiled, data_dir=plan.data_dir,
               model_dir=plan.model_dir, tokenizer=plan.tokenizer, spec=plan.spec, run_dir=run_dir, log=log,
               stop=StopRequest(), started=started, teacher=plan.teacher, on_eval=on_eval)
     job.stop.install()
@@ -148,7 +150,7 @@ def trained_anything(run_dir):
     return any(run_dir.glob("fold*/best")) or any(run_dir.glob("fold*/last-*"))
 
 
-def start_run_folder(config, run_dir, plan, choice):
+def start_run_folder(config, run_dir, plan, choice, compiled):
     """A new run folder (main process): the marker, the resolved config and run.json, which says
     what the run is made from."""
     replace_own_output(run_dir, "run", "train.overwrite")
@@ -160,7 +162,7 @@ def start_run_folder(config, run_dir, plan, choice):
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         data_dir=str(plan.data_dir), data_meta_sha256=spec.provenance.data_meta_sha256, model_dir=str(plan.model_dir),
         label_names=spec.labels.names, problem_type=spec.labels.problem_type, folds=plan.fold_numbers,
-        fold_mode=plan.meta["folds"]["mode"], precision=choice.record()))
+        fold_mode=plan.meta["folds"]["mode"], precision=choice.record(), compile=compiled.record()))
 
 
 def make_accelerator(config, run_dir, recorded=None):
@@ -211,11 +213,12 @@ def train_fold(job, plan):
 
     # data: token rows, one per text, or with sliding windows each text's windows (they take its label)
     train_ds = SplitArrays(job.data_dir / "train", Windows(job.data_dir / "train").rows(plan.train_rows)[0],
-                           pad_to_multiple=train_cfg.pad_to_multiple)
+                           pad_to_multiple=train_cfg.pad_to_multiple, buckets=job.compiled.on)
     teacher = distillation.for_rows(job.teacher, job.data_dir, train_ds.rows)  # train.teacher, row by row
     eval_windows = Windows(job.data_dir / plan.eval_split, job.spec.tokenization.window_aggregate)
     eval_token_rows, eval_owner = eval_windows.rows(plan.eval_rows)
-    eval_ds = SplitArrays(job.data_dir / plan.eval_split, eval_token_rows, pad_to_multiple=train_cfg.pad_to_multiple)
+    eval_ds = SplitArrays(job.data_dir / plan.eval_split, eval_token_rows, pad_to_multiple=train_cfg.pad_to_multiple,
+                          buckets=job.compiled.on)
     eval_labels = np.asarray(np.load(job.data_dir / plan.eval_split / "labels.npy", mmap_mode="r")[plan.eval_rows])
     loss_fn = make_loss_fn(job, plan.train_rows)
     sampler = LengthGroupedBatches(train_ds.lengths(), train_cfg.batch_size, train_cfg.seed,
@@ -265,7 +268,7 @@ def make_loss_fn(job, train_rows):
 def build_model(job):
     """The fold's model, seeded so every fold and rerun starts alike: the backbone and a new head
     (from the LM head's rows with a verbalizer), frozen layers, gradient checkpointing and the CPU
-    speed-ups. Returns (model, parameters frozen, speed-ups applied)."""
+    speed-ups, or compiled (train.compile). Returns (model, parameters frozen, speed-ups applied)."""
     config, train_cfg = job.config, job.config.train
     torch.manual_seed(train_cfg.seed)  # same initial head weights and dropout stream for every fold and rerun
     random.seed(train_cfg.seed)
@@ -278,7 +281,9 @@ def build_model(job):
     if train_cfg.gradient_checkpointing:  # non-reentrant: works with frozen layers and keeps dropout's RNG
         model.backbone.activation_checkpointing_enable({"use_reentrant": False})
     sped_up = []
-    if train_cfg.cpu_speedups and job.accelerator.device.type == "cpu":
+    if job.compiled.on:  # inductor fuses dropout and attention itself
+        compile_model(model)
+    elif train_cfg.cpu_speedups and job.accelerator.device.type == "cpu":
         sped_up = apply_speedups(model, single_process=job.accelerator.num_processes == 1)
     return model, frozen, sped_up
 
@@ -337,6 +342,8 @@ def banner(job, fold, n_train, n_eval, steps_per_epoch, frozen, sped_up):
              f"{fold.total_steps} optimizer steps ({steps_per_epoch}/epoch, "
              + (f"train.max_steps={train_cfg.max_steps})" if train_cfg.max_steps else f"{train_cfg.epochs:g} epochs)"),
              f"{accelerator.device}, precision {job.precision.describe()}", describe_optimizer(fold.optimizer)]
+    if job.compiled.on or job.compiled.requested != "auto":
+        parts.append(f"compiled {job.compiled.describe()}")
     if frozen:
         layers = job.config.model.freeze_layers
         parts.append(f"frozen: embeddings and {layers} layer(s), {frozen / 1e6:.1f}M parameters" if layers
@@ -373,7 +380,8 @@ def finish_fold(job, fold, state):
                                             "best_step": state.best_step, "metrics": results, "steps": state.step,
                                             "nonfinite_total": state.nonfinite_total,
                                             "stopped_early": state.stopped_early, "seconds": round(state.seconds, 1)})
-        say(accelerator, f"fold {fold.index}: trained in {state.seconds:.1f} s")
+        say(accelerator, f"fold {fold.index}: trained in {state.seconds:.1f} s"
+                         + (f", {graphs_compiled()} graphs compiled in this process" if job.compiled.on else ""))
         if not job.config.train.keep_state:  # done.json is written: the fold never resumes again
             drop_states(fold.dir)
     accelerator.wait_for_everyone()
