@@ -96,3 +96,12 @@ def test_a_killed_compiled_run_resumes_exactly_where_it_stopped(runs):
     resumed, whole = (load_file(r / "fold0/best/model.safetensors") for r in (run, straight))
     assert resumed.keys() == whole.keys()
     assert max(float((resumed[k] - whole[k]).abs().max()) for k in whole) < 1e-6
+
+
+def test_compile_on_a_cpu_without_a_cpp_compiler_is_one_line_and_writes_nothing(runs, monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(runs["tmp"] / "no-such-bin"))
+    result = run_stage("train", *runs["base"], f"train.output_dir={runs['tmp'] / 'nocc'}", "train.compile=true")
+    assert result.code == 2 and "train.compile=true on a CPU needs a C++ compiler" in result.err, result
+    assert len(result.err.strip().splitlines()) == 1
+    assert not list((runs["tmp"] / "nocc").glob("*/fold0"))

@@ -6,17 +6,22 @@ widths are rounded up to a bucket (16, 24, 32, 48, 64, 96, 128, ...: powers of t
 at most a third of padding) and a run compiles a handful of shapes: one per bucket its batches reach,
 times full and last-partial batches, times training and evaluation.
 
-`auto` compiles only where compiling was measured to pay, the compile time counted (bench/README.md,
-`bench/compile_step.py`). On a CPU it was not: MiniLM-L6's training step, matmul-bound once
-train.cpu_speedups has taken dropout and attention's overheads away, ran 0.98x-1.02x eager at equal
-shapes (SST-2, bf16 and fp32) after ~30 s of compiling per shape, and the buckets' padding made a
-compiled epoch slower still. On a GPU it has not been measured here: `true` turns it on.
+`auto` compiles only where compiling was measured to pay, the compile time counted (`bench/compile_step.py`,
+bench/README.md). On a CPU it did not (2-core AMD EPYC, AVX512 with avx512_bf16, bf16, MiniLM-L6 on SST-2
+batches): a warm compiled training pass took 1.5x eager's (1.14x eager's on the same bucketed widths:
+inductor's kernels do not beat train.cpu_speedups, and the buckets' padding costs 1.3x), after ~29 s of
+compiling per shape; prediction, 1.18x eager's (0.82x on the same widths), after ~10 s per shape. On a
+GPU it has not been measured here: `true` turns it on.
 With compile on, the CPU speed-ups are not applied (inductor fuses dropout and attention itself).
 """
 
 import dataclasses
+import os
+import shutil
 
 import torch
+
+from .errors import UserError
 
 # device types where a compiled run was measured faster than eager, compile time included
 MEASURED_TO_PAY = ()
@@ -37,15 +42,23 @@ class Decision:
         return dataclasses.asdict(self)
 
 
-def resolve(setting, device_type):
+def resolve(setting, device_type, key="train.compile"):
     """The Decision for train.compile / eval.compile (True, False or "auto") on a device type."""
+    if setting is True and device_type == "cpu" and not cpp_compiler():
+        raise UserError(f"{key}=true on a CPU needs a C++ compiler (inductor builds its kernels with one) and none "
+                        f"was found (CXX, g++, clang++, c++); install one, e.g. apt install g++, or set {key}=false")
     if setting is True or setting is False:
         return Decision(setting, str(setting).lower(), "as asked")
     if device_type in MEASURED_TO_PAY:
         return Decision(True, "auto", f"measured to pay on {device_type}")
-    why = ("measured no faster than eager on a CPU, ~30 s of compiling per shape" if device_type == "cpu"
+    why = ("measured slower than eager on a CPU, and ~30 s of compiling per shape" if device_type == "cpu"
            else f"not measured on {device_type}; true turns it on")
     return Decision(False, "auto", why)
+
+
+def cpp_compiler():
+    """The C++ compiler inductor would build CPU kernels with, or None."""
+    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "clang++", "c++"))), None)
 
 
 def bucket(width, cap=None):

@@ -156,7 +156,7 @@ def run(config):
     choice = resolve_shared(config.eval.precision, key="eval.precision")
     accelerator = Accelerator(mixed_precision=choice.precision)  # prepared models predict under its autocast
     main = accelerator.is_main_process
-    compiled = resolve_compile(config.eval.compile, accelerator.device.type)  # eval.compile (compiling.py)
+    compiled = resolve_compile(config.eval.compile, accelerator.device.type, "eval.compile")  # compiling.py
     say(accelerator, f"evaluate: {accelerator.device}, precision {choice.describe()}"
         + (f", compiled {compiled.describe()}" if compiled.on else ""))
     if main:

@@ -168,7 +168,7 @@ class Predictor:
         self.spec = spec
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device, key="precision", via_accelerate=False)
-        self.compiled = resolve_compile(compile, self.device.type)
+        self.compiled = resolve_compile(compile, self.device.type, "compile")
         if self.compiled.on and self.int8:
             raise UserError("precision int8 runs eagerly (dynamic int8 matmuls); pass compile=False with it")
         if self.compiled.on:

@@ -22,7 +22,9 @@ huge_pages         with freed memory kept, a run over long texts of many widths 
                    IMDB (MiniLM-L6, 16 rows of up to 512 tokens, fp32) peak RSS was 6.3-7.7 GB against
                    HF Trainer's 6.2. torch's allocator asked for page-aligned transparent huge pages on
                    blocks of 2 MB and more (THP_MEM_ALLOC_ENABLE, read at its first allocation, so set
-                   before the model loads) brings it to 5.2 GB at the same step time (bench/README.md).
+                   before the model loads) brings it to 5.2 GB at the same step time; over 8 steps it
+                   is 6.6-7.1 GB against Trainer's 6.3 (less fragmented, not unfragmented; giving the
+                   memory back instead costs 15-20% of the step: bench/README.md).
 
 On a GPU nothing here is used: CUDA's dropout and attention kernels are already fused.
 (Clipping without a no-op rescale, on every device, is train.clip_gradients.)
