@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_stage, write
+from conftest import run_stage
 from test_faults import wait_for_state
-from test_train import records, strip_time, toy_rows
+from test_train import make_data, records, strip_time, toy_rows
 
 from textclf.compiling import bucket, resolve
 
@@ -38,9 +38,7 @@ def test_auto_compiles_only_where_it_was_measured_to_pay():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, premodels):
     tmp = tmp_path_factory.mktemp("compile")
-    write(tmp / "train.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in toy_rows(48)))
-    base = [f"model.name={premodels('bert')}", f"data.output_dir={tmp / 'data'}", "data.name=toy"]
-    assert run_stage("data_process", *base, f"data.train_file={tmp / 'train.csv'}").code == 0
+    base = make_data(run_stage, premodels, tmp, toy_rows(48))
     out = {}
     for name, flags in (("eager", ["train.compile=false", "train.cpu_speedups=false"]),
                         ("compiled", ["train.compile=true"])):

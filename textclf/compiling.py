@@ -44,6 +44,8 @@ class Decision:
 
 def resolve(setting, device_type, key="train.compile"):
     """The Decision for train.compile / eval.compile (True, False or "auto") on a device type."""
+    if setting not in (True, False, "auto") or isinstance(setting, int) and not isinstance(setting, bool):
+        raise UserError(f"{key}={setting!r}: use True, False or auto")
     if setting is True and device_type == "cpu" and not cpp_compiler():
         raise UserError(f"{key}=true on a CPU needs a C++ compiler (inductor builds its kernels with one) and none "
                         f"was found (CXX, g++, clang++, c++); install one, e.g. apt install g++, or set {key}=false")

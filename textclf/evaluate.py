@@ -31,11 +31,11 @@ from .calibration import check_abstain
 from .checkpoint import load_run_json
 from .config import file_reading_keys, resolve_path
 from .console import say, shown
+from .compiling import compile_model, resolve as resolve_compile
 from .datadir import check_data_keys, load_meta
 from .errors import UserError
 from .fileio import (atomic_dir, atomic_write_text, ids_sha256, load_json, next_version, number_text,
                      remove_dead_temporaries, sha256_file, versions, write_json, write_marker)
-from .compiling import compile_model, resolve as resolve_compile
 from .loader import SortedBatches, SplitArrays, Windows, make_loader
 from .metrics import write_metrics
 from .model import ModelSpec

@@ -19,10 +19,10 @@ import torch
 
 from . import explain, quantize
 from .calibration import abstain, check_abstain
+from .compiling import compile_model, resolve as resolve_compile
 from .errors import UserError
 from .fileio import recover_dir, sha256_file
 from .hf_remote.modeling_textclf import backbone_inputs
-from .compiling import compile_model, resolve as resolve_compile
 from .loader import SortedBatches, SplitArrays, make_loader
 from .model import load_classifier
 from .precision import autocast, resolve as resolve_precision
@@ -197,8 +197,6 @@ class Predictor:
             raise UserError(f"batch_size={batch_size!r}: pass a positive whole number")
         if precision not in ("auto", "no", "bf16", "fp16", "int8"):
             raise UserError(f"precision={precision!r}: use auto, no, bf16, fp16 or int8 (CPU prediction)")
-        if compile not in (True, False, "auto"):
-            raise UserError(f"compile={compile!r}: use True, False or auto")
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         if precision == "int8":
             quantize.check(device)
