@@ -114,7 +114,14 @@ def test_onnx_export_and_torch_free_predictor_equal_predictor(toy_run):
     got = OnnxPredictor.from_export(out).predict(TEXTS)
     np.testing.assert_allclose(got["probs"], want["probs"], atol=1e-4)
     assert got["labels"] == want["labels"]
-    assert OnnxPredictor.from_export(out, int8=True).predict(TEXTS)["probs"].shape == (len(TEXTS), 2)
+    # the int8 graph is made from the fused one (onnx_fusion.py): each fold's attention, LayerNorm and GELU
+    layers = len(predictor(toy_run / "ck" / "two").models[0].backbone.encoder.layer)
+    fused = entry["int8_graph"]["fused"]
+    assert fused, entry["int8_graph"]
+    assert fused["Attention"] == 2 * layers and fused["SkipLayerNormalization"] == 2 * 2 * layers, entry
+    assert json.loads((out / "textclf_onnx.json").read_text())["int8"]["fused"] == fused
+    int8 = OnnxPredictor.from_export(out, int8=True).predict(TEXTS)["probs"]
+    assert int8.shape == (len(TEXTS), 2) and np.abs(int8 - want["probs"]).max() < 0.05, int8 - want["probs"]
     # The same predictions in a process where torch and transformers cannot be imported.
     code = ("import sys, json\n"
             "class Block:\n"

@@ -29,7 +29,7 @@ def data(tmp_path_factory, premodels):
               "train.precision=no", "data.max_len=24"]
     assert run_stage("data_process", *common, f"data.train_file={tmp / 'train.csv'}", "data.id_column=id",
                      "data.n_folds=2").code == 0
-    return tmp, common + ["train.batch_size=8", "train.epochs=2", "train.report_to=none"]
+    return tmp, common + ["train.batch_size=8", "train.epochs=1", "train.report_to=none"]
 
 
 def _args(tmp, common, out, *extra):

@@ -11,9 +11,10 @@ hf    A folder for `AutoModelForSequenceClassification.from_pretrained(out)` and
       other head (and the fold mean) carries its own modeling file, loaded with
       trust_remote_code=True (and refused without it).
 onnx  model.onnx (dynamic batch and length, outputs the probabilities), the tokenizer and
-      textclf_onnx.json beside it; `--int8` adds model.int8.onnx (dynamic quantisation) and
-      reports its accuracy on the run's held-out rows. textclf.onnx_predict.OnnxPredictor
-      predicts from that folder without torch.
+      textclf_onnx.json beside it; `--int8` adds model.int8.onnx (dynamic quantisation of the
+      graph with attention, LayerNorm and GELU fused by ONNX Runtime's optimizer where it fuses
+      and matches: onnx_fusion.py) and reports its accuracy on the run's held-out rows.
+      textclf.onnx_predict.OnnxPredictor predicts from that folder without torch.
 
 --fold k exports fold k; --fold mean (the default for a run of several folds) exports the fold
 mean as one model, which is exact: the model averages the folds' probabilities, as evaluate.py
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import lora, modelcard
+from . import lora, modelcard, onnx_fusion
 from .checkpoint import load_run_json
 from .config import resolve_path
 from .datadir import fold_rows, load_meta
@@ -109,13 +110,18 @@ def reference_probs(models, spec, batch, outputs=("probs",)):
     return out if isinstance(out, tuple) else (out,)
 
 
-def require_close(got, want, tolerance, what, spec=None):
+def output_difference(got, want, spec=None):
     """The largest difference between an export's outputs and textclf's; for regression in units of
     each target's standard deviation, so the tolerance does not depend on the targets' units."""
     error = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64))
     if spec is not None and spec.labels.problem.regression:
         error = error / np.asarray(spec.head.target_std, dtype=np.float64)
-    diff = float(error.max())
+    return float(error.max())
+
+
+def require_close(got, want, tolerance, what, spec=None):
+    """output_difference(got, want, spec), refused above the tolerance."""
+    diff = output_difference(got, want, spec)
     if not diff <= tolerance:
         raise UserError(f"the {what} export differs from textclf's outputs by {diff:.2e} (> {tolerance:g}); "
                         f"nothing was written. Please report this with the run's head and model family")
@@ -227,14 +233,7 @@ def write_onnx(folder, models, spec, tokenizer):
     token_type_ids; output probs), the tokenizer, textclf_onnx.json; returns the max difference."""
     import onnxruntime as ort
 
-    pass_types = models[0].pass_token_types
-    outputs = onnx_outputs(spec, len(models))
-    module = FoldMean(models, spec.labels.problem, outputs).eval()
-    batch = check_rows(spec, tokenizer)
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if pass_types else [])
-    # The example must hold padding: a mask of ones would let the encoder skip its mask code
-    # while the graph is traced, and padded rows would then be wrong.
-    example = tuple(t[:4] for t in batch[:len(names)])
+    module, names, outputs, example, batch = graph_parts(models, spec, tokenizer)
     batch_dim, length_dim = torch.export.Dim("batch"), torch.export.Dim("length", max=spec.tokenization.max_len)
     dynamic = {name: {0: batch_dim, 1: length_dim} for name in names}
     path = folder / "model.onnx"
@@ -255,6 +254,19 @@ def write_onnx(folder, models, spec, tokenizer):
                         for g, want in zip(got, reference_probs(models, spec, batch, outputs)))
 
 
+def graph_parts(models, spec, tokenizer):
+    """What an ONNX export traces and checks: (the FoldMean module, input names, output names, the
+    traced example, the check rows)."""
+    outputs = onnx_outputs(spec, len(models))
+    module = FoldMean(models, spec.labels.problem, outputs).eval()
+    batch = check_rows(spec, tokenizer)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if models[0].pass_token_types else [])
+    # The example must hold padding: a mask of ones would let the encoder skip its mask code
+    # while the graph is traced, and padded rows would then be wrong.
+    example = tuple(t[:4] for t in batch[:len(names)])
+    return module, names, outputs, example, batch
+
+
 def onnx_outputs(spec, folds=1):
     """The graph's outputs: the probabilities ("probs"; a regression's "predictions") and, for
     several folds, each fold's too ("fold_probs", (folds, rows, k)), so each fold's model can be
@@ -268,14 +280,30 @@ def onnx_outputs(spec, folds=1):
     return [f"fold_{name}"] if windowed_max else [name, f"fold_{name}"]
 
 
-def quantize(folder):
+def quantize(folder, members, spec, tokenizer):
+    """model.int8.onnx: the fused graph (onnx_fusion.py) where attention fuses and matches textclf,
+    else model.onnx, dynamically quantised. Returns how it was made (for textclf_onnx.json)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    module, names, outputs, example, batch = graph_parts(members, spec, tokenizer)
+    feeds = {name: t.numpy() for name, t in zip(names, batch)}
+    reference = [r.detach().numpy() for r in reference_probs(members, spec, batch, outputs)]
+
+    def differs(got):  # the fused graph's largest difference from textclf's outputs on the check rows
+        return max(output_difference(g, want, spec) for g, want in zip(got, reference))
+
+    fused, how = onnx_fusion.fuse(module, example, (names, outputs), (feeds, differs), ONNX_TOLERANCE,
+                                  folder / "model.fused.tmp.onnx")
     # Per-channel scales: on SST-2 dev the per-tensor default lost 1.4 points of accuracy, per channel 0.5
-    # (bench/predict_throughput.py); the speed is the same.
-    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=True)
-    return folder / "model.int8.onnx"
+    # (bench/predict_throughput.py); the speed is the same. The fused graph's own ops carry no type
+    # that shape inference knows: their outputs are float.
+    quantize_dynamic(str(fused or folder / "model.onnx"), str(folder / "model.int8.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if fused is not None:
+        fused.unlink()
+    return how
 
 
 def held_out_rows(run_dir, folds):
@@ -420,7 +448,7 @@ def write_onnx_folder(folder, members, spec, tokenizer, int8_run=None, folds=())
                 "text_pair_column": spec.tokenization.text_pair_column, "folds": len(members),
                 "models": {"fp32": "model.onnx"}}
     if int8_run is not None:
-        quantize(folder)
+        onnx_doc["int8"] = entry["int8_graph"] = quantize(folder, members, spec, tokenizer)
         onnx_doc["models"]["int8"] = "model.int8.onnx"
         held = held_out_rows(int8_run, folds)
         if held is None:
@@ -479,6 +507,11 @@ def main(argv):
                   f" max |p_int8 - p_fp32| = {q['max_prob_difference']:.3f}", flush=True)
         elif entry.get("int8"):
             print(f"  int8: {entry['int8']}", flush=True)
+        if entry.get("int8_graph"):
+            fused = entry["int8_graph"]["fused"]
+            print("  int8 graph: " + (", ".join(f"{n} {op}" for op, n in fused.items()) + " fused" if fused else
+                                      f"not fused ({entry['int8_graph']['reason']}); quantised from model.onnx"),
+                  flush=True)
     for note in report["notes"]:
         print(f"note: {note}", flush=True)
     if report.get("pushed"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import adversarial, averaging, distillation, profiling
+from . import adversarial, averaging, distillation, profiling, speedups
 from .checkpoint import Log, save_best, save_state
 from .console import say
 from .errors import UserError
@@ -269,9 +269,14 @@ def clip_gradients(accelerator, model, max_norm):
         return torch.zeros(()) if norm is None else norm  # DeepSpeed clips inside its step: no norm
     accelerator.unscale_gradients()  # a no-op without a loss scaler
     params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # a word embedding's gradient written row by row (speedups.FastEmbedding): its other rows are zero
+    sparse = speedups.written_rows(model)
+    rows = {p: p.grad.index_select(0, sparse[p]) for p in params if p in sparse}
+    norm = torch.nn.utils.get_total_norm([rows.get(p, p.grad) for p in params])
     if torch.isfinite(norm) and norm > max_norm:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if p not in rows], max_norm, norm)
+        for p, written in rows.items():  # the same coefficient as clip_grads_with_norm_'s, on the rows written
+            p.grad.index_copy_(0, sparse[p], written.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0)))
     return norm
 
 

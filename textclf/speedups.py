@@ -13,8 +13,9 @@ attention          with dropout on, SDPA on a CPU runs its math path, whose drop
 FastEmbedding      the word-embedding backward builds a dense vocabulary-sized gradient every step
                    (30k x 384: a 47 MB fill, more than a layer's matmuls at short lengths). Here the
                    backward adds the rows used into a gradient buffer that lives across steps and is
-                   cleared row by row: the same .grad, summed in another order. One process only (DDP
-                   must see the gradient arrive through autograd).
+                   cleared row by row: the same .grad, summed in another order. Clipping reads and
+                   scales the rows written only (written_rows). One process only (DDP must see the
+                   gradient arrive through autograd).
 keep_freed_memory  glibc gives blocks over 32 MB back to the OS when they are freed, so every step
                    page-faults its activations and the dense word-embedding gradient (47 MB for a
                    30k x 384 table) in again; this keeps freed memory in the process for reuse.
@@ -114,6 +115,26 @@ class FastEmbedding(nn.Embedding):
         weight.grad.index_add_(0, ids, grad)
         if weight.grad is self._buffer:
             self._touched = ids if self._touched is None else torch.cat([self._touched, ids])
+
+    def written_rows(self):
+        """The rows of weight.grad that backward wrote since the gradients were last set to None
+        (every other row is zero), or None when that is not known (a .grad that is not the buffer)."""
+        if self._touched is None or self.weight.grad is not self._buffer:
+            return None
+        return torch.unique(self._touched)
+
+
+def written_rows(model):
+    """{parameter: the rows its gradient may hold}, for the FastEmbedding weights whose gradient is
+    zero outside those rows: clipping reads and scales those rows only (loop.clip_gradients), the
+    same norm summed over fewer zeros."""
+    out = {}
+    for module in model.modules():
+        if isinstance(module, FastEmbedding):
+            rows = module.written_rows()
+            if rows is not None:
+                out[module.weight] = rows
+    return out
 
 
 def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

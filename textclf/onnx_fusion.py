@@ -1,0 +1,81 @@
+"""The int8 ONNX graph with its attention fused (ONNX Runtime's transformer optimizer).
+
+torch's dynamo exporter (model.onnx) writes attention as the ops it decomposes into, which ONNX
+Runtime's optimizer does not recognise. For model.int8.onnx the encoder is exported once more with
+the TorchScript exporter and eager attention, fused by `onnxruntime.transformers.optimizer`
+(Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu: ONNX Runtime's own ops) and
+then quantised (QAttention, MatMulInteger). model.onnx stays the portable, unfused graph.
+
+The fused fp32 graph is kept only where it fused attention and gives textclf's outputs on the
+export's check rows (every length, with padding) within the export tolerance; anything else (a
+decoder, an architecture the optimizer does not know, an exporter error) leaves the int8 graph
+made from model.onnx, as before, and `fuse` says why. Measured in bench/predict_throughput.py.
+"""
+
+import contextlib
+import io
+import warnings
+
+FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
+
+
+def fuse(module, example, io_names, check, tolerance, path):
+    """Write the fused fp32 graph of `module` (export.FoldMean, traced on `example`) to `path`.
+    io_names: (input names, output names); check: (feeds of the check rows, differs(outputs) -> the
+    largest difference from textclf's). Returns (path, {"fused": {op: count}, "max_difference": d})
+    or (None, {"fused": None, "reason": why})."""
+    names, outputs = io_names
+    feeds, differs = check
+    try:
+        stats = _export_and_fuse(module, example, names, outputs, path)
+        if not stats.get("Attention"):
+            raise ValueError("ONNX Runtime's optimizer fused no attention in this model")
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        diff = differs(session.run(list(outputs), feeds))
+        if not diff <= tolerance:
+            raise ValueError(f"the fused graph differs from textclf's outputs by {diff:.2e} (> {tolerance:g})")
+    except Exception as err:  # noqa: BLE001 - any failure keeps the int8 graph made from model.onnx
+        path.unlink(missing_ok=True)
+        return None, {"fused": None, "reason": f"{type(err).__name__}: " + (str(err).splitlines() or [""])[0][:300]}
+    return path, {"fused": stats, "max_difference": diff}
+
+
+def _export_and_fuse(module, example, names, outputs, path):
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    backbones = [member.backbone for member in module.members]
+    config = backbones[0].config
+    if getattr(config, "is_decoder", False) or not hasattr(backbones[0], "set_attn_implementation"):
+        raise ValueError("not an encoder whose attention can be exported as eager attention")
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)  # 0: read from the graph
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    before = [b.config._attn_implementation for b in backbones]
+    dynamic = {name: {0: "batch", 1: "length"} for name in names}
+    dynamic.update({name: {1 if name.startswith("fold_") else 0: "batch"} for name in outputs})
+    try:
+        for backbone in backbones:  # the optimizer recognises eager attention's MatMul-Softmax-MatMul
+            backbone.set_attn_implementation("eager")
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example, str(path), input_names=list(names), output_names=list(outputs),
+                              dynamic_axes=dynamic, dynamo=False, opset_version=17)
+    finally:
+        for backbone, impl in zip(backbones, before):
+            backbone.set_attn_implementation(impl)
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    # The embeddings' fusion names a mask it adds after its first node: with several folds' encoders
+    # in one graph the names collide and the optimizer fails (onnxruntime 1.32). Their LayerNorm is
+    # still fused (SkipLayerNormalization / LayerNormalization); attention reads attention_mask.
+    options.enable_embed_layer_norm = len(backbones) == 1
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                   opt_level=1, optimization_options=options)
+    optimized.save_model_to_file(str(path))
+    stats = optimized.get_fused_operator_statistics()
+    return {op: int(stats[op]) for op in FUSED_OPS if stats.get(op)}
