@@ -269,6 +269,32 @@ def test_every_head_and_family_exports_exactly(premodels, families, tmp_path, pr
             assert float(raw.std(0).mean()) > 1e-2  # the rows get different outputs: the comparison has teeth
 
 
+def test_the_fused_graph_reads_the_attention_mask_as_given(toy_run, tmp_path):
+    """onnx_fusion's graph answers like textclf for masks the check rows never hold: padding on the
+    left and a gap inside a row (ONNX Runtime's default reads a mask as a count of leading ones)."""
+    import onnxruntime as ort
+
+    from textclf import onnx_fusion
+    from textclf.predict import load_fold_models
+
+    models, spec, checkpoints = load_fold_models(toy_run / "ck" / "two", "all", False, True)
+    module, names, outputs, example, batch = export.graph_parts(models, spec, load_tokenizer(checkpoints[0]["path"]))
+    feeds = {0: {name: t.numpy() for name, t in zip(names, batch)}}  # the export's own check is not this test's
+    path, how = onnx_fusion.fuse(module, example, (names, outputs), (feeds, lambda got, width: 0.0), 1e-4,
+                                 tmp_path / "fused.onnx")
+    assert how["fused"]["Attention"] == 2 * len(models[0].backbone.encoder.layer), how
+    ids, mask, types = (t[:6, :12].clone() for t in batch[:3])
+    mask[:] = 1
+    mask[0, :4] = 0  # left padding
+    mask[1, 5:7] = 0  # a gap
+    mask[2, 9:] = 0  # right padding
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        list(outputs), {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})
+    with torch.no_grad():
+        want = module(ids, mask, types)
+    np.testing.assert_allclose(got[0], (want if len(outputs) == 1 else want[0]).numpy(), atol=1e-5)
+
+
 def test_int8_check_of_a_fold_mean_scores_each_row_out_of_fold(toy_run, tmp_path):
     """Honest int8 figures: a fold-mean export is scored on each row by the fold model that held it
     out (the graph's per-fold output), so its fp32 accuracy is the run's out-of-fold accuracy, not
