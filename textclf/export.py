@@ -41,7 +41,7 @@ from . import lora, modelcard, onnx_fusion
 from .checkpoint import load_run_json
 from .config import resolve_path
 from .datadir import fold_rows, load_meta
-from .errors import UserError, run_cli
+from .errors import UserError, first_line, run_cli
 from .fileio import atomic_dir, atomic_write_text, made_by_textclf, remove_dead_temporaries, write_json, write_marker
 from .loader import Windows
 from .metrics import compute
@@ -311,8 +311,8 @@ def quantize(folder, members, spec, tokenizer):
             quantize_from(fused)
             return how
         except Exception as err:  # noqa: BLE001 - the quantiser failed on the fused ops: the plain graph
-            how = {"fused": None, "reason": f"quantising the fused graph failed: {type(err).__name__}: "
-                                            + (str(err).splitlines() or [""])[0][:300]}
+            how = {"fused": None,
+                   "reason": f"quantising the fused graph failed: {type(err).__name__}: {first_line(err, 300)}"}
         finally:
             fused.unlink()
     quantize_from(folder / "model.onnx")

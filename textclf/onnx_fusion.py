@@ -16,6 +16,7 @@ import contextlib
 import io
 import warnings
 
+from .errors import first_line
 from .hf_remote.modeling_textclf import is_causal
 
 FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
@@ -41,7 +42,7 @@ def fuse(module, example, io_names, check, tolerance, path):
             raise ValueError(f"the fused graph differs from textclf's outputs by {diff:.2e} (> {tolerance:g})")
     except Exception as err:  # noqa: BLE001 - any failure keeps the int8 graph made from model.onnx
         path.unlink(missing_ok=True)
-        return None, {"fused": None, "reason": f"{type(err).__name__}: " + (str(err).splitlines() or [""])[0][:300]}
+        return None, {"fused": None, "reason": f"{type(err).__name__}: {first_line(err, 300)}"}
     return path, {"fused": stats, "max_difference": diff}
 
 
