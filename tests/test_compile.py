@@ -14,6 +14,7 @@ from test_faults import wait_for_state
 from test_train import make_data, records, strip_time, toy_rows
 
 from textclf.compiling import bucket, resolve
+from textclf.errors import UserError
 
 # no dropout anywhere: inductor draws its own dropout masks, so only a run without them can match eager
 PINNED = ["train.epochs=2", "train.batch_size=4", "train.lr=1e-3", "train.save_every_steps=2", "train.log_every_steps=1",
@@ -33,6 +34,9 @@ def test_auto_compiles_only_where_it_was_measured_to_pay():
     assert not resolve("auto", "cuda").on and "true turns it on" in resolve("auto", "cuda").reason
     assert resolve(True, "cpu").on and not resolve(False, "cuda").on
     assert resolve(True, "cpu").record() == {"on": True, "requested": "true", "reason": "as asked"}
+    for wrong in (1, 1.0, 0.0, "yes", None):  # 1.0 == True and 0.0 == False, but neither is a setting
+        with pytest.raises(UserError, match="use True, False or auto"):
+            resolve(wrong, "cpu", "compile")
 
 
 @pytest.fixture(scope="module")

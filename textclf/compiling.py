@@ -44,7 +44,7 @@ class Decision:
 
 def resolve(setting, device_type, key="train.compile"):
     """The Decision for train.compile / eval.compile (True, False or "auto") on a device type."""
-    if setting not in (True, False, "auto") or isinstance(setting, int) and not isinstance(setting, bool):
+    if not (isinstance(setting, bool) or isinstance(setting, str) and setting == "auto"):
         raise UserError(f"{key}={setting!r}: use True, False or auto")
     if setting is True and device_type == "cpu" and not cpp_compiler():
         raise UserError(f"{key}=true on a CPU needs a C++ compiler (inductor builds its kernels with one) and none "
