@@ -228,12 +228,12 @@ def write_hf(folder, models, spec, config, tokenizer):
 # ---------------------------------------------------------------------------- ONNX
 
 
-def write_onnx(folder, models, spec, tokenizer):
+def write_onnx(folder, graph, spec, tokenizer):
     """model.onnx (inputs input_ids, attention_mask and, where the encoder uses them,
-    token_type_ids; output probs), the tokenizer, textclf_onnx.json; returns the max difference."""
+    token_type_ids; output probs) of `graph` (graph_parts), the tokenizer; returns the max difference."""
     import onnxruntime as ort
 
-    module, names, outputs, example, batch = graph_parts(models, spec, tokenizer)
+    module, names, outputs, example, batch = graph
     batch_dim, length_dim = torch.export.Dim("batch"), torch.export.Dim("length", max=spec.tokenization.max_len)
     dynamic = {name: {0: batch_dim, 1: length_dim} for name in names}
     path = folder / "model.onnx"
@@ -251,7 +251,7 @@ def write_onnx(folder, models, spec, tokenizer):
     feeds = {name: t.numpy() for name, t in zip(names, batch)}
     got = session.run(list(outputs), feeds)
     return encoder, max(require_close(g, want.numpy(), ONNX_TOLERANCE, "ONNX", spec)
-                        for g, want in zip(got, reference_probs(models, spec, batch, outputs)))
+                        for g, want in zip(got, reference_probs(module.members, spec, batch, outputs)))
 
 
 def graph_parts(models, spec, tokenizer):
@@ -280,18 +280,19 @@ def onnx_outputs(spec, folds=1):
     return [f"fold_{name}"] if windowed_max else [name, f"fold_{name}"]
 
 
-def quantize(folder, members, spec, tokenizer):
-    """model.int8.onnx: the fused graph (onnx_fusion.py) where attention fuses and matches textclf,
-    else model.onnx, dynamically quantised. Returns how it was made (for textclf_onnx.json)."""
+def quantize(folder, graph, spec):
+    """model.int8.onnx: the fused graph (onnx_fusion.py) of `graph` (graph_parts) where attention fuses
+    and matches textclf, else model.onnx, dynamically quantised. Returns how it was made (for
+    textclf_onnx.json)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    module, names, outputs, example, batch = graph_parts(members, spec, tokenizer)
+    module, names, outputs, example, batch = graph
     widths = sorted({batch[0].shape[1], max(2, batch[0].shape[1] // 2)})  # the full rows, and cut to half
     feeds = {w: {name: t[:, :w].numpy() for name, t in zip(names, batch)} for w in widths}
     with torch.no_grad():
-        reference = {w: [r.numpy() for r in reference_probs(members, spec, [t[:, :w] for t in batch], outputs)]
-                     for w in widths}
+        reference = {w: [r.numpy() for r in reference_probs(module.members, spec, [t[:, :w] for t in batch],
+                                                             outputs)] for w in widths}
 
     def differs(got, width):  # the fused graph's largest difference from textclf's outputs on the check rows
         return max(output_difference(g, want, spec) for g, want in zip(got, reference[width]))
@@ -453,7 +454,8 @@ def write_onnx_folder(folder, members, spec, tokenizer, int8_run=None, folds=())
     """model.onnx, the tokenizer and textclf_onnx.json in `folder`; with int8_run (the run the folds
     come from) also model.int8.onnx, scored on the folds' held-out rows. Returns the folder's entry
     in export.json: max_difference, and int8."""
-    encoder, difference = write_onnx(folder, members, spec, tokenizer)
+    graph = graph_parts(members, spec, tokenizer)  # traced and checked by both graphs
+    encoder, difference = write_onnx(folder, graph, spec, tokenizer)
     entry = {"max_difference": difference}
     onnx_doc = {"format": 1, "labels": spec.labels.names, "problem_type": spec.labels.problem_type,
                 "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if members[0].pass_token_types else []),
@@ -461,7 +463,7 @@ def write_onnx_folder(folder, members, spec, tokenizer, int8_run=None, folds=())
                 "text_pair_column": spec.tokenization.text_pair_column, "folds": len(members),
                 "models": {"fp32": "model.onnx"}}
     if int8_run is not None:
-        onnx_doc["int8"] = entry["int8_graph"] = quantize(folder, members, spec, tokenizer)
+        onnx_doc["int8"] = entry["int8_graph"] = quantize(folder, graph, spec)
         onnx_doc["models"]["int8"] = "model.int8.onnx"
         held = held_out_rows(int8_run, folds)
         if held is None:

@@ -48,6 +48,7 @@ def fuse(module, example, io_names, check, tolerance, path):
 
 def _export_and_fuse(module, example, names, outputs, path):
     import torch
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     backbones = [member.backbone for member in module.members]
@@ -69,8 +70,6 @@ def _export_and_fuse(module, example, names, outputs, path):
     finally:
         for backbone, impl in zip(backbones, before):
             backbone.set_attn_implementation(impl)
-    from onnxruntime.transformers.fusion_options import FusionOptions
-
     options = FusionOptions("bert")
     # The embeddings' fusion names a mask it adds after its first node: with several folds' encoders
     # in one graph the names collide and the optimizer fails (onnxruntime 1.32). Their LayerNorm is
