@@ -52,6 +52,78 @@ def test_attention_math_equals_sdpa(mask_kind):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def _autograd_attention(q, k, v, mask, p, scaling):
+    """The same maths as autograd's own graph (what attention_math was before _DroppedAttention)."""
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+    probs = speedups.fast_dropout(nn.functional.softmax(scores, dim=-1), p)
+    return torch.matmul(probs, v).transpose(1, 2).contiguous()
+
+
+def _saved_bytes(fn):
+    """Bytes of the distinct tensors autograd keeps for backward while fn runs."""
+    saved = {}
+
+    def pack(t):
+        saved[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(saved.values())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_dropped_attention_gives_autograds_numbers_and_keeps_less(precision, mask_kind):
+    """With dropout, attention_math's own backward gives autograd's numbers (the same seed draws the
+    same keep-mask; the same forward bit for bit, gradients up to the order of a sum) and keeps the
+    softmax output and the mask only, not the dropped probabilities too."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8, requires_grad=True) for _ in range(3))
+    keep = (torch.arange(40)[None, :] < torch.tensor([40, 23])[:, None])[:, None, None, :].expand(2, 1, 40, 40)
+    mask = {"bool": keep, "additive": torch.where(keep, 0.0, torch.finfo(torch.float32).min), "none": None}[mask_kind]
+    results = []
+    for attend in (_autograd_attention, lambda *a: speedups.attention_math(*a)):
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out, kept = _saved_bytes(lambda: attend(q, k, v, mask, 0.3, 0.35))
+        assert out.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(out.dtype)
+        results.append((out, torch.autograd.grad(out, (q, k, v), grad), kept))
+    (out_a, grads_a, kept_a), (out_b, grads_b, kept_b) = results
+    assert torch.equal(out_a, out_b)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    probs_bytes = 2 * 3 * 40 * 40 * (4 if precision == "fp32" else 2)  # as the last matmul reads them
+    assert kept_b <= kept_a - probs_bytes * 0.99  # the dropped probabilities are not kept
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_attention_with_dropout_stays_causal_in_training(premodels, family):
+    """A decoder trained on a CPU with attention dropout: without padding transformers passes no mask
+    and relies on is_causal; the speed-up's attention must still hide later tokens (Llama's key/value
+    heads are shared by two query heads each)."""
+    from transformers import AutoModel
+
+    dropout = {"gpt2": "attn_pdrop", "llama": "attention_dropout"}[family]
+    backbone = AutoModel.from_pretrained(premodels(family), attn_implementation="sdpa", **{dropout: 0.5})
+    assert "attention" in speedups.apply(backbone, single_process=False)
+    backbone.train()
+    ids = torch.randint(5, 60, (2, 9))
+    changed = ids.clone()
+    changed[:, -1] = (ids[:, -1] + 1 - 5) % 55 + 5
+    outs = []
+    for x in (ids, changed):
+        torch.manual_seed(1)  # the same dropout masks for both
+        outs.append(backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state)
+    assert not torch.equal(outs[0], outs[1])  # the last position sees the changed token
+    torch.testing.assert_close(outs[1][:, :-1], outs[0][:, :-1], rtol=0, atol=0)  # earlier ones never do
+    torch.manual_seed(2)
+    assert not torch.equal(backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state, outs[0])
+
+
 @pytest.mark.parametrize("family", ["bert", "distilbert", "roberta", "electra", "deberta-v2"])
 def test_applied_model_predicts_like_the_stock_one_and_saves_a_stock_config(premodels, tmp_path, family):
     head = HeadConfig(n_outputs=3, head="mean", dropout=0.1, multi_sample_dropout=2)
