@@ -146,11 +146,12 @@ def written_rows(model):
     return out
 
 
-def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers attention function: (batch, heads, length, dim) in, (batch, length, heads, dim) out.
     Training on a CPU with dropout: attention_math. Anything else (evaluation, no dropout, another
     device, a position bias, soft-capping, a cache, attention sinks) goes to transformers' SDPA function."""
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)  # as SDPA's function reads it
+    causal = kwargs.get("is_causal")
+    causal = causal if causal is not None else getattr(module, "is_causal", True)  # as SDPA's function reads it
     causal = bool(causal) and attention_mask is None and query.shape[2] > 1
     if dropout == 0.0 or not module.training or query.device.type != "cpu" \
             or any(kwargs.get(name) is not None for name in ("position_bias", "softcap", "cache", "s_aux")) \
@@ -158,7 +159,7 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+                                      scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
