@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import lora
+from . import head_rows, lora
 from .config import HEADS, TRUNCATIONS, WINDOW_AGGREGATES
 from .errors import UserError
 from .hf_remote.modeling_textclf import backbone_inputs, is_causal, mlp_layers, pool, uses_token_types
@@ -389,6 +389,7 @@ def build_classifier(model_dir, head, trust_remote_code=False, from_config_only=
     model = Classifier(backbone, head)
     if head.lora:  # after the Classifier removed an unused pooler, so no adapter sits on it
         model.backbone = lora.add(model.backbone, head.lora)
+    head_rows.apply(model)  # a cls / pooler head: the last layer computes the first row only
     return model
 
 

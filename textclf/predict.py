@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import explain, quantize
+from . import explain, head_rows, quantize
 from .calibration import abstain, check_abstain
 from .compiling import compile_model, resolve as resolve_compile
 from .errors import UserError
@@ -45,7 +45,8 @@ def features_of(model, batch):
 def hidden_of(model, batch):
     """The encoder's last hidden layer, (rows, length, hidden), zero at padding."""
     kwargs = backbone_inputs(model, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    hidden = model.backbone(**kwargs).last_hidden_state.float()
+    with head_rows.every_row(model):
+        hidden = model.backbone(**kwargs).last_hidden_state.float()
     return hidden * batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
 
 

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from . import adversarial, averaging, calibration, distillation, preflight
+from . import adversarial, averaging, calibration, distillation, head_rows, preflight
 from .compiling import compile_model, graphs_compiled, resolve as resolve_compile
 from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, drop_states, footprint, load_state,
                          load_weights, merge_oof, named_state, read_log, resume_state_dir, set_temperature, sharding,
@@ -280,11 +280,11 @@ def build_model(job):
     frozen = freeze(model, config.model.freeze_embeddings, config.model.freeze_layers)
     if train_cfg.gradient_checkpointing:  # non-reentrant: works with frozen layers and keeps dropout's RNG
         model.backbone.activation_checkpointing_enable({"use_reentrant": False})
-    sped_up = []
+    sped_up = head_rows.describe(model)
     if job.compiled.on:  # inductor fuses dropout and attention itself
         compile_model(model)
     elif train_cfg.cpu_speedups and job.accelerator.device.type == "cpu":
-        sped_up = apply_speedups(model, single_process=job.accelerator.num_processes == 1)
+        sped_up += apply_speedups(model, single_process=job.accelerator.num_processes == 1)
     return model, frozen, sped_up
 
 
@@ -349,7 +349,7 @@ def banner(job, fold, n_train, n_eval, steps_per_epoch, frozen, sped_up):
         parts.append(f"frozen: embeddings and {layers} layer(s), {frozen / 1e6:.1f}M parameters" if layers
                      else "frozen: embeddings")
     if sped_up:
-        parts.append(f"cpu speed-ups: {', '.join(sped_up)}")
+        parts.append(f"speed-ups: {', '.join(sped_up)}")
     parts += [part for part in (averaging.describe(train_cfg), adversarial.describe(train_cfg),
                                 distillation.describe(train_cfg)) if part]
     if train_cfg.gradient_checkpointing:
