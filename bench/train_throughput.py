@@ -224,7 +224,7 @@ def model_shape():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="sst2,imdb")
-    parser.add_argument("--n", type=int, default=0, help="rows per dataset (default: 1024 SST-2, 256 IMDB)")
+    parser.add_argument("--n", type=int, default=0, help="rows per dataset (default: 2048 SST-2, 128 IMDB)")
     parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"],
                         help="auto: what train.precision=auto picks on this machine (default)")
     parser.add_argument("--contenders", default="a,b,c,d")

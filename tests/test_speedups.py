@@ -100,6 +100,21 @@ def test_dropped_attention_gives_autograds_numbers_and_keeps_less(precision, mas
     assert kept_b <= kept_a - probs_bytes * 0.99  # the dropped probabilities are not kept
 
 
+def test_dropped_attention_with_some_inputs_frozen_and_a_learned_bias():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 8)
+    v = torch.randn(2, 3, 9, 8, requires_grad=True)
+    bias = torch.zeros(1, 3, 9, 9, requires_grad=True)
+    grads = []
+    for attend in (_autograd_attention, speedups.attention_math):
+        torch.manual_seed(5)
+        out = attend(q, k, v, None, 0.3, 0.35)
+        grads.append(torch.autograd.grad(out.square().sum(), v)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)  # only the value's gradient computed
+    out = speedups.attention_math(q, k, v, bias, 0.3, 0.35)  # a bias that learns takes autograd's own graph
+    assert torch.autograd.grad(out.square().sum(), bias)[0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_decoder_attention_with_dropout_stays_causal_in_training(premodels, family):
     """A decoder trained on a CPU with attention dropout: without padding transformers passes no mask

@@ -4,17 +4,20 @@ A cls or pooler head reads the encoder's last layer at the first position only. 
 that layer (its queries, attention, output projection, both LayerNorms and the feed-forward block)
 is computed and thrown away; of them only the keys and values matter, because the first row
 attends to them. `apply` gives the last layer a forward that computes keys and values for every
-row and all the rest for the first row alone: the head gets the same numbers (up to the order of
-a matmul's sums), in training and prediction, on every device. For MiniLM-L6 that is a seventh of
-the model's matmul work (five sixths of one layer in six) and a sixth of its other per-token work.
+row and all the rest for the first row alone. The head computes the same function (the same
+numbers up to the order of a matmul's sums; in training the last layer's dropout draws fewer
+random numbers, so a seed's later draws differ from a run without this), on every device. For
+MiniLM-L6 that is a seventh of the model's matmul work (five sixths of one layer in six).
 
-Taken where the last layer is BERT's (BERT, RoBERTa, ELECTRA, MiniLM, XLM-R, ...: self-attention
-with query, key and value projections, its output block, the feed-forward block, no
-cross-attention) and gives the first row its own forward gave, checked once on random rows with
-padding. At run time a mask that is not 4-D (flash attention's), a cache or cross-attention goes
-to the layer's own forward, and so does everything inside `every_row(model)` (predict.hidden_of
-reads all the rows). The encoder's last_hidden_state has one row otherwise. Weights, parameter
-names and saved models are unchanged (the layer's class becomes a subclass with this forward).
+Taken where the last layer is BERT's (BERT, RoBERTa, ELECTRA, MiniLM, XLM-R, ...: bidirectional
+self-attention with query, key and value projections, its output block, the feed-forward block,
+no cross-attention) and gives the first row its own forward gives, checked once on random rows
+with and without a mask. At run time anything else (a mask that is not a 4-D tensor, a cache,
+cross-attention, more positional arguments) goes to the layer's own forward, and so does every
+call inside `every_row(model)` (predict.hidden_of reads all the rows). Otherwise the encoder's
+last_hidden_state has one row, its output_hidden_states' last entry too, and output_attentions has
+nothing for the last layer: the classifier reads none of them. Weights, parameter names and saved
+models are unchanged (the layer's class becomes a subclass with this forward).
 """
 
 import contextlib
@@ -24,6 +27,7 @@ import torch
 
 HEADS = ("cls", "pooler")
 _SUBCLASSES = {}  # a layer class -> its first-row subclass
+_BASES = {}  # the first-row subclass -> the layer class it extends
 
 
 def apply(model):
@@ -32,10 +36,12 @@ def apply(model):
     if getattr(model, "head", None) not in HEADS or (getattr(model, "lora", None) or {}).get("quantize"):
         return []
     layers = getattr(getattr(model.backbone, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not len(layers) or not _bert_like(layers[-1]):
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
         return []
     layer = layers[-1]
-    if not _gives_the_same_first_row(layer):
+    if isinstance(layer, tuple(_BASES)):  # applied already
+        return describe(model)
+    if sum(other is layer for other in layers) > 1 or not _bert_like(layer) or not _gives_the_same_first_row(layer):
         return []
     layer.__class__ = _subclass(type(layer))
     return describe(model)
@@ -43,21 +49,21 @@ def apply(model):
 
 def describe(model):
     """[what apply changed in `model`], or []."""
-    return ["last layer: the head's row only"] if any(type(m) in _SUBCLASSES.values() for m in model.modules()) \
-        else []
+    return ["last layer: the head's row only"] if any(isinstance(m, tuple(_BASES)) for m in model.modules()) else []
 
 
 @contextlib.contextmanager
 def every_row(model):
-    """Inside: the last layer computes every row (for callers that read the whole last_hidden_state)."""
-    layers = [m for m in model.modules() if type(m) in _SUBCLASSES.values()]
+    """Inside: the last layer computes every row (for callers that read the whole last_hidden_state).
+    Nested or concurrent uses count: the first to leave does not end another's."""
+    layers = [m for m in model.modules() if isinstance(m, tuple(_BASES))]
     for layer in layers:
-        layer.every_row = True
+        layer.every_row += 1
     try:
         yield
     finally:
         for layer in layers:
-            layer.every_row = False
+            layer.every_row -= 1
 
 
 def _bert_like(layer):
@@ -68,28 +74,30 @@ def _bert_like(layer):
             and hasattr(layer.attention, "output") and hasattr(layer, "feed_forward_chunk")
             and hasattr(module, "eager_attention_forward") and hasattr(module, "ALL_ATTENTION_FUNCTIONS")
             and not getattr(layer, "add_cross_attention", False) and not getattr(layer, "is_decoder", False)
+            and not getattr(attention, "is_causal", False)
             and getattr(attention, "position_embedding_type", "absolute") == "absolute"
             and all(p.device.type != "meta" and p.is_floating_point() for p in layer.parameters()))
 
 
 def _subclass(cls):
     if cls not in _SUBCLASSES:
-        name = f"{cls.__name__}HeadRow"
-        sub = type(name, (cls,), {"forward": _forward, "every_row": False, "__module__": __name__,
-                                  "__qualname__": name})
-        globals()[name] = sub  # picklable by name, like the class it extends
-        _SUBCLASSES[cls] = sub
+        name = f"{cls.__name__}HeadRow_{len(_SUBCLASSES)}"  # unique: two classes may share a name
+
+        def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, *args, **kwargs):
+            full = (self.every_row or args or encoder_hidden_states is not None
+                    or kwargs.get("past_key_values") is not None
+                    or (attention_mask is not None and not (isinstance(attention_mask, torch.Tensor)
+                                                            and attention_mask.dim() == 4)))
+            if full:  # the class it extends, by name: a further subclass (FSDP's) must not recurse here
+                return cls.forward(self, hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
+            kwargs.pop("encoder_attention_mask", None)
+            kwargs.pop("past_key_values", None)
+            return first_row(self, hidden_states, attention_mask, **kwargs)
+
+        sub = type(name, (cls,), {"forward": forward, "every_row": 0, "__module__": __name__, "__qualname__": name})
+        globals()[name] = sub  # picklable by name (in a process that made it)
+        _SUBCLASSES[cls], _BASES[sub] = sub, cls
     return _SUBCLASSES[cls]
-
-
-def _forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, *args, **kwargs):
-    full = (self.every_row or encoder_hidden_states is not None or kwargs.get("past_key_values") is not None
-            or (attention_mask is not None and attention_mask.dim() != 4))
-    if full:
-        return super(type(self), self).forward(hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
-    kwargs.pop("encoder_attention_mask", None)
-    kwargs.pop("past_key_values", None)
-    return first_row(self, hidden_states, attention_mask, **kwargs)
 
 
 def first_row(layer, hidden_states, attention_mask=None, **kwargs):
@@ -111,28 +119,28 @@ def first_row(layer, hidden_states, attention_mask=None, **kwargs):
 
 
 def _gives_the_same_first_row(layer):
-    """The layer's own forward and first_row agree on row 0, in evaluation mode, on random rows (one
-    padded), with the mask the layer's attention implementation takes."""
+    """The layer's own forward and first_row agree on row 0, in evaluation mode, on random rows: with
+    no mask (SDPA's unpadded batches) and with one row padded, in the mask the layer's attention takes."""
     weight = layer.attention.self.query.weight
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 7, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    hidden = torch.randn(2, 7, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.device,
+                                                                                            weight.dtype)
     keep = torch.ones(2, 1, 7, 7, dtype=torch.bool, device=weight.device)
     keep[1, :, :, 5:] = False
     implementation = layer.attention.self.config._attn_implementation
+    masks = [None]
     if implementation == "eager":
-        mask = torch.zeros(keep.shape, dtype=weight.dtype, device=weight.device).masked_fill(
-            ~keep, torch.finfo(weight.dtype).min)
-    else:
-        mask = keep if implementation == "sdpa" else None
+        masks.append(torch.zeros(keep.shape, dtype=weight.dtype, device=weight.device).masked_fill(
+            ~keep, torch.finfo(weight.dtype).min))
+    elif implementation == "sdpa":
+        masks.append(keep)
     training = layer.training
     layer.eval()
     try:
         with torch.no_grad():
-            want = layer(hidden, mask)[:, :1]
-            got = first_row(layer, hidden, mask)
+            pairs = [(layer(hidden, mask)[:, :1], first_row(layer, hidden, mask)) for mask in masks]
     except Exception:  # a layer that looks like BERT's and is not: keep its own forward
         return False
     finally:
         layer.train(training)
-    scale = want.abs().max().item() or 1.0
-    return got.shape == want.shape and (got - want).abs().max().item() <= 1e-4 * scale
+    return all(got.shape == want.shape and (got - want).abs().max().item() <= 1e-4 * (want.abs().max().item() or 1.0)
+               for want, got in pairs)
