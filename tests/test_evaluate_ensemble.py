@@ -272,6 +272,12 @@ def test_embeddings_from_evaluate_and_predictor(toy_run, stage):
     many = Predictor.from_run(tmp / "ck" / "b", device="cpu", batch_size=64, precision="no").embed(texts)
     assert one["embeddings"].shape == (21, 32) and one["fold"] == 0
     np.testing.assert_allclose(one["embeddings"], many["embeddings"], atol=1e-5)  # batching does not change them
+    # run "b" has the cls head, whose last layer computes the first row only: asked for, every row comes
+    full = Predictor.from_run(tmp / "ck" / "b", device="cpu", batch_size=64, precision="no").embed(
+        texts, hidden_states=True)
+    assert full["hidden_states"].shape[1] >= full["lengths"].max() > 1
+    np.testing.assert_allclose(full["hidden_states"][:, 0], many["embeddings"], atol=1e-5)
+    assert not np.allclose(full["hidden_states"][:, 1], full["hidden_states"][:, 0], atol=1e-3)  # its own states
     # hidden states come with the embeddings: asking for them alone writes both
     result = stage("evaluate", *common, f"eval.run={tmp / 'ck' / 'a'}", "eval.hidden_states=true",
                    f"eval.output_dir={tmp / 'hidden-only'}")
