@@ -290,9 +290,8 @@ def quantize(folder, graph, spec):
     module, names, outputs, example, batch = graph
     widths = sorted({batch[0].shape[1], max(2, batch[0].shape[1] // 2)})  # the full rows, and cut to half
     feeds = {w: {name: t[:, :w].numpy() for name, t in zip(names, batch)} for w in widths}
-    with torch.no_grad():
-        reference = {w: [r.numpy() for r in reference_probs(module.members, spec, [t[:, :w] for t in batch],
-                                                             outputs)] for w in widths}
+    reference = {w: [r.numpy() for r in reference_probs(module.members, spec, [t[:, :w] for t in batch], outputs)]
+                 for w in widths}  # reference_probs runs without autograd
 
     def differs(got, width):  # the fused graph's largest difference from textclf's outputs on the check rows
         return max(output_difference(g, want, spec) for g, want in zip(got, reference[width]))

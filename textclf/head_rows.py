@@ -49,14 +49,19 @@ def apply(model):
 
 def describe(model):
     """[what apply changed in `model`], or []."""
-    return ["last layer: the head's row only"] if any(isinstance(m, tuple(_BASES)) for m in model.modules()) else []
+    return ["last layer: the head's row only"] if _swapped(model) else []
+
+
+def _swapped(model):
+    bases = tuple(_BASES)
+    return [m for m in model.modules() if isinstance(m, bases)]
 
 
 @contextlib.contextmanager
 def every_row(model):
     """Inside: the last layer computes every row (for callers that read the whole last_hidden_state).
     Nested or concurrent uses count: the first to leave does not end another's."""
-    layers = [m for m in model.modules() if isinstance(m, tuple(_BASES))]
+    layers = _swapped(model)
     for layer in layers:
         layer.every_row += 1
     try:

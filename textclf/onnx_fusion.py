@@ -63,8 +63,7 @@ def _export_and_fuse(module, example, names, outputs, path):
     try:
         for backbone in backbones:  # the optimizer recognises eager attention's MatMul-Softmax-MatMul
             backbone.set_attn_implementation("eager")
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _quiet():
             torch.onnx.export(module, example, str(path), input_names=list(names), output_names=list(outputs),
                               dynamic_axes=dynamic, dynamo=False, opset_version=17)
     finally:
@@ -78,10 +77,17 @@ def _export_and_fuse(module, example, names, outputs, path):
     # attention reads attention_mask as given (0/1 per token), not as each row's count of leading
     # ones: a graph that a user feeds with left padding or gaps gets model.onnx's answers
     options.use_raw_attention_mask(True)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with _quiet():
         optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
                                    opt_level=1, optimization_options=options)
     optimized.save_model_to_file(str(path))
     stats = optimized.get_fused_operator_statistics()
     return {op: int(stats[op]) for op in FUSED_OPS if stats.get(op)}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's and the optimizer's warnings and prints, silenced."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

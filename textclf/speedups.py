@@ -162,7 +162,9 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
                                       scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        from transformers.integrations.sdpa_attention import repeat_kv
+
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if causal:  # a decoder without padding gets no mask: a query sees the keys up to its own position
         length = query.shape[2]
         attention_mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()[None, None]
