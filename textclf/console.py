@@ -1,4 +1,4 @@
-"""Rank-aware printing: one process speaks for a run of several."""
+"""Rank-aware printing: one process speaks for a run of several; and the end of such a run."""
 
 
 def say(accelerator, message):
@@ -10,3 +10,13 @@ def say(accelerator, message):
 def shown(text, width=70):
     """A text as a line of output shows it: cut to `width` characters, with ... where it was cut."""
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def close_processes(accelerator):
+    """The end of a stage: with several processes, close the process group before exit, as gloo's
+    threads torn down at exit can abort a process ("terminate called without an active exception").
+    Accelerate's references to the prepared models go first, and a gc pass, so no DDP wrapper is the
+    group's last holder: one would destroy it holding the GIL, which a gloo thread finishing its last
+    work may be waiting for (a hang). Drop your own references to prepared models before calling."""
+    accelerator.free_memory()  # Accelerate's references, then gc.collect()
+    accelerator.end_training()

@@ -30,7 +30,7 @@ from . import calibration, explain
 from .calibration import check_abstain
 from .checkpoint import load_run_json
 from .config import file_reading_keys, resolve_path
-from .console import say, shown
+from .console import close_processes, say, shown
 from .compiling import compile_model, resolve as resolve_compile
 from .datadir import check_data_keys, load_meta
 from .errors import UserError
@@ -187,12 +187,13 @@ def run(config):
         vectors = {s: embed_split(accelerator, accelerator.unwrap_model(fold_models[0]), sources.data_dir, s,
                                   config.eval.batch_size, config.eval.hidden_states) for s in splits}
     page = explain_page(config, accelerator, fold_models, sources, chosen)
-    if not main:
-        accelerator.wait_for_everyone()
-        return None
-    out = write_predictions(config, sources, results, vectors, choice, page)
-    print(f"evaluate: wrote {out}", flush=True)
+    out = None
+    if main:
+        out = write_predictions(config, sources, results, vectors, choice, page)
+        print(f"evaluate: wrote {out}", flush=True)
     accelerator.wait_for_everyone()
+    fold_models.clear()  # the DDP wrappers go before the process group (console.close_processes)
+    close_processes(accelerator)
     return out
 
 

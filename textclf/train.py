@@ -30,7 +30,7 @@ from .compiling import compile_model, graphs_compiled, resolve as resolve_compil
 from .checkpoint import (Log, TrainState, check_resume_path, choose_run_dir, drop_states, footprint, load_state,
                          load_weights, merge_oof, named_state, read_log, resume_state_dir, set_temperature, sharding,
                          write_fold_oof)
-from .console import say, shown
+from .console import close_processes, say, shown
 from .errors import UserError
 from .fileio import (OutputLock, atomic_write_text, load_json, made_by_textclf, recover_dir, replace_own_output,
                      write_json, write_marker)
@@ -123,7 +123,7 @@ def _run(config, lock, on_eval=None):
             trust = " model.trust_remote_code=true" if config.model.trust_remote_code else ""
             say(accelerator, f"train: stopped by {why}; state saved. Continue with: {config.program} "
                              f"train.resume={run_dir}{trust}")
-            accelerator.end_training()
+            close_processes(accelerator)
             if outcome == "interrupted":
                 raise SystemExit(128 + int(job.stop.signal or signal.SIGTERM))  # a process the signal missed
             return run_dir
@@ -135,7 +135,7 @@ def _run(config, lock, on_eval=None):
         calibrated = calibrate_run(job, plan.fold_numbers)
         finish_run(job, plan.fold_numbers, score_oof, plan.meta, calibrated)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    close_processes(accelerator)
     return run_dir
 
 
