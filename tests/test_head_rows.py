@@ -48,11 +48,12 @@ def _same_logits_and_gradients(model, ids, mask):
     results = []
     for full in (False, True):
         model.zero_grad()
+        # backward inside too: gradient checkpointing runs the layers' forward again there
         with head_rows.every_row(model) if full else contextlib.nullcontext():
             out = model.backbone(input_ids=ids, attention_mask=mask)
             logits = model(ids, mask)
+            logits.pow(2).sum().backward()
         assert out.last_hidden_state.shape[1] == (11 if full else 1)
-        logits.pow(2).sum().backward()
         results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
     (fast, fast_grads), (slow, slow_grads) = results
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
@@ -60,6 +61,19 @@ def _same_logits_and_gradients(model, ids, mask):
     for name in fast_grads:
         torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     return fast_grads
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_gradient_checkpointing_keeps_the_head_row_and_its_gradients(premodels, family):
+    torch.manual_seed(0)
+    model = build_classifier(premodels(family), HeadConfig(n_outputs=2, head="cls", dropout=0.0))
+    for module in model.modules():  # training mode (checkpointing works only there) without dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert _applied(model)
+    model.train()
+    _same_logits_and_gradients(model, *_batch())
 
 
 def test_lora_adapters_on_a_cls_head(premodels):

@@ -15,8 +15,9 @@ def shown(text, width=70):
 def close_processes(accelerator):
     """The end of a stage: with several processes, close the process group before exit, as gloo's
     threads torn down at exit can abort a process ("terminate called without an active exception").
-    Accelerate's references to the prepared models go first, and a gc pass, so no DDP wrapper is the
-    group's last holder: one would destroy it holding the GIL, which a gloo thread finishing its last
-    work may be waiting for (a hang). Drop your own references to prepared models before calling."""
-    accelerator.free_memory()  # Accelerate's references, then gc.collect()
+    Callers drop their own references to the prepared (DDP-wrapped) models first; the gc pass here
+    then frees the wrappers, and any cycle holding one, while the group is still registered, so no
+    wrapper is the group's last holder: one would destroy it holding the GIL, which a gloo thread
+    finishing its last work may be waiting for (a hang)."""
+    accelerator.free_memory()  # Accelerate's own references (the unwrapped models, optimizers), then gc.collect()
     accelerator.end_training()

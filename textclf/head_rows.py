@@ -146,7 +146,7 @@ def first_row_distilbert(layer, hidden_states, attention_mask=None, **kwargs):
     out = _attend(attention, attention.q_lin(first), attention.k_lin(hidden_states), attention.v_lin(hidden_states),
                   attention_mask, **kwargs)
     out = layer.sa_layer_norm(attention.out_lin(out) + first)
-    return layer.output_layer_norm(layer.ffn(out) + out)
+    return layer.output_layer_norm(layer.ffn.ff_chunk(out) + out)  # ff_chunk: one row needs no chunking
 
 
 def _attend(attention, query, key, value, attention_mask, **kwargs):
