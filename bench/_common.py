@@ -78,10 +78,21 @@ def record(name, precision, **fields):
             **fields}
 
 
-def save(results, suffix=""):
-    """Write bench/results/<benchmark><suffix>.json and say where."""
+def tag(text):
+    """--tag: a word added to the results file's name, so a run sits beside the earlier ones."""
+    import argparse
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use up to 40 letters, digits, '_', '.' or '-', starting "
+                                         "with a letter or digit (it becomes part of a file name)")
+    return text
+
+
+def save(results, suffix="", tag=None):
+    """Write bench/results/<benchmark><suffix>[-<tag>].json and say where."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{results['benchmark']}{suffix}.json"
+    out = RESULTS / f"{results['benchmark']}{suffix}{'-' + tag if tag else ''}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     return out

@@ -155,6 +155,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"])
+    parser.add_argument("--tag", type=_common.tag, help="results: predict_throughput[-bsN]-<tag>.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -217,7 +218,7 @@ def main():
         print(f"Predictor int8: {c['f']['speedup_vs_b']:.2f}x pipeline, accuracy loss {loss:.2f} points against "
               f"the Predictor in {choice.precision} ({'met' if results['target_predictor_int8']['met'] else 'MISSED'})",
               flush=True)
-    _common.save(results, "" if args.batch_size == 64 else f"-bs{args.batch_size}")
+    _common.save(results, "" if args.batch_size == 64 else f"-bs{args.batch_size}", tag=args.tag)
 
 
 if __name__ == "__main__":

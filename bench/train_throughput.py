@@ -229,6 +229,7 @@ def main():
                         help="auto: what train.precision=auto picks on this machine (default)")
     parser.add_argument("--contenders", default="a,b,c,d")
     parser.add_argument("--repeats", type=int, default=3, help="runs per contender; the median is reported")
+    parser.add_argument("--tag", type=_common.tag, help="results: train_throughput-<precision>-<tag>.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -295,7 +296,7 @@ def main():
                                          contenders=rows)
     results["matmul_peak_gflops"] = round(max(peaks) / 1e9, 1)
     results["matmul_peak_gflops_all_measurements"] = [round(p / 1e9, 1) for p in peaks]
-    _common.save(results, suffix=f"-{NAMES[choice.precision]}")
+    _common.save(results, suffix=f"-{NAMES[choice.precision]}", tag=args.tag)
 
 
 if __name__ == "__main__":
