@@ -19,8 +19,9 @@ with and without a mask. At run time anything else (a mask that is not a 4-D ten
 cross-attention, positional arguments that are not None) goes to the layer's own forward, and so
 does every call inside `every_row(model)` (predict.hidden_of reads all the rows). Otherwise the
 encoder's last_hidden_state has one row, its output_hidden_states' last entry too, and
-output_attentions has nothing for the last layer: the classifier reads none of them. Weights, parameter names and saved
-models are unchanged (the layer's class becomes a subclass with this forward).
+output_attentions has nothing for the last layer: the classifier reads none of them. Weights,
+parameter names and saved models are unchanged (the layer's class becomes a subclass with this
+forward).
 """
 
 import contextlib
