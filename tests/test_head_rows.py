@@ -70,7 +70,7 @@ def test_gradient_checkpointing_keeps_the_head_row_and_its_gradients(premodels, 
     for module in model.modules():  # training mode (checkpointing works only there) without dropout
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.backbone.activation_checkpointing_enable({"use_reentrant": False})  # as train.py does
     assert _applied(model)
     model.train()
     _same_logits_and_gradients(model, *_batch())
