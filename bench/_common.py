@@ -2,9 +2,11 @@
 process (so its time and peak RSS are its own) and reports one `RESULT {json}` line; the
 parent writes its table to bench/results/<name>.json."""
 
+import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -80,9 +82,6 @@ def record(name, precision, **fields):
 
 def tag(text):
     """--tag: a word added to the results file's name, so a run sits beside the earlier ones."""
-    import argparse
-    import re
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", text):
         raise argparse.ArgumentTypeError(f"{text!r}: use up to 40 letters, digits, '_', '.' or '-', starting "
                                          "with a letter or digit (it becomes part of a file name)")

@@ -47,8 +47,9 @@ def apply(model):
         layer = layers[-1]
         if isinstance(layer, tuple(_BASES)):  # applied already
             return describe(model)
-        if sum(other is layer for other in layers) > 1 or not family.like(layer) \
-                or not _gives_the_same_first_row(layer, family):
+        attention = family.attention(layer)
+        if sum(other is layer for other in layers) > 1 or not family.like(layer, attention) \
+                or not _gives_the_same_first_row(layer, attention, family.first_row):
             return []
         layer.__class__ = _subclass(type(layer), family)
         return describe(model)
@@ -79,8 +80,7 @@ def every_row(model):
             layer.every_row -= 1
 
 
-def _bert_like(layer):
-    attention = getattr(getattr(layer, "attention", None), "self", None)
+def _bert_like(layer, attention):
     return (_attention_like(attention, ("query", "key", "value"))
             and hasattr(layer.attention, "output") and hasattr(layer, "feed_forward_chunk")
             and not getattr(layer, "add_cross_attention", False) and not getattr(layer, "is_decoder", False)
@@ -88,8 +88,8 @@ def _bert_like(layer):
             and _plain_parameters(layer))
 
 
-def _distilbert_like(layer):
-    return (_attention_like(getattr(layer, "attention", None), ("q_lin", "k_lin", "v_lin", "out_lin"))
+def _distilbert_like(layer, attention):
+    return (_attention_like(attention, ("q_lin", "k_lin", "v_lin", "out_lin"))
             and all(hasattr(layer, name) for name in ("sa_layer_norm", "ffn", "output_layer_norm"))
             and _plain_parameters(layer))
 
@@ -166,30 +166,28 @@ def _attend(attention, query, key, value, attention_mask, **kwargs):
 
 
 class Family(NamedTuple):
-    """An encoder family this applies to: where its layers are, whether a layer is one, and its
-    first-row forward."""
+    """An encoder family this applies to: where its layers and a layer's self-attention are, whether a
+    layer is one, and its first-row forward."""
     layers: Callable  # backbone -> its ModuleList of layers, or None
-    like: Callable  # layer -> bool
+    attention: Callable  # layer -> its self-attention module, or None
+    like: Callable  # (layer, attention) -> bool
     first_row: Callable  # (layer, hidden_states, attention_mask, **kwargs) -> (batch, 1, hidden)
-    attention: Callable  # layer -> its self-attention module (its config, its query projection)
-    query: str  # the query projection's name in that module
 
 
 FAMILIES = (
-    Family(lambda backbone: getattr(getattr(backbone, "encoder", None), "layer", None), _bert_like, first_row,
-           lambda layer: layer.attention.self, "query"),
-    Family(lambda backbone: getattr(getattr(backbone, "transformer", None), "layer", None), _distilbert_like,
-           first_row_distilbert, lambda layer: layer.attention, "q_lin"),
+    Family(lambda backbone: getattr(getattr(backbone, "encoder", None), "layer", None),
+           lambda layer: getattr(getattr(layer, "attention", None), "self", None), _bert_like, first_row),
+    Family(lambda backbone: getattr(getattr(backbone, "transformer", None), "layer", None),
+           lambda layer: getattr(layer, "attention", None), _distilbert_like, first_row_distilbert),
 )
 
 
-def _gives_the_same_first_row(layer, family):
-    """The layer's own forward and the family's first_row agree on row 0, in evaluation mode, on random
+def _gives_the_same_first_row(layer, attention, first_row):
+    """The layer's own forward and its family's first_row agree on row 0, in evaluation mode, on random
     rows: with no mask (SDPA's unpadded batches) and with one row padded, in the mask its attention takes."""
-    attention = family.attention(layer)
-    weight = getattr(attention, family.query).weight
-    hidden = torch.randn(2, 7, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.device,
-                                                                                            weight.dtype)
+    weight = next(layer.parameters())
+    hidden = torch.randn(2, 7, attention.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(
+        weight.device, weight.dtype)
     keep = torch.ones(2, 1, 7, 7, dtype=torch.bool, device=weight.device)
     keep[1, :, :, 5:] = False
     implementation = attention.config._attn_implementation
@@ -203,7 +201,7 @@ def _gives_the_same_first_row(layer, family):
     layer.eval()
     try:
         with torch.no_grad():
-            pairs = [(layer(hidden, mask)[:, :1], family.first_row(layer, hidden, mask)) for mask in masks]
+            pairs = [(layer(hidden, mask)[:, :1], first_row(layer, hidden, mask)) for mask in masks]
     except Exception:  # a layer that looks like BERT's and is not: keep its own forward
         return False
     finally:
