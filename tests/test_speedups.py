@@ -74,14 +74,20 @@ def _saved_bytes(fn):
     return out, sum(saved.values())
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "heads_view"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
-def test_dropped_attention_gives_autograds_numbers_and_keeps_less(precision, mask_kind):
+def test_dropped_attention_gives_autograds_numbers_and_keeps_less(precision, mask_kind, layout):
     """With dropout, attention_math's own backward gives autograd's numbers (the same seed draws the
     same keep-mask; the same forward bit for bit, gradients up to the order of a sum) and keeps the
-    softmax output and the mask only, not the dropped probabilities too."""
+    softmax output and the mask only, not the dropped probabilities too. heads_view: query, key and
+    value as transformers passes them, (batch, heads, length, dim) views of (batch, length, heads, dim)."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 40, 8, requires_grad=True) for _ in range(3))
+    if layout == "contiguous":
+        q, k, v = (torch.randn(2, 3, 40, 8, requires_grad=True) for _ in range(3))
+    else:
+        leaves = [torch.randn(2, 40, 3, 8, requires_grad=True) for _ in range(3)]
+        q, k, v = (t.transpose(1, 2) for t in leaves)
     keep = (torch.arange(40)[None, :] < torch.tensor([40, 23])[:, None])[:, None, None, :].expand(2, 1, 40, 40)
     mask = {"bool": keep, "additive": torch.where(keep, 0.0, torch.finfo(torch.float32).min), "none": None}[mask_kind]
     results = []
@@ -91,13 +97,27 @@ def test_dropped_attention_gives_autograds_numbers_and_keeps_less(precision, mas
             out, kept = _saved_bytes(lambda: attend(q, k, v, mask, 0.3, 0.35))
         assert out.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(out.dtype)
-        results.append((out, torch.autograd.grad(out, (q, k, v), grad), kept))
+        results.append((out, torch.autograd.grad(out, (q, k, v) if layout == "contiguous" else leaves, grad), kept))
     (out_a, grads_a, kept_a), (out_b, grads_b, kept_b) = results
     assert torch.equal(out_a, out_b)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     probs_bytes = 2 * 3 * 40 * 40 * (4 if precision == "fp32" else 2)  # as the last matmul reads them
     assert kept_b <= kept_a - probs_bytes * 0.99  # the dropped probabilities are not kept
+
+
+def test_fp16_attention_fills_the_mask():
+    """fp16's minimum is too near its scores to add: a masked score of -40 plus -65504 is -inf, and a
+    row with every key masked would be NaN. fp16 fills, as autograd's graph does: a fully masked row
+    attends to every key alike, as before."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 8).half() * 4 for _ in range(3))
+    keep = (torch.arange(6)[None, :] < torch.tensor([6, 3])[:, None])[:, None, None, :].expand(2, 1, 6, 6).clone()
+    keep[1, :, 2] = False  # one query of the second text sees no key
+    got = speedups.attention_math(q, k, v, keep, dropout=0.0)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, _autograd_attention(q, k, v, keep, 0.0, 8 ** -0.5), rtol=0, atol=0)
+    torch.testing.assert_close(got[1, 2].float(), v[1].float().mean(1), rtol=2e-3, atol=2e-3)
 
 
 def test_dropped_attention_with_some_inputs_frozen_and_a_learned_bias():

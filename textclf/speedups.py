@@ -192,11 +192,14 @@ def attention_math(query, key, value, attention_mask, dropout, scaling=None):
 
 
 def _masked(scores, mask):
-    """scores with the masked positions at the dtype's minimum. A bool mask becomes an additive one
-    first (0 or the minimum; the same numbers: a score plus the minimum rounds to the minimum): a
-    masked_fill_ reading bool over every head takes 15x as long as adding a float mask."""
+    """scores with the masked positions at the dtype's minimum. In fp32 and bf16 a bool mask becomes an
+    additive one first (0 or the minimum; the same numbers: a finite score plus the minimum rounds to
+    the minimum): a masked_fill_ reading bool over every head takes 15x as long as adding a float
+    mask. fp16's minimum (-65504) is too near its scores for that, so fp16 fills."""
     if mask is None:
         return scores
+    if mask.dtype == torch.bool and torch.finfo(scores.dtype).max < 1e30:
+        return scores.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min)
     if mask.dtype == torch.bool:
         additive = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device)
         return scores.add_(additive.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min))
@@ -210,9 +213,9 @@ class _DroppedAttention(torch.autograd.Function):
 
     Query, key, value and the incoming gradient arrive as (batch, heads, length, dim) views of
     (batch, length, heads, dim) tensors, whose batch and head dimensions a batched matmul cannot fold
-    into one: every matmul taking such a view copies it first (eight copies a layer, five of them in
-    backward). Each is made contiguous once here instead (four copies a layer; the views' tensors are
-    not kept, so the memory kept is the same)."""
+    into one: every matmul taking such a view copies it first (in fp32 eight copies a layer, five of
+    them in backward). Each is made contiguous once here instead (four copies a layer; the views'
+    tensors are not kept, so the memory kept is the same)."""
 
     @staticmethod
     def forward(ctx, query, key, value, mask, p, scaling):
