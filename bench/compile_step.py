@@ -104,7 +104,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args)
-    from textclf.precision import resolve
+    from textclf.precision import NAMES, resolve
 
     choice = resolve(args.precision, "cpu", key="--precision")
     print(f"precision {choice.describe()}", flush=True)
@@ -139,7 +139,7 @@ def main():
               f"{summary['break_even_passes'] or 'never (the compiled pass is slower)'} passes of "
               f"{args.batches} batches", flush=True)
     _common.save(_common.record("compile_step", choice, dataset=args.dataset, stage=args.stage,
-                                batches=args.batches, **summary), f"-{args.stage}-{choice.precision}")
+                                batches=args.batches, **summary), f"-{args.stage}-{NAMES[choice.precision]}")
 
 
 if __name__ == "__main__":

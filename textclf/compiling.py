@@ -10,8 +10,9 @@ times full and last-partial batches, times training and evaluation.
 bench/README.md). On a CPU it did not (2-core AMD EPYC, AVX512 with avx512_bf16, bf16, MiniLM-L6 on SST-2
 batches): a warm compiled training pass took 1.5x eager's (1.14x eager's on the same bucketed widths:
 inductor's kernels do not beat train.cpu_speedups, and the buckets' padding costs 1.3x), after ~29 s of
-compiling per shape; prediction, 1.18x eager's (0.82x on the same widths), after ~10 s per shape. On a
-GPU it has not been measured here: `true` turns it on.
+compiling per shape; prediction, 1.18x eager's (0.82x on the same widths), after ~10 s per shape. On an
+AVX2-only CPU in fp32 (2026-12-07) the same: a warm compiled training pass took 1.43x eager's (1.07x on the
+same widths) after ~59 s of compiling per shape. On a GPU it has not been measured here: `true` turns it on.
 With compile on, the CPU speed-ups are not applied (inductor fuses dropout and attention itself).
 """
 
@@ -53,7 +54,7 @@ def resolve(setting, device_type, key="train.compile"):
         return Decision(setting, str(setting).lower(), "as asked")
     if device_type in MEASURED_TO_PAY:
         return Decision(True, "auto", f"measured to pay on {device_type}")
-    why = ("measured slower than eager on a CPU, and ~30 s of compiling per shape" if device_type == "cpu"
+    why = ("measured slower than eager on a CPU, and 30-60 s of compiling per shape" if device_type == "cpu"
            else f"not measured on {device_type}; true turns it on")
     return Decision(False, "auto", why)
 
