@@ -198,12 +198,13 @@ def _masked(scores, mask):
     mask. fp16's minimum (-65504) is too near its scores for that, so fp16 fills."""
     if mask is None:
         return scores
-    if mask.dtype == torch.bool and torch.finfo(scores.dtype).max < 1e30:
-        return scores.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min)
-    if mask.dtype == torch.bool:
-        additive = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device)
-        return scores.add_(additive.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min))
-    return scores + mask  # out of place: an fp32 mask makes the softmax fp32, as SDPA's math path does
+    if mask.dtype != torch.bool:
+        return scores + mask  # out of place: an fp32 mask makes the softmax fp32, as SDPA's math path does
+    limits = torch.finfo(scores.dtype)
+    if limits.max < 1e30:  # fp16
+        return scores.masked_fill_(mask.logical_not(), limits.min)
+    additive = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device)
+    return scores.add_(additive.masked_fill_(mask.logical_not(), limits.min))
 
 
 class _DroppedAttention(torch.autograd.Function):
