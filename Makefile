@@ -17,8 +17,12 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a file's
+# shared fixtures are built once; each worker runs torch on one thread (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The page tests (explanations.html, the docs site) open pages in headless Chromium: Debian's package,
 # installed where the machine lets us (root with apt); elsewhere those tests skip and say why.

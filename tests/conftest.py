@@ -10,6 +10,9 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # read at import time by transformers: set it first
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one test worker a core (make test): one thread each, or the workers' thread pools fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

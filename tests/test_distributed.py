@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -14,10 +15,17 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def free_port():
+    """A port no other process listens on now, so launches in parallel test workers do not meet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(script, *args, processes=2, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
-    prefix = LAUNCH if processes == 2 else [sys.executable]
+    prefix = [*LAUNCH, "--main_process_port", str(free_port())] if processes == 2 else [sys.executable]
     proc = subprocess.run([*prefix, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
