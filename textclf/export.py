@@ -316,13 +316,13 @@ def quantize(folder, graph, spec):
     if fused is not None:
         try:
             quantize_from(fused)
-            return {**how, "weights": WEIGHTS}
         except Exception as err:  # noqa: BLE001 - the quantiser failed on the fused ops: the plain graph
             how = {"fused": None,
                    "reason": f"quantising the fused graph failed: {type(err).__name__}: {first_line(err, 300)}"}
         finally:
             fused.unlink()
-    quantize_from(folder / "model.onnx")
+    if how["fused"] is None:  # nothing fused, or its quantising failed (onnx_fusion.fuse: fused is None then too)
+        quantize_from(folder / "model.onnx")
     return {**how, "weights": WEIGHTS}
 
 

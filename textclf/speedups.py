@@ -200,11 +200,11 @@ def _masked(scores, mask):
         return scores
     if mask.dtype != torch.bool:
         return scores + mask  # out of place: an fp32 mask makes the softmax fp32, as SDPA's math path does
-    limits = torch.finfo(scores.dtype)
-    if limits.max < 1e30:  # fp16
-        return scores.masked_fill_(mask.logical_not(), limits.min)
+    lowest = torch.finfo(scores.dtype).min
+    if scores.dtype == torch.float16:
+        return scores.masked_fill_(mask.logical_not(), lowest)
     additive = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device)
-    return scores.add_(additive.masked_fill_(mask.logical_not(), limits.min))
+    return scores.add_(additive.masked_fill_(mask.logical_not(), lowest))
 
 
 class _DroppedAttention(torch.autograd.Function):
